@@ -1,0 +1,151 @@
+//! The column-block multiply: C_J = A · B_J, all column-major.
+//!
+//! matrixmultiply picks AVX-512/AVX2/FMA kernels at run time (and simd128 for
+//! f32 on wasm). Threads are the caller's business: a block can be split into
+//! narrower column ranges and each range multiplied independently.
+
+use crate::matrix::{Dtype, Element, Matrix};
+
+/// Computes `c = a · b` where `b` holds `cols` columns of length `a.cols()` and
+/// `c` holds `cols` columns of length `a.rows()`, both column-major.
+///
+/// # Panics
+/// If the slice lengths do not match the shapes; callers validate untrusted
+/// shapes before they get here.
+pub fn multiply_into<T: Element>(a: &Matrix<T>, b: &[T], c: &mut [T]) {
+    let (m, k) = (a.rows(), a.cols());
+    assert!(k > 0 && b.len() % k == 0, "B block length {} is not a multiple of k={k}", b.len());
+    let n = b.len() / k;
+    assert_eq!(c.len(), m * n, "C block length does not match {m}x{n}");
+    if m == 0 || n == 0 {
+        return;
+    }
+    match T::DTYPE {
+        Dtype::F64 => gemm_f64(
+            m,
+            k,
+            n,
+            bytemuck::cast_slice(a.as_slice()),
+            bytemuck::cast_slice(b),
+            bytemuck::cast_slice_mut(c),
+        ),
+        Dtype::F32 => gemm_f32(
+            m,
+            k,
+            n,
+            bytemuck::cast_slice(a.as_slice()),
+            bytemuck::cast_slice(b),
+            bytemuck::cast_slice_mut(c),
+        ),
+    }
+}
+
+/// Returns A · B_J as a new matrix.
+pub fn multiply<T: Element>(a: &Matrix<T>, b: &[T]) -> Matrix<T> {
+    let n = b.len() / a.cols().max(1);
+    let mut c = Matrix::zeros(a.rows(), n).expect("C is no larger than A and B");
+    multiply_into(a, b, c.as_mut_slice());
+    c
+}
+
+/// Floating-point operations in an m×k by k×n product.
+pub fn flops(m: usize, k: usize, n: usize) -> f64 {
+    2.0 * m as f64 * k as f64 * n as f64
+}
+
+fn as_isize(x: usize) -> isize {
+    isize::try_from(x).expect("matrix dimension fits in isize")
+}
+
+#[allow(unsafe_code)]
+fn gemm_f64(m: usize, k: usize, n: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
+    debug_assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n);
+    // SAFETY: the slices hold exactly m*k, k*n and m*n elements (checked by the
+    // caller), and the strides describe column-major layouts within them.
+    unsafe {
+        matrixmultiply::dgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            1,
+            as_isize(m),
+            b.as_ptr(),
+            1,
+            as_isize(k),
+            0.0,
+            c.as_mut_ptr(),
+            1,
+            as_isize(m),
+        );
+    }
+}
+
+#[allow(unsafe_code)]
+fn gemm_f32(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    debug_assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n);
+    // SAFETY: as in gemm_f64.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            1,
+            as_isize(m),
+            b.as_ptr(),
+            1,
+            as_isize(k),
+            0.0,
+            c.as_mut_ptr(),
+            1,
+            as_isize(m),
+        );
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The textbook triple loop, in f64, as an independent reference.
+    pub(crate) fn naive(a: &Matrix<f64>, b: &Matrix<f64>) -> Matrix<f64> {
+        Matrix::from_fn(a.rows(), b.cols(), |i, j| (0..a.cols()).map(|p| a.get(i, p) * b.get(p, j)).sum())
+    }
+
+    #[test]
+    fn seed_example() {
+        let a = Matrix::from_fn(3, 3, |i, j| (3 * i + j + 1) as f64);
+        let c = multiply(&a, a.as_slice());
+        assert_eq!(c.columns(0..1), &[30.0, 66.0, 102.0]);
+        assert_eq!(c.columns(1..2), &[36.0, 81.0, 126.0]);
+        assert_eq!(c.columns(2..3), &[42.0, 96.0, 150.0]);
+    }
+
+    #[test]
+    fn f32_matches_f64_on_small_integers() {
+        let a = Matrix::from_fn(5, 4, |i, j| (i as f32) - (j as f32));
+        let b = Matrix::from_fn(4, 3, |i, j| (i * j) as f32);
+        let c = multiply(&a, b.as_slice());
+        let a64 = Matrix::from_fn(5, 4, |i, j| f64::from(a.get(i, j)));
+        let b64 = Matrix::from_fn(4, 3, |i, j| f64::from(b.get(i, j)));
+        let expect = naive(&a64, &b64);
+        for (x, y) in c.as_slice().iter().zip(expect.as_slice()) {
+            assert_eq!(f64::from(*x), *y);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn matches_naive_on_integers(m in 1usize..40, k in 1usize..40, n in 1usize..40, seed in any::<u64>()) {
+            // Small integers make every product and sum exact, so equality is exact.
+            let v = |i: usize, j: usize, s: u64| ((i as u64 * 31 + j as u64 * 17 + s) % 7) as f64 - 3.0;
+            let a = Matrix::from_fn(m, k, |i, j| v(i, j, seed));
+            let b = Matrix::from_fn(k, n, |i, j| v(i, j, seed / 3));
+            prop_assert_eq!(multiply(&a, b.as_slice()), naive(&a, &b));
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The messages between master and workers.
+//!
+//! Every WebSocket binary message is one [`Message`] header (see [`crate::codec`])
+//! followed by an optional raw body. Bodies carry operand and result bytes: raw
+//! little-endian, column-major, in chunks of at most [`MAX_CHUNK`] bytes, so no
+//! single message grows with the matrix.
+
+use serde::{Deserialize, Serialize};
+
+use crate::matrix::Dtype;
+
+/// Bumped on any incompatible change. `Hello` stays variant 0 with `protocol`
+/// as its first field, so a master can always read a worker's version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest body of one message.
+pub const MAX_CHUNK: usize = 8 << 20;
+
+/// Identifies one job of one master.
+pub type JobId = u64;
+/// Identifies one attempt at one block: a lease. A block re-issued gets a new lease.
+pub type LeaseId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WorkerKind {
+    Native,
+    Browser,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Worker → master, first message on a connection.
+    Hello {
+        protocol: u32,
+        kind: WorkerKind,
+        /// Compute threads (informational).
+        threads: u32,
+        /// Tasks it is willing to hold at once (pull credit).
+        slots: u32,
+        /// Free-form label for logs, e.g. the host name.
+        name: String,
+    },
+    /// Master → worker: accepted.
+    Welcome { worker: u64 },
+    /// Master → worker: not accepted, and why. The master closes the connection.
+    Refused { reason: String },
+    /// Master → worker: a new job; A follows in `OperandChunk`s. The worker keeps
+    /// A until `JobDone` or another `Job`.
+    Job { job: JobId, m: u64, k: u64, n: u64, dtype: Dtype },
+    /// Master → worker: bytes `offset..offset + body.len()` of A.
+    OperandChunk { job: JobId, offset: u64 },
+    /// Master → worker: compute columns `first_col..first_col + cols` of C;
+    /// the matching columns of B follow in `TaskChunk`s.
+    Task { job: JobId, lease: LeaseId, first_col: u64, cols: u64 },
+    /// Master → worker: bytes `offset..` of the task's B block.
+    TaskChunk { lease: LeaseId, offset: u64 },
+    /// Master → worker: another worker finished this task; drop it.
+    Cancel { lease: LeaseId },
+    /// Worker → master: bytes `offset..` of the task's C block.
+    ResultChunk { lease: LeaseId, offset: u64 },
+    /// Worker → master: these tasks will not be finished (the worker is stopping).
+    Release { leases: Vec<LeaseId> },
+    /// Master → worker: the job is complete; A can be dropped.
+    JobDone { job: JobId },
+}
+
+impl Message {
+    /// Whether this message carries a body.
+    pub fn has_body(&self) -> bool {
+        matches!(
+            self,
+            Message::OperandChunk { .. } | Message::TaskChunk { .. } | Message::ResultChunk { .. }
+        )
+    }
+}
+
+/// Splits `len` bytes into chunk ranges of at most `max` bytes. Empty input gives no chunks.
+pub fn chunk_ranges(len: usize, max: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let max = max.max(1);
+    (0..len.div_ceil(max)).map(move |i| i * max..((i + 1) * max).min(len))
+}
+
+/// A message ready to send: a header and the bytes it carries (shared, not copied).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Frame {
+    pub message: Message,
+    pub body: bytes::Bytes,
+}
+
+impl Frame {
+    pub fn new(message: Message) -> Self {
+        Self { message, body: bytes::Bytes::new() }
+    }
+    pub fn with_body(message: Message, body: bytes::Bytes) -> Self {
+        Self { message, body }
+    }
+    /// The bytes of one WebSocket binary message.
+    pub fn encode(&self) -> Vec<u8> {
+        crate::codec::encode(&self.message, &self.body)
+    }
+}
+
+/// Lets a matrix's bytes be shared as `Bytes` without copying them.
+#[derive(Debug)]
+pub struct MatrixBytes(pub crate::matrix::DenseMatrix);
+
+impl AsRef<[u8]> for MatrixBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl MatrixBytes {
+    pub fn into_bytes(matrix: crate::matrix::DenseMatrix) -> bytes::Bytes {
+        bytes::Bytes::from_owner(MatrixBytes(matrix))
+    }
+}

@@ -1,0 +1,552 @@
+//! The master's scheduler: a sans-IO state machine.
+//!
+//! Inputs are `handle_*(…, now)`; outputs are frames to send ([`Scheduler::poll_transmit`]),
+//! things that happened ([`Scheduler::poll_event`]) and when to wake it next
+//! ([`Scheduler::poll_timeout`]). It never reads a clock or touches a socket,
+//! so tests drive it on a virtual clock.
+//!
+//! Work is pull-based: a worker holds up to `slots` tasks, and gets a new one
+//! each time it returns a result, so fast workers take more. Every task is a
+//! lease with a deadline. A block is re-queued when its worker leaves, hands it
+//! back or lets the lease expire; at the tail, a straggler's block is given to
+//! an idle worker too, and the first result wins.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::assembly::{Accepted, Assembly};
+use crate::codec::{self, CodecError};
+use crate::matrix::{DenseMatrix, Dtype, ShapeError};
+use crate::payload::{Incoming, PayloadError};
+use crate::plan::Plan;
+use crate::protocol::{chunk_ranges, Frame, JobId, LeaseId, MatrixBytes, Message, WorkerKind, MAX_CHUNK, PROTOCOL_VERSION};
+
+#[cfg(test)]
+mod tests;
+
+/// The shell's name for a connection.
+pub type WorkerId = u64;
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Lease length before any task has finished, when there is nothing to go by.
+    pub initial_lease: Duration,
+    /// Later leases last this many times the typical task time…
+    pub lease_factor: f64,
+    /// …but never less than this.
+    pub min_lease: Duration,
+    /// At the tail, a block whose only lease has run this many times the
+    /// typical task time is also given to an idle worker.
+    pub straggler_factor: f64,
+    /// Largest body per message.
+    pub max_chunk: usize,
+    /// Cap on the tasks one worker may hold, whatever it asks for.
+    pub max_slots: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            initial_lease: Duration::from_secs(300),
+            lease_factor: 8.0,
+            min_lease: Duration::from_secs(20),
+            straggler_factor: 2.0,
+            max_chunk: MAX_CHUNK,
+            max_slots: 4,
+        }
+    }
+}
+
+/// Something the shell may want to log or show.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    WorkerJoined { worker: WorkerId, kind: WorkerKind, name: String },
+    WorkerLeft { worker: WorkerId, requeued: usize },
+    LeaseExpired { worker: WorkerId, block: usize },
+    Speculated { worker: WorkerId, block: usize },
+    BlockDone { worker: WorkerId, block: usize },
+    JobComplete,
+}
+
+/// A worker broke the protocol; the shell should disconnect it.
+#[derive(Debug, thiserror::Error)]
+pub enum Violation {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("the first message was not Hello")]
+    NoHello,
+    #[error("sent Hello twice")]
+    DuplicateHello,
+    #[error("speaks protocol {got}, this master speaks {PROTOCOL_VERSION}")]
+    Version { got: u32 },
+    #[error("asked for zero task slots")]
+    NoSlots,
+    #[error("sent {0}, which only a master sends")]
+    Unexpected(&'static str),
+    #[error("sent a result for lease {0}, which it does not hold")]
+    UnknownLease(LeaseId),
+    #[error("result for lease {lease}: {source}")]
+    Payload { lease: LeaseId, source: PayloadError },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("A is {a} but B is {b}: A's columns must equal B's rows")]
+    InnerDimension { a: String, b: String },
+    #[error("A and B must have the same element type (A is {a}, B is {b})")]
+    Dtype { a: Dtype, b: Dtype },
+    #[error("the plan is for {plan}, but A·B is {actual}")]
+    PlanMismatch { plan: String, actual: String },
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+}
+
+/// What is known of a worker, kept after it leaves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerInfo {
+    pub kind: WorkerKind,
+    pub name: String,
+    pub blocks_done: usize,
+    pub connected: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub blocks_done: usize,
+    pub blocks_total: usize,
+    pub native_workers: usize,
+    pub browser_workers: usize,
+}
+
+/// Payload bytes moved, by kind (headers excluded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PayloadStats {
+    pub operand_bytes: u64,
+    pub task_bytes: u64,
+    pub result_bytes: u64,
+    pub leases_issued: u64,
+}
+
+#[derive(Debug)]
+struct Worker {
+    slots: usize,
+    has_a: bool,
+    leases: BTreeSet<LeaseId>,
+    /// Leases cancelled because another copy won; their late chunks are ignored.
+    cancelled: HashSet<LeaseId>,
+}
+
+#[derive(Debug)]
+struct Lease {
+    block: usize,
+    worker: WorkerId,
+    issued: Duration,
+    deadline: Duration,
+    expired: bool,
+    result: Option<Incoming>,
+}
+
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    job: JobId,
+    dtype: Dtype,
+    plan: Plan,
+    a: Bytes,
+    b: Bytes,
+    assembly: Assembly,
+    result: Option<DenseMatrix>,
+    workers: BTreeMap<WorkerId, Worker>,
+    infos: BTreeMap<WorkerId, WorkerInfo>,
+    leases: BTreeMap<LeaseId, Lease>,
+    block_leases: Vec<Vec<LeaseId>>,
+    queued: Vec<bool>,
+    pending: VecDeque<usize>,
+    next_lease: LeaseId,
+    /// Smoothed time from issuing a lease to its result.
+    task_time: Option<Duration>,
+    outbox: VecDeque<(WorkerId, Frame)>,
+    events: VecDeque<Event>,
+    stats: PayloadStats,
+}
+
+impl Scheduler {
+    /// A scheduler for one job: C = A·B split as `plan` says.
+    pub fn new(config: SchedulerConfig, job: JobId, a: DenseMatrix, b: DenseMatrix, plan: Plan) -> Result<Self, JobError> {
+        if a.cols() != b.rows() {
+            return Err(JobError::InnerDimension { a: a.shape_string(), b: b.shape_string() });
+        }
+        if a.dtype() != b.dtype() {
+            return Err(JobError::Dtype { a: a.dtype(), b: b.dtype() });
+        }
+        if (plan.m, plan.k, plan.n) != (a.rows(), a.cols(), b.cols()) {
+            return Err(JobError::PlanMismatch {
+                plan: format!("{}x{} by {}x{}", plan.m, plan.k, plan.k, plan.n),
+                actual: format!("{} by {}", a.shape_string(), b.shape_string()),
+            });
+        }
+        let dtype = a.dtype();
+        let blocks = plan.blocks();
+        Ok(Self {
+            assembly: Assembly::new(plan.clone(), dtype)?,
+            config,
+            job,
+            dtype,
+            plan,
+            a: MatrixBytes::into_bytes(a),
+            b: MatrixBytes::into_bytes(b),
+            result: None,
+            workers: BTreeMap::new(),
+            infos: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            block_leases: vec![Vec::new(); blocks],
+            queued: vec![true; blocks],
+            pending: (0..blocks).collect(),
+            next_lease: 1,
+            task_time: None,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: PayloadStats::default(),
+        })
+    }
+
+    // ---- inputs ----
+
+    /// A message arrived from `worker` (which may be new: its first message must be Hello).
+    /// On error the shell must disconnect the worker and call [`Self::handle_disconnect`].
+    pub fn handle_message(&mut self, worker: WorkerId, bytes: &[u8], now: Duration) -> Result<(), Violation> {
+        let (message, body) = codec::decode(bytes)?;
+        if !self.workers.contains_key(&worker) {
+            return match message {
+                Message::Hello { protocol, kind, slots, name, .. } => self.on_hello(worker, protocol, kind, slots, name, now),
+                _ => Err(Violation::NoHello),
+            };
+        }
+        match message {
+            Message::Hello { .. } => Err(Violation::DuplicateHello),
+            Message::ResultChunk { lease, offset } => self.on_result_chunk(worker, lease, offset, body, now),
+            Message::Release { leases } => {
+                for lease in leases {
+                    if self.workers[&worker].leases.contains(&lease) {
+                        self.drop_lease(lease);
+                    }
+                }
+                self.assign(now);
+                Ok(())
+            }
+            Message::Welcome { .. } => Err(Violation::Unexpected("Welcome")),
+            Message::Refused { .. } => Err(Violation::Unexpected("Refused")),
+            Message::Job { .. } => Err(Violation::Unexpected("Job")),
+            Message::OperandChunk { .. } => Err(Violation::Unexpected("OperandChunk")),
+            Message::Task { .. } => Err(Violation::Unexpected("Task")),
+            Message::TaskChunk { .. } => Err(Violation::Unexpected("TaskChunk")),
+            Message::Cancel { .. } => Err(Violation::Unexpected("Cancel")),
+            Message::JobDone { .. } => Err(Violation::Unexpected("JobDone")),
+        }
+    }
+
+    /// The connection to `worker` is gone; its unfinished blocks go back in the queue.
+    pub fn handle_disconnect(&mut self, worker: WorkerId, now: Duration) {
+        let Some(w) = self.workers.remove(&worker) else { return };
+        let mut requeued = 0;
+        for lease in w.leases {
+            if let Some(l) = self.leases.remove(&lease) {
+                self.block_leases[l.block].retain(|&x| x != lease);
+                requeued += usize::from(self.requeue(l.block));
+            }
+        }
+        if let Some(info) = self.infos.get_mut(&worker) {
+            info.connected = false;
+        }
+        self.events.push_back(Event::WorkerLeft { worker, requeued });
+        self.assign(now);
+    }
+
+    /// Time has reached `now`: expire overdue leases and give stragglers' blocks to idle workers.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        let overdue: Vec<LeaseId> =
+            self.leases.iter().filter(|(_, l)| !l.expired && l.deadline <= now).map(|(&id, _)| id).collect();
+        for id in overdue {
+            let l = self.leases.get_mut(&id).expect("collected above");
+            // The worker may still answer, so the lease stays and its result still
+            // counts; but the block goes back in the queue for someone else.
+            l.expired = true;
+            let (worker, block) = (l.worker, l.block);
+            self.events.push_back(Event::LeaseExpired { worker, block });
+            self.requeue(block);
+        }
+        self.assign(now);
+    }
+
+    // ---- outputs ----
+
+    pub fn poll_transmit(&mut self) -> Option<(WorkerId, Frame)> {
+        self.outbox.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Self::handle_timeout`] next, if anything is waiting on time.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        if self.result.is_some() {
+            return None;
+        }
+        let expiry = self.leases.values().filter(|l| !l.expired).map(|l| l.deadline).min();
+        let straggler = if self.someone_idle() {
+            self.straggler_threshold().and_then(|t| {
+                self.leases
+                    .values()
+                    .filter(|l| self.block_leases[l.block].len() == 1)
+                    .map(|l| l.issued + t)
+                    .min()
+            })
+        } else {
+            None
+        };
+        expiry.into_iter().chain(straggler).min()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.result.is_some()
+    }
+
+    /// The assembled C, once the job is complete.
+    pub fn take_result(&mut self) -> Option<DenseMatrix> {
+        self.result.take()
+    }
+
+    pub fn progress(&self) -> Progress {
+        let live = |kind| self.infos.values().filter(|i| i.connected && i.kind == kind).count();
+        Progress {
+            blocks_done: self.plan.blocks() - self.assembly.remaining(),
+            blocks_total: self.plan.blocks(),
+            native_workers: live(WorkerKind::Native),
+            browser_workers: live(WorkerKind::Browser),
+        }
+    }
+
+    /// Every worker that ever joined, connected or not.
+    pub fn workers(&self) -> impl Iterator<Item = (WorkerId, &WorkerInfo)> {
+        self.infos.iter().map(|(&id, info)| (id, info))
+    }
+
+    pub fn stats(&self) -> PayloadStats {
+        self.stats
+    }
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+    pub fn job(&self) -> JobId {
+        self.job
+    }
+
+    // ---- message handlers ----
+
+    fn on_hello(&mut self, worker: WorkerId, protocol: u32, kind: WorkerKind, slots: u32, name: String, now: Duration) -> Result<(), Violation> {
+        if protocol != PROTOCOL_VERSION {
+            let reason = format!("this master speaks protocol {PROTOCOL_VERSION}, the worker speaks {protocol}; run matching versions");
+            self.outbox.push_back((worker, Frame::new(Message::Refused { reason })));
+            return Err(Violation::Version { got: protocol });
+        }
+        if slots == 0 {
+            return Err(Violation::NoSlots);
+        }
+        let slots = slots.min(self.config.max_slots) as usize;
+        self.workers.insert(worker, Worker { slots, has_a: false, leases: BTreeSet::new(), cancelled: HashSet::new() });
+        self.infos.insert(worker, WorkerInfo { kind, name: name.clone(), blocks_done: 0, connected: true });
+        self.outbox.push_back((worker, Frame::new(Message::Welcome { worker })));
+        self.events.push_back(Event::WorkerJoined { worker, kind, name });
+        self.assign(now);
+        Ok(())
+    }
+
+    fn on_result_chunk(&mut self, worker: WorkerId, lease: LeaseId, offset: u64, body: &[u8], now: Duration) -> Result<(), Violation> {
+        if self.workers[&worker].cancelled.contains(&lease) {
+            return Ok(()); // another copy already won
+        }
+        let (m, dtype) = (self.plan.m, self.dtype);
+        let Some(l) = self.leases.get_mut(&lease).filter(|l| l.worker == worker) else {
+            return Err(Violation::UnknownLease(lease));
+        };
+        let cols = self.plan.columns(l.block).len();
+        let incoming = match &mut l.result {
+            Some(incoming) => incoming,
+            None => l.result.insert(Incoming::new(dtype, m, cols).expect("a block of C is no larger than C")),
+        };
+        let complete = incoming.add(offset, body).map_err(|source| Violation::Payload { lease, source })?;
+        self.stats.result_bytes += body.len() as u64;
+        if complete {
+            self.finish_lease(lease, now);
+        }
+        Ok(())
+    }
+
+    fn finish_lease(&mut self, lease: LeaseId, now: Duration) {
+        let l = self.remove_lease(lease).expect("caller checked the lease exists");
+        let c = l.result.expect("a finished lease has a result").into_matrix();
+        match self.assembly.accept(l.block, c.as_bytes()) {
+            Ok(Accepted::New) => {}
+            // Sizes were fixed by `Incoming`; a duplicate means another copy won.
+            Ok(Accepted::Duplicate) | Err(_) => return,
+        }
+        self.observe_task_time(now.saturating_sub(l.issued));
+        if let Some(info) = self.infos.get_mut(&l.worker) {
+            info.blocks_done += 1;
+        }
+        self.events.push_back(Event::BlockDone { worker: l.worker, block: l.block });
+        for other in std::mem::take(&mut self.block_leases[l.block]) {
+            if let Some(o) = self.remove_lease(other) {
+                if let Some(w) = self.workers.get_mut(&o.worker) {
+                    w.cancelled.insert(other);
+                }
+                self.outbox.push_back((o.worker, Frame::new(Message::Cancel { lease: other })));
+            }
+        }
+        if self.assembly.is_complete() {
+            self.complete();
+        } else {
+            self.assign(now);
+        }
+    }
+
+    fn complete(&mut self) {
+        self.result = self.assembly.take();
+        self.pending.clear();
+        self.events.push_back(Event::JobComplete);
+        for (&id, w) in &self.workers {
+            if w.has_a {
+                self.outbox.push_back((id, Frame::new(Message::JobDone { job: self.job })));
+            }
+        }
+    }
+
+    // ---- bookkeeping ----
+
+    fn remove_lease(&mut self, lease: LeaseId) -> Option<Lease> {
+        let l = self.leases.remove(&lease)?;
+        self.block_leases[l.block].retain(|&x| x != lease);
+        if let Some(w) = self.workers.get_mut(&l.worker) {
+            w.leases.remove(&lease);
+        }
+        Some(l)
+    }
+
+    /// Drops a lease whose worker gave it up, and re-queues its block if needed.
+    fn drop_lease(&mut self, lease: LeaseId) {
+        if let Some(l) = self.remove_lease(lease) {
+            self.requeue(l.block);
+        }
+    }
+
+    /// Puts `block` at the front of the queue unless it is done, queued, or
+    /// still held by a lease that has not expired. Returns whether it queued it.
+    fn requeue(&mut self, block: usize) -> bool {
+        let held = self.block_leases[block].iter().any(|id| !self.leases[id].expired);
+        if self.assembly.is_done(block) || self.queued[block] || held || self.result.is_some() {
+            return false;
+        }
+        self.queued[block] = true;
+        self.pending.push_front(block);
+        true
+    }
+
+    fn observe_task_time(&mut self, sample: Duration) {
+        self.task_time = Some(match self.task_time {
+            None => sample,
+            Some(t) => t.mul_f64(0.8) + sample.mul_f64(0.2),
+        });
+    }
+
+    fn lease_length(&self) -> Duration {
+        match self.task_time {
+            None => self.config.initial_lease,
+            Some(t) => t.mul_f64(self.config.lease_factor).max(self.config.min_lease),
+        }
+    }
+
+    fn straggler_threshold(&self) -> Option<Duration> {
+        self.task_time.map(|t| t.mul_f64(self.config.straggler_factor))
+    }
+
+    fn someone_idle(&self) -> bool {
+        self.workers.values().any(|w| w.leases.len() < w.slots)
+    }
+
+    // ---- assignment ----
+
+    /// Fills free slots, one task per worker per round, so work spreads evenly.
+    fn assign(&mut self, now: Duration) {
+        if self.result.is_some() {
+            return;
+        }
+        loop {
+            let mut gave = false;
+            let hungry: Vec<WorkerId> =
+                self.workers.iter().filter(|(_, w)| w.leases.len() < w.slots).map(|(&id, _)| id).collect();
+            for worker in hungry {
+                if let Some(block) = self.next_block(worker, now) {
+                    self.issue(worker, block, now);
+                    gave = true;
+                }
+            }
+            if !gave {
+                return;
+            }
+        }
+    }
+
+    /// The next block for `worker`: a queued one, or at the tail a straggler's.
+    fn next_block(&mut self, worker: WorkerId, now: Duration) -> Option<usize> {
+        while let Some(block) = self.pending.pop_front() {
+            self.queued[block] = false;
+            if !self.assembly.is_done(block) {
+                return Some(block);
+            }
+        }
+        let threshold = self.straggler_threshold()?;
+        let block = self
+            .leases
+            .values()
+            .filter(|l| l.worker != worker && self.block_leases[l.block].len() == 1 && now >= l.issued + threshold)
+            .min_by_key(|l| l.issued)?
+            .block;
+        self.events.push_back(Event::Speculated { worker, block });
+        Some(block)
+    }
+
+    fn issue(&mut self, worker: WorkerId, block: usize, now: Duration) {
+        let lease = self.next_lease;
+        self.next_lease += 1;
+        let columns = self.plan.columns(block);
+        let max_chunk = self.config.max_chunk;
+        let w = self.workers.get_mut(&worker).expect("assign picks live workers");
+        if !w.has_a {
+            w.has_a = true;
+            let (m, k, n) = (self.plan.m as u64, self.plan.k as u64, self.plan.n as u64);
+            self.outbox.push_back((worker, Frame::new(Message::Job { job: self.job, m, k, n, dtype: self.dtype })));
+            for range in chunk_ranges(self.a.len(), max_chunk) {
+                self.stats.operand_bytes += range.len() as u64;
+                let message = Message::OperandChunk { job: self.job, offset: range.start as u64 };
+                self.outbox.push_back((worker, Frame::with_body(message, self.a.slice(range))));
+            }
+        }
+        w.leases.insert(lease);
+        let task = Message::Task { job: self.job, lease, first_col: columns.start as u64, cols: columns.len() as u64 };
+        self.outbox.push_back((worker, Frame::new(task)));
+        let column_bytes = self.plan.k * self.dtype.size();
+        let b_range = columns.start * column_bytes..columns.end * column_bytes;
+        for range in chunk_ranges(b_range.len(), max_chunk) {
+            self.stats.task_bytes += range.len() as u64;
+            let body = self.b.slice(b_range.start + range.start..b_range.start + range.end);
+            self.outbox.push_back((worker, Frame::with_body(Message::TaskChunk { lease, offset: range.start as u64 }, body)));
+        }
+        self.stats.leases_issued += 1;
+        let deadline = now + self.lease_length();
+        self.leases.insert(lease, Lease { block, worker, issued: now, deadline, expired: false, result: None });
+        self.block_leases[block].push(lease);
+    }
+}
