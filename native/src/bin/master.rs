@@ -1,0 +1,79 @@
+//! `master`: splits C = A·B into column blocks, hands them to workers over
+//! WebSocket, and assembles C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use colonnade_native::cli;
+use colonnade_native::commands::{self, DemoArgs, MultiplyArgs};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Colonnade master: distributed C = A·B over native and browser workers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Multiply two matrix files (.npy, .csv or .mtx) and write C.
+    Multiply {
+        /// A, the left operand.
+        a: PathBuf,
+        /// B, the right operand.
+        b: PathBuf,
+        /// Where to write C; the extension picks the format.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Address for workers and browsers (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Workers to start inside this process.
+        #[arg(long, default_value_t = 0)]
+        local_workers: usize,
+        /// Columns per task (default: chosen by the cost model).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        block: Option<u64>,
+    },
+    /// Multiply random matrices with local workers and check the result.
+    Demo {
+        /// n, for n×n matrices.
+        #[arg(long, default_value_t = 2048)]
+        size: usize,
+        /// Workers to start inside this process.
+        #[arg(long, default_value_t = 2)]
+        local_workers: usize,
+        /// Address for extra workers and browsers (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Columns per task (default: chosen by the cost model).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        block: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_tracing("warn");
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Multiply { a, b, output, listen, local_workers, block } => {
+                let block = block.map(|b| b as usize);
+                commands::multiply(MultiplyArgs { a, b, output, listen, local_workers, block }).await.map(|()| true)
+            }
+            Command::Demo { size, local_workers, listen, block } => {
+                commands::demo(DemoArgs { size, local_workers, listen, block: block.map(|b| b as usize) }).await
+            }
+        }
+    });
+    // Local workers may still be blocked in a kernel call; don't wait for them.
+    runtime.shutdown_background();
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => cli::fail(e),
+    }
+}

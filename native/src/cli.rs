@@ -1,0 +1,50 @@
+//! What both binaries share: logging set-up and exit codes.
+//!
+//! Exit codes: 0 done; 2 bad usage or bad input; 1 any other failure.
+
+use std::process::ExitCode;
+
+use colonnade_core::scheduler::JobError;
+
+use crate::io::InputError;
+
+/// Bad usage or bad input that no file format reader saw (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: `default_level`).
+pub fn init_tracing(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    let bad_input = error.chain().any(|e| e.is::<InputError>() || e.is::<BadInput>() || e.is::<JobError>());
+    if bad_input {
+        2
+    } else {
+        1
+    }
+}
+
+/// Prints the error on one line and picks the exit code.
+pub fn fail(error: anyhow::Error) -> ExitCode {
+    eprintln!("error: {error:#}");
+    ExitCode::from(exit_code(&error))
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

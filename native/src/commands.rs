@@ -1,0 +1,161 @@
+//! The master's subcommands: `multiply` files, and the self-checking `demo`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use colonnade_core::kernel::flops;
+use colonnade_core::plan::{CostModel, Plan};
+use colonnade_core::scheduler::{Scheduler, SchedulerConfig};
+use colonnade_core::{DenseMatrix, Dtype, Matrix};
+use rand::{Rng, SeedableRng};
+
+use crate::cli::BadInput;
+use crate::compute;
+use crate::io::{self, Format, InputError};
+use crate::master::{JobReport, Master};
+
+#[derive(Clone, Debug)]
+pub struct MultiplyArgs {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    pub output: PathBuf,
+    pub listen: SocketAddr,
+    pub local_workers: usize,
+    pub block: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DemoArgs {
+    pub size: usize,
+    pub local_workers: usize,
+    pub listen: SocketAddr,
+    pub block: Option<usize>,
+}
+
+pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
+    // Refuse a bad output path before doing any work.
+    Format::of(&args.output)?;
+    check_output_dir(&args.output)?;
+    let a = io::read_matrix(&args.a)?;
+    let b = io::read_matrix(&args.b)?;
+    if a.matrix.cols() != b.matrix.rows() {
+        return Err(BadInput(format!(
+            "cannot multiply {} by {}: A is {} but B is {}: A's columns must equal B's rows",
+            args.a.display(),
+            args.b.display(),
+            a.matrix.shape_string(),
+            b.matrix.shape_string()
+        ))
+        .into());
+    }
+    let integer = a.integer && b.integer;
+    let (a, b) = same_dtype(a.matrix, b.matrix);
+    let read_done = Instant::now();
+    let report = run(a, b, args.listen, args.local_workers, args.block).await?;
+    let write_start = Instant::now();
+    io::write_matrix(&args.output, &report.c, integer)?;
+    println!(
+        "wrote {} ({}x{} {}) in {:.2} s; computed in {:.3} s at {:.1} GFLOP/s ({} blocks of {} columns)",
+        args.output.display(),
+        report.plan.m,
+        report.plan.n,
+        report.c.dtype(),
+        write_start.elapsed().as_secs_f64(),
+        report.elapsed.as_secs_f64(),
+        report.gflops(),
+        report.plan.blocks(),
+        report.plan.width,
+    );
+    print_workers(&report);
+    tracing::debug!(total = ?read_done.elapsed(), "job finished");
+    Ok(())
+}
+
+pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
+    let n = args.size;
+    if n == 0 {
+        return Err(BadInput("--size must be at least 1".into()).into());
+    }
+    println!("Colonnade demo: C = A·B for random {n}x{n} f64 matrices, {} local workers", args.local_workers);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(0xC0_1055);
+    let mut random = || DenseMatrix::F64(Matrix::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0)));
+    let (a, b) = (random(), random());
+    let report = run(a.clone(), b.clone(), args.listen, args.local_workers, args.block).await?;
+    println!(
+        "distributed: {:.3} s, {:.1} GFLOP/s ({} blocks of {} columns)",
+        report.elapsed.as_secs_f64(),
+        report.gflops(),
+        report.plan.blocks(),
+        report.plan.width
+    );
+    print_workers(&report);
+    let threads = compute::available_cores();
+    let start = Instant::now();
+    let reference = compute::multiply(&a, &b, threads);
+    let local = start.elapsed();
+    let local_gflops = flops(n, n, n) / local.as_secs_f64() / 1e9;
+    println!(
+        "local multiply ({threads} threads): {:.3} s, {local_gflops:.1} GFLOP/s; distributed/local = {:.2}",
+        local.as_secs_f64(),
+        report.gflops() / local_gflops
+    );
+    // Both sides round differently only in summation order; bound that error.
+    let max_abs = |m: &DenseMatrix| m.clone().into_f64().as_slice().iter().fold(0.0f64, |x, v| x.max(v.abs()));
+    let tolerance = 2.0 * n as f64 * f64::EPSILON * n as f64 * max_abs(&a) * max_abs(&b);
+    let (c, r) = (report.c.into_f64(), reference.into_f64());
+    let diff = c.as_slice().iter().zip(r.as_slice()).fold(0.0f64, |x, (p, q)| x.max((p - q).abs()));
+    println!("max |C - C_local| = {diff:.3e} (tolerance {tolerance:.1e})");
+    let ok = diff <= tolerance;
+    println!("{}", if ok { "verified" } else { "MISMATCH: the distributed result differs from the local one" });
+    Ok(ok)
+}
+
+/// Listens, starts local workers, and runs the job.
+async fn run(a: DenseMatrix, b: DenseMatrix, listen: SocketAddr, local_workers: usize, block: Option<usize>) -> anyhow::Result<JobReport> {
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    let width = block.unwrap_or_else(|| CostModel::default().block_width(m, k, n, a.dtype().size()));
+    let plan = Plan::new(m, k, n, width);
+    let job = rand::rng().random::<u64>();
+    let scheduler = Scheduler::new(SchedulerConfig::default(), job, a, b, plan)?;
+    let mut master = Master::bind(listen).await?;
+    println!("master listening on {}", master.local_addr());
+    println!("  add a worker:  worker {}", master.worker_url());
+    println!("  or a browser:  {}", master.page_url());
+    let locals = (local_workers > 0).then(|| {
+        let threads = (compute::available_cores() / local_workers).max(1);
+        master.spawn_local_workers(local_workers, threads)
+    });
+    let result = tokio::select! {
+        r = master.run(scheduler, true) => r,
+        _ = crate::cli::stop_requested() => Err(anyhow::anyhow!("interrupted; no output written")),
+    };
+    if let Some(locals) = locals {
+        locals.stop().await;
+    }
+    result
+}
+
+fn print_workers(report: &JobReport) {
+    for (id, info) in &report.workers {
+        let kind = format!("{:?}", info.kind).to_lowercase();
+        println!("  worker {id} ({kind} '{}'): {} blocks", info.name, info.blocks_done);
+    }
+}
+
+/// f32 only when both are f32; otherwise both in f64.
+fn same_dtype(a: DenseMatrix, b: DenseMatrix) -> (DenseMatrix, DenseMatrix) {
+    if a.dtype() == Dtype::F32 && b.dtype() == Dtype::F32 {
+        (a, b)
+    } else {
+        (DenseMatrix::F64(a.into_f64()), DenseMatrix::F64(b.into_f64()))
+    }
+}
+
+fn check_output_dir(output: &Path) -> Result<(), InputError> {
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(InputError::new(output, format!("the folder {} does not exist", dir.display())));
+    }
+    Ok(())
+}

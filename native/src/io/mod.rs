@@ -1,0 +1,192 @@
+//! Reading and writing matrix files. The format follows the extension.
+//!
+//! Every byte of a file is untrusted: readers return an [`InputError`] naming
+//! the file and the problem, and never allocate more than the file can justify
+//! (or the machine can hold). Writers go through a temporary file and a rename,
+//! so a half-written output never replaces a good file.
+
+mod csv;
+mod mtx;
+mod npy;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use colonnade_core::DenseMatrix;
+
+/// A bad input file: exit code 2, one line naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct InputError {
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+impl InputError {
+    pub fn new(path: &Path, problem: impl Into<String>) -> Self {
+        Self { path: path.to_owned(), problem: problem.into() }
+    }
+}
+
+/// A matrix read from a file, and whether every value in the file was an integer.
+#[derive(Debug)]
+pub struct Loaded {
+    pub matrix: DenseMatrix,
+    pub integer: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Npy,
+    Csv,
+    Mtx,
+}
+
+impl Format {
+    pub fn of(path: &Path) -> Result<Self, InputError> {
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("npy") => Ok(Format::Npy),
+            Some("csv") => Ok(Format::Csv),
+            Some("mtx") => Ok(Format::Mtx),
+            Some(other) => Err(InputError::new(path, format!("unknown extension '.{other}' (use .npy, .csv or .mtx)"))),
+            None => Err(InputError::new(path, "no extension (use .npy, .csv or .mtx)")),
+        }
+    }
+}
+
+/// Reads a matrix, choosing the format by extension.
+pub fn read_matrix(path: &Path) -> Result<Loaded, InputError> {
+    let format = Format::of(path)?;
+    let bytes = std::fs::read(path).map_err(|e| InputError::new(path, describe_io(&e)))?;
+    let err = |problem: String| InputError::new(path, problem);
+    let loaded = match format {
+        Format::Npy => npy::parse(&bytes).map_err(err)?,
+        Format::Csv => csv::parse(&bytes).map_err(err)?,
+        Format::Mtx => mtx::parse(&bytes).map_err(err)?,
+    };
+    if loaded.matrix.rows() == 0 || loaded.matrix.cols() == 0 {
+        return Err(InputError::new(path, format!("the matrix is empty ({})", loaded.matrix.shape_string())));
+    }
+    Ok(loaded)
+}
+
+/// Writes `matrix` in the format `path`'s extension names, as integers if `integer`
+/// and every value is an exact integer. Writes to a temporary file, then renames.
+pub fn write_matrix(path: &Path, matrix: &DenseMatrix, integer: bool) -> anyhow::Result<()> {
+    let format = Format::of(path)?;
+    let integer = integer && all_exact_integers(matrix);
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().with_context(|| format!("{}: not a file name", path.display()))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        match format {
+            Format::Npy => npy::write(&mut out, matrix, integer)?,
+            Format::Csv => csv::write(&mut out, matrix, integer)?,
+            Format::Mtx => mtx::write(&mut out, matrix, integer)?,
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}
+
+/// Largest |value| below which every integer is exact in f64.
+const EXACT_INTEGER_LIMIT: f64 = 9_007_199_254_740_992.0;
+
+fn all_exact_integers(m: &DenseMatrix) -> bool {
+    let ok = |v: f64| v.fract() == 0.0 && v.abs() <= EXACT_INTEGER_LIMIT;
+    match m {
+        DenseMatrix::F64(m) => m.as_slice().iter().all(|&v| ok(v)),
+        DenseMatrix::F32(m) => m.as_slice().iter().all(|&v| ok(f64::from(v))),
+    }
+}
+
+fn describe_io(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Fails if a dense rows×cols matrix of f64 would not fit in memory, before allocating it.
+pub(crate) fn check_dense_size(rows: usize, cols: usize) -> Result<(), String> {
+    let bytes = (rows as u128) * (cols as u128) * 8;
+    let limit = available_memory().unwrap_or(u64::MAX) as u128;
+    if bytes > limit {
+        return Err(format!("a dense {rows}x{cols} matrix needs {} GiB, more than the {} GiB available", bytes >> 30, limit >> 30));
+    }
+    Ok(())
+}
+
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Writes one value for a text format: integers plainly, floats in the shortest
+/// form that reads back exactly.
+pub(crate) fn format_value(out: &mut impl Write, v: f64, integer: bool, f32_precision: bool) -> std::io::Result<()> {
+    if integer {
+        write!(out, "{}", v as i64)
+    } else if f32_precision {
+        write!(out, "{:?}", v as f32)
+    } else {
+        write!(out, "{v:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use colonnade_core::{Dtype, Matrix};
+
+    #[test]
+    fn every_format_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = DenseMatrix::F64(Matrix::from_fn(3, 2, |i, j| i as f64 * 0.1 - j as f64 * 1e300));
+        let ints = DenseMatrix::F64(Matrix::from_fn(2, 3, |i, j| (i * 10 + j) as f64 - 7.0));
+        let single = DenseMatrix::F32(Matrix::from_fn(2, 2, |i, j| (i as f32 + 0.1) * (j as f32 - 3.3)));
+        for ext in ["npy", "csv", "mtx"] {
+            let path = dir.path().join(format!("m.{ext}"));
+            write_matrix(&path, &m, false).unwrap();
+            assert_eq!(read_matrix(&path).unwrap().matrix, m, "{ext}");
+            write_matrix(&path, &ints, true).unwrap();
+            let back = read_matrix(&path).unwrap();
+            assert!(back.integer, "{ext}");
+            assert_eq!(back.matrix, ints, "{ext}");
+            write_matrix(&path, &single, false).unwrap();
+            // Text formats read back as f64; the f32 values survive the trip.
+            let back = read_matrix(&path).unwrap().matrix;
+            assert_eq!(back.dtype(), if ext == "npy" { Dtype::F32 } else { Dtype::F64 }, "{ext}");
+            assert_eq!(back.into_f32(), single.clone().into_f32(), "{ext}");
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers.len(), 3, "no temporary files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn bad_names_are_input_errors() {
+        assert_eq!(Format::of(Path::new("x.txt")).unwrap_err().to_string(), "x.txt: unknown extension '.txt' (use .npy, .csv or .mtx)");
+        assert_eq!(read_matrix(Path::new("/nonexistent/a.npy")).unwrap_err().to_string(), "/nonexistent/a.npy: no such file");
+    }
+
+    #[test]
+    fn non_integer_results_are_written_as_floats() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.csv");
+        write_matrix(&path, &DenseMatrix::F64(Matrix::from_fn(1, 2, |_, j| j as f64 + 0.5)), true).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "0.5,1.5\n");
+    }
+}

@@ -1,0 +1,168 @@
+//! Matrix Market: `array` and `coordinate` (read as dense), `real`, `integer`
+//! and `pattern` fields, `general`, `symmetric` and `skew-symmetric`.
+
+use std::io::Write;
+
+use colonnade_core::{DenseMatrix, Matrix};
+
+use super::{check_dense_size, format_value, Loaded};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Symmetry {
+    General,
+    Symmetric,
+    Skew,
+}
+
+pub(super) fn parse(bytes: &[u8]) -> Result<Loaded, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not a text file")?;
+    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim()));
+    let (_, banner) = lines.next().ok_or("empty file")?;
+    let words: Vec<String> = banner.split_whitespace().map(str::to_ascii_lowercase).collect();
+    if words.len() != 5 || words[0] != "%%matrixmarket" || words[1] != "matrix" {
+        return Err("not a Matrix Market file (expected '%%MatrixMarket matrix <format> <field> <symmetry>')".into());
+    }
+    let coordinate = match words[2].as_str() {
+        "array" => false,
+        "coordinate" => true,
+        other => return Err(format!("unsupported format '{other}' (use array or coordinate)")),
+    };
+    let (integer, pattern) = match words[3].as_str() {
+        "real" | "double" => (false, false),
+        "integer" => (true, false),
+        "pattern" if coordinate => (true, true),
+        other => return Err(format!("unsupported field '{other}' (use real, integer or pattern)")),
+    };
+    let symmetry = match words[4].as_str() {
+        "general" => Symmetry::General,
+        "symmetric" => Symmetry::Symmetric,
+        "skew-symmetric" => Symmetry::Skew,
+        other => return Err(format!("unsupported symmetry '{other}' (use general or symmetric)")),
+    };
+    let mut data = lines.filter(|(_, l)| !l.is_empty() && !l.starts_with('%'));
+    let (size_line, size) = data.next().ok_or("no size line")?;
+    let dims: Vec<usize> = size
+        .split_whitespace()
+        .map(|w| w.parse().map_err(|_| format!("line {size_line}: bad size '{w}'")))
+        .collect::<Result<_, _>>()?;
+    let (rows, cols, entries) = match (coordinate, &dims[..]) {
+        (false, &[r, c]) => (r, c, None),
+        (true, &[r, c, nnz]) => (r, c, Some(nnz)),
+        _ => return Err(format!("line {size_line}: expected {} numbers on the size line", if coordinate { 3 } else { 2 })),
+    };
+    if symmetry != Symmetry::General && rows != cols {
+        return Err(format!("a {} matrix must be square, this one is {rows}x{cols}", words[4]));
+    }
+    if !coordinate {
+        // Every array entry takes at least two bytes; refuse sizes the file cannot hold.
+        let stored = if symmetry == Symmetry::General { rows as u128 * cols as u128 } else { rows as u128 * (rows as u128 + 1) / 2 };
+        if stored > bytes.len() as u128 / 2 + 1 {
+            return Err(format!("truncated: a {rows}x{cols} array needs {stored} values"));
+        }
+    }
+    check_dense_size(rows, cols)?;
+    let mut m = Matrix::<f64>::zeros(rows, cols).map_err(|e| e.to_string())?;
+    let number = |line: usize, w: &str| -> Result<f64, String> {
+        w.parse::<f64>().map_err(|_| format!("line {line}: '{w}' is not a number"))
+    };
+    let put = |m: &mut Matrix<f64>, i: usize, j: usize, v: f64| {
+        m.as_mut_slice()[j * rows + i] += v;
+        match symmetry {
+            Symmetry::Symmetric if i != j => m.as_mut_slice()[i * rows + j] += v,
+            Symmetry::Skew if i != j => m.as_mut_slice()[i * rows + j] -= v,
+            _ => {}
+        }
+    };
+    let mut count = 0usize;
+    if let Some(nnz) = entries {
+        for (line, l) in data.by_ref() {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let want = if pattern { 2 } else { 3 };
+            if w.len() != want {
+                return Err(format!("line {line}: expected {want} fields, found {}", w.len()));
+            }
+            let index = |s: &str, max: usize| -> Result<usize, String> {
+                match s.parse::<usize>() {
+                    Ok(x) if (1..=max).contains(&x) => Ok(x - 1),
+                    _ => Err(format!("line {line}: index '{s}' is outside 1..={max}")),
+                }
+            };
+            let (i, j) = (index(w[0], rows)?, index(w[1], cols)?);
+            let v = if pattern { 1.0 } else { number(line, w[2])? };
+            put(&mut m, i, j, v);
+            count += 1;
+            if count == nnz {
+                break;
+            }
+        }
+        if count != nnz {
+            return Err(format!("truncated: the size line promises {nnz} entries, the file has {count}"));
+        }
+    } else {
+        let mut cells = (0..cols).flat_map(|j| {
+            let start = if symmetry == Symmetry::General { 0 } else { j + usize::from(symmetry == Symmetry::Skew) };
+            (start..rows).map(move |i| (i, j))
+        });
+        for (line, l) in data.by_ref() {
+            for w in l.split_whitespace() {
+                let Some((i, j)) = cells.next() else {
+                    return Err(format!("line {line}: more values than a {rows}x{cols} array holds"));
+                };
+                put(&mut m, i, j, number(line, w)?);
+                count += 1;
+            }
+        }
+        if cells.next().is_some() {
+            return Err(format!("truncated: the array has {count} values, fewer than its {rows}x{cols} size needs"));
+        }
+    }
+    if let Some((line, _)) = data.next() {
+        return Err(format!("line {line}: more entries than the size line promises"));
+    }
+    Ok(Loaded { matrix: DenseMatrix::F64(m), integer })
+}
+
+pub(super) fn write(out: &mut impl Write, m: &DenseMatrix, integer: bool) -> std::io::Result<()> {
+    let field = if integer { "integer" } else { "real" };
+    writeln!(out, "%%MatrixMarket matrix array {field} general")?;
+    writeln!(out, "{} {}", m.rows(), m.cols())?;
+    let f32_precision = matches!(m, DenseMatrix::F32(_));
+    for j in 0..m.cols() {
+        for i in 0..m.rows() {
+            format_value(out, m.get_f64(i, j), integer, f32_precision)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dense(text: &str) -> Vec<f64> {
+        parse(text.as_bytes()).unwrap().matrix.into_f64().into_vec()
+    }
+
+    #[test]
+    fn reads_every_variant() {
+        assert_eq!(dense("%%MatrixMarket matrix array real general\n% c\n2 2\n1\n2\n3\n4\n"), vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(dense("%%MatrixMarket matrix array real symmetric\n2 2\n1\n2\n3\n"), vec![1.0, 2.0, 2.0, 3.0]);
+        assert_eq!(dense("%%MatrixMarket matrix coordinate real general\n2 3 2\n1 3 5.5\n2 1 -1\n"), vec![0.0, -1.0, 0.0, 0.0, 5.5, 0.0]);
+        assert_eq!(dense("%%MatrixMarket matrix coordinate pattern symmetric\n2 2 1\n2 1\n"), vec![0.0, 1.0, 1.0, 0.0]);
+        assert_eq!(dense("%%MatrixMarket matrix coordinate real skew-symmetric\n2 2 1\n2 1 3\n"), vec![0.0, 3.0, -3.0, 0.0]);
+        assert!(parse(b"%%MatrixMarket matrix coordinate integer general\n1 1 1\n1 1 7\n").unwrap().integer);
+    }
+
+    #[test]
+    fn names_the_problem() {
+        let err = |t: &str| parse(t.as_bytes()).unwrap_err();
+        assert!(err("hello\n").starts_with("not a Matrix Market file"));
+        assert!(err("%%MatrixMarket matrix array complex general\n").starts_with("unsupported field 'complex'"));
+        assert_eq!(err("%%MatrixMarket matrix coordinate real general\n2 2 1\n3 1 1\n"), "line 3: index '3' is outside 1..=2");
+        assert!(err("%%MatrixMarket matrix coordinate real general\n2 2 3\n1 1 1\n").starts_with("truncated"));
+        assert!(err("%%MatrixMarket matrix array real general\n2 2\n1\n2\n").starts_with("truncated"));
+        assert!(err("%%MatrixMarket matrix array real general\n1000000 1000000\n1\n").starts_with("truncated"));
+        assert_eq!(err("%%MatrixMarket matrix array real general\n1 1\nx\n"), "line 3: 'x' is not a number");
+    }
+}

@@ -1,0 +1,9 @@
+//! Colonnade's native shell: files, sockets, threads and the command line,
+//! around the sans-IO `colonnade-core`.
+
+pub mod cli;
+pub mod commands;
+pub mod compute;
+pub mod io;
+pub mod master;
+pub mod worker;

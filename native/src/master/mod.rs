@@ -1,0 +1,236 @@
+//! The master: serves workers and drives core's scheduler from a `select!` loop.
+
+mod page;
+mod progress;
+mod server;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use colonnade_core::kernel::flops;
+use colonnade_core::plan::Plan;
+use colonnade_core::scheduler::{Event, PayloadStats, Scheduler, WorkerId, WorkerInfo};
+use colonnade_core::DenseMatrix;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+pub use page::Status;
+use progress::Reporter;
+use server::{Input, Outgoing};
+
+use crate::worker::{self, WorkerOptions};
+
+/// A listening master, ready to run a job.
+#[derive(Debug)]
+pub struct Master {
+    addr: SocketAddr,
+    inputs: mpsc::Receiver<Input>,
+    status: watch::Sender<Status>,
+}
+
+/// What a finished job produced, and how it went.
+#[derive(Debug)]
+pub struct JobReport {
+    pub c: DenseMatrix,
+    /// From the first task sent to C assembled.
+    pub elapsed: Duration,
+    pub plan: Plan,
+    pub workers: Vec<(WorkerId, WorkerInfo)>,
+    pub stats: PayloadStats,
+}
+
+impl JobReport {
+    pub fn gflops(&self) -> f64 {
+        flops(self.plan.m, self.plan.k, self.plan.n) / self.elapsed.as_secs_f64().max(1e-9) / 1e9
+    }
+}
+
+impl Master {
+    /// Binds `listen` and starts serving.
+    pub async fn bind(listen: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let (tx, inputs) = mpsc::channel(64);
+        let (status, status_rx) = watch::channel(Status::default());
+        server::spawn(listener, tx, status_rx);
+        Ok(Self { addr, inputs, status })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL workers connect to. An unspecified address (0.0.0.0) is shown as
+    /// this host's name, which is what a remote worker needs.
+    pub fn worker_url(&self) -> String {
+        format!("ws://{}/ws", self.public_host())
+    }
+
+    pub fn page_url(&self) -> String {
+        format!("http://{}/", self.public_host())
+    }
+
+    fn public_host(&self) -> String {
+        if self.addr.ip().is_unspecified() {
+            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+            let host = if host.is_empty() { "THIS-HOST".to_owned() } else { host };
+            format!("{host}:{}", self.addr.port())
+        } else {
+            self.addr.to_string()
+        }
+    }
+
+    /// Starts `count` workers inside this process. They connect over loopback
+    /// and speak the same protocol as remote workers.
+    pub fn spawn_local_workers(&self, count: usize, threads_each: usize) -> LocalWorkers {
+        let (stop, stopped) = watch::channel(false);
+        let url = format!("ws://{}/ws", SocketAddr::new(loopback_for(self.addr), self.addr.port()));
+        let handles = (1..=count)
+            .map(|i| {
+                let options = WorkerOptions::new(url.clone(), threads_each, format!("local-{i}"));
+                tokio::spawn(worker::run(options, stopped.clone()))
+            })
+            .collect();
+        LocalWorkers { stop, handles }
+    }
+
+    /// Runs one job to completion.
+    pub async fn run(&mut self, mut scheduler: Scheduler, show_progress: bool) -> anyhow::Result<JobReport> {
+        let plan = scheduler.plan().clone();
+        let reporter = Reporter::new(plan.blocks(), show_progress);
+        self.status.send_modify(|s| {
+            s.shape = format!("{}x{} times {}x{}", plan.m, plan.k, plan.k, plan.n);
+            s.blocks_total = plan.blocks();
+            s.worker_command = format!("worker {}", self.worker_url());
+        });
+        let start = Instant::now();
+        let mut first_task: Option<Instant> = None;
+        let mut senders: HashMap<WorkerId, mpsc::UnboundedSender<Outgoing>> = HashMap::new();
+        let mut addrs: HashMap<WorkerId, SocketAddr> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        reporter.waiting(&self.worker_url(), &self.page_url());
+        loop {
+            while let Some((to, frame)) = scheduler.poll_transmit() {
+                if let Some(tx) = senders.get(&to) {
+                    first_task.get_or_insert_with(Instant::now);
+                    let _ = tx.send(Outgoing::Frame(frame));
+                }
+            }
+            while let Some(event) = scheduler.poll_event() {
+                reporter.event(&event, &addrs);
+                if matches!(event, Event::WorkerLeft { .. }) && scheduler.progress().native_workers + scheduler.progress().browser_workers == 0 {
+                    reporter.waiting(&self.worker_url(), &self.page_url());
+                }
+            }
+            let done_flops = flops(plan.m, plan.k, plan.width) * scheduler.progress().blocks_done as f64;
+            let elapsed = first_task.map_or(Duration::ZERO, |t| t.elapsed());
+            reporter.update(scheduler.progress(), done_flops, elapsed);
+            if scheduler.is_complete() {
+                break;
+            }
+            let wake = scheduler.poll_timeout().map(|t| tokio::time::Instant::from_std(start + t));
+            tokio::select! {
+                input = self.inputs.recv() => {
+                    let now = start.elapsed();
+                    match input.context("the server stopped")? {
+                        Input::Connected { worker, addr, outgoing } => {
+                            tracing::debug!(worker, %addr, "connection");
+                            senders.insert(worker, outgoing);
+                            addrs.insert(worker, addr);
+                        }
+                        Input::Message { worker, bytes } => {
+                            if !senders.contains_key(&worker) {
+                                continue; // already disconnected; its last words are ignored
+                            }
+                            if let Err(violation) = scheduler.handle_message(worker, &bytes, now) {
+                                reporter.note(&format!("worker {worker} ({}) disconnected: {violation}", addr_of(&addrs, worker)));
+                                while let Some((to, frame)) = scheduler.poll_transmit() {
+                                    if let Some(tx) = senders.get(&to) {
+                                        let _ = tx.send(Outgoing::Frame(frame));
+                                    }
+                                }
+                                if let Some(tx) = senders.remove(&worker) {
+                                    let _ = tx.send(Outgoing::Close(violation.to_string()));
+                                }
+                                scheduler.handle_disconnect(worker, now);
+                            }
+                        }
+                        Input::Closed { worker } => {
+                            if senders.remove(&worker).is_some() {
+                                scheduler.handle_disconnect(worker, now);
+                            }
+                        }
+                    }
+                }
+                _ = sleep_until(wake), if wake.is_some() => scheduler.handle_timeout(start.elapsed()),
+                _ = tick.tick() => {
+                    let p = scheduler.progress();
+                    self.status.send_modify(|s| {
+                        s.blocks_done = p.blocks_done;
+                        s.native_workers = p.native_workers;
+                        s.browser_workers = p.browser_workers;
+                    });
+                }
+            }
+        }
+        let elapsed = first_task.map_or(Duration::ZERO, |t| t.elapsed());
+        // Deliver the JobDone frames, then let the connections go.
+        while let Some((to, frame)) = scheduler.poll_transmit() {
+            if let Some(tx) = senders.get(&to) {
+                let _ = tx.send(Outgoing::Frame(frame));
+            }
+        }
+        for tx in senders.values() {
+            let _ = tx.send(Outgoing::Close("job complete".into()));
+        }
+        self.status.send_modify(|s| {
+            s.blocks_done = s.blocks_total;
+            s.complete = true;
+        });
+        reporter.finish();
+        Ok(JobReport {
+            c: scheduler.take_result().expect("complete"),
+            elapsed,
+            plan,
+            workers: scheduler.workers().map(|(id, info)| (id, info.clone())).collect(),
+            stats: scheduler.stats(),
+        })
+    }
+}
+
+/// Workers running inside the master's process.
+#[derive(Debug)]
+pub struct LocalWorkers {
+    stop: watch::Sender<bool>,
+    handles: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl LocalWorkers {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
+fn loopback_for(addr: SocketAddr) -> std::net::IpAddr {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        SocketAddr::V6(a) if a.ip().is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        a => a.ip(),
+    }
+}
+
+fn addr_of(addrs: &HashMap<WorkerId, SocketAddr>, worker: WorkerId) -> String {
+    addrs.get(&worker).map_or("unknown address".into(), ToString::to_string)
+}
+
+async fn sleep_until(when: Option<tokio::time::Instant>) {
+    match when {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,84 @@
+//! What the master tells the person watching: a progress bar on a terminal,
+//! plain lines otherwise.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use colonnade_core::protocol::WorkerKind;
+use colonnade_core::scheduler::{Event, Progress, WorkerId};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Debug)]
+pub struct Reporter {
+    bar: Option<ProgressBar>,
+}
+
+impl Reporter {
+    pub fn new(blocks: usize, show: bool) -> Self {
+        let bar = (show && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::with_draw_target(Some(blocks as u64), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} blocks · {msg} [{elapsed_precise}]")
+                    .expect("valid template")
+                    .progress_chars("█▉▊▋▌▍▎▏ "),
+            );
+            bar
+        });
+        Self { bar }
+    }
+
+    /// A line for the person, above the bar if there is one.
+    pub fn note(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub fn waiting(&self, worker_url: &str, page_url: &str) {
+        self.note(&format!("waiting for workers: run `worker {worker_url}` on any machine, or open {page_url} in a browser"));
+    }
+
+    pub fn event(&self, event: &Event, addrs: &HashMap<WorkerId, SocketAddr>) {
+        let addr = |w: &WorkerId| addrs.get(w).map_or("?".into(), ToString::to_string);
+        match event {
+            Event::WorkerJoined { worker, kind, name } => {
+                let kind = match kind {
+                    WorkerKind::Native => "native",
+                    WorkerKind::Browser => "browser",
+                };
+                self.note(&format!("worker {worker} joined: {kind} '{name}' from {}", addr(worker)));
+            }
+            Event::WorkerLeft { worker, requeued } => {
+                self.note(&format!("worker {worker} left; {requeued} of its blocks go back in the queue"));
+            }
+            Event::LeaseExpired { worker, block } => {
+                self.note(&format!("worker {worker} is overdue with block {block}; re-issuing it"));
+            }
+            Event::Speculated { worker, block } => tracing::debug!(worker, block, "tail: duplicating a straggler's block"),
+            Event::BlockDone { worker, block } => tracing::debug!(worker, block, "block done"),
+            Event::JobComplete => tracing::debug!("job complete"),
+        }
+    }
+
+    pub fn update(&self, p: Progress, done_flops: f64, elapsed: Duration) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(p.blocks_done as u64);
+            let rate = done_flops / elapsed.as_secs_f64().max(1e-9) / 1e9;
+            bar.set_message(format!(
+                "{} workers ({} native, {} browser) · {rate:.1} GFLOP/s",
+                p.native_workers + p.browser_workers,
+                p.native_workers,
+                p.browser_workers
+            ));
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! One port for everything: `/ws` for workers, `/` for people.
+//!
+//! Each WebSocket gets a reader (forwarding messages to the driver over a
+//! bounded channel, so a slow driver pushes back on the socket) and a writer
+//! (encoding frames just before they go out, so queued frames cost no copies).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use colonnade_core::codec::MAX_MESSAGE;
+use colonnade_core::protocol::Frame;
+use colonnade_core::scheduler::WorkerId;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+
+use super::page::{self, Status};
+
+/// What the connections tell the driver.
+#[derive(Debug)]
+pub enum Input {
+    Connected { worker: WorkerId, addr: SocketAddr, outgoing: mpsc::UnboundedSender<Outgoing> },
+    Message { worker: WorkerId, bytes: Bytes },
+    Closed { worker: WorkerId },
+}
+
+/// What the driver tells a connection.
+#[derive(Debug)]
+pub enum Outgoing {
+    Frame(Frame),
+    /// Close the connection, telling the worker why.
+    Close(String),
+}
+
+#[derive(Clone)]
+struct AppState {
+    inputs: mpsc::Sender<Input>,
+    next_worker: Arc<AtomicU64>,
+    status: watch::Receiver<Status>,
+}
+
+/// Serves on `listener` until the process ends.
+pub fn spawn(listener: tokio::net::TcpListener, inputs: mpsc::Sender<Input>, status: watch::Receiver<Status>) {
+    let state = AppState { inputs, next_worker: Arc::new(AtomicU64::new(1)), status };
+    let app = Router::new().route("/", get(index)).route("/ws", get(upgrade)).with_state(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
+            tracing::error!("the HTTP server stopped: {e}");
+        }
+    });
+}
+
+async fn index(State(state): State<AppState>) -> Html<String> {
+    Html(page::render(&state.status.borrow()))
+}
+
+async fn upgrade(ws: WebSocketUpgrade, ConnectInfo(addr): ConnectInfo<SocketAddr>, State(state): State<AppState>) -> Response {
+    ws.max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| connection(socket, addr, state))
+        .into_response()
+}
+
+async fn connection(socket: WebSocket, addr: SocketAddr, state: AppState) {
+    let worker = state.next_worker.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if state.inputs.send(Input::Connected { worker, addr, outgoing: tx }).await.is_err() {
+        return; // the job is over
+    }
+    let (mut sink, mut stream) = socket.split();
+    let writer = tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            let result = match out {
+                Outgoing::Frame(frame) => sink.send(Message::Binary(frame.encode().into())).await,
+                Outgoing::Close(reason) => {
+                    let reason: String = reason.chars().take(120).collect();
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1008, reason: reason.into() }))).await;
+                    break;
+                }
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(Ok(message)) = stream.next().await {
+        match message {
+            Message::Binary(bytes) => {
+                if state.inputs.send(Input::Message { worker, bytes }).await.is_err() {
+                    break;
+                }
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    let _ = state.inputs.send(Input::Closed { worker }).await;
+    let _ = writer.await;
+}

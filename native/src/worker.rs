@@ -1,0 +1,166 @@
+//! The native worker: a WebSocket client around core's `WorkerSession`.
+//!
+//! It reconnects with backoff (so it may start before the master and outlive
+//! a master restart), computes on blocking threads while the socket keeps
+//! receiving the next task, and on shutdown hands back what it holds.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use colonnade_core::codec::MAX_MESSAGE;
+use colonnade_core::protocol::WorkerKind;
+use colonnade_core::worker::{ComputeTask, WorkerConfig, WorkerError, WorkerEvent, WorkerSession};
+use colonnade_core::DenseMatrix;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::compute;
+
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub url: String,
+    pub threads: usize,
+    pub name: String,
+    /// Tasks held at once; 2 lets the next block arrive while this one computes.
+    pub slots: u32,
+    pub max_backoff: Duration,
+}
+
+impl WorkerOptions {
+    pub fn new(url: impl Into<String>, threads: usize, name: impl Into<String>) -> Self {
+        Self { url: url.into(), threads: threads.max(1), name: name.into(), slots: 2, max_backoff: Duration::from_secs(5) }
+    }
+}
+
+/// How a connection ended.
+enum Ended {
+    /// Shutdown was requested: stop for good.
+    Shutdown,
+    /// The master went away: reconnect.
+    Lost(String),
+}
+
+/// Serves masters until `shutdown` becomes true. Returns only then (or on a bad URL).
+pub async fn run(options: WorkerOptions, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(100);
+    let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let connect = tokio_tungstenite::connect_async_with_config(&options.url, Some(config), true);
+        let outcome = tokio::select! {
+            c = connect => c,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        match outcome {
+            Ok((socket, _)) => {
+                tracing::info!(url = %options.url, "connected to the master");
+                backoff = Duration::from_millis(100);
+                match serve(socket, &options, &mut shutdown).await {
+                    Ended::Shutdown => return Ok(()),
+                    Ended::Lost(why) => tracing::info!("connection ended ({why}); reconnecting"),
+                }
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Url(e)) => {
+                return Err(anyhow!("{}: not a usable WebSocket URL: {e}", options.url));
+            }
+            Err(e) => tracing::info!(url = %options.url, "cannot reach the master ({e}); retrying in {backoff:?}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(options.max_backoff);
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn serve(socket: Socket, options: &WorkerOptions, shutdown: &mut watch::Receiver<bool>) -> Ended {
+    let (mut sink, mut stream) = socket.split();
+    let config = WorkerConfig {
+        threads: options.threads as u32,
+        slots: options.slots,
+        ..WorkerConfig::new(WorkerKind::Native, options.name.clone())
+    };
+    let mut session = WorkerSession::new(config);
+    let mut computing: Option<(u64, JoinHandle<DenseMatrix>)> = None;
+    let ended = loop {
+        if computing.is_none() {
+            computing = session.next_task().map(|task| start(task, options.threads));
+        }
+        if let Err(e) = flush(&mut session, &mut sink).await {
+            break Ended::Lost(e.to_string());
+        }
+        tokio::select! {
+            message = stream.next() => match message {
+                Some(Ok(Message::Binary(bytes))) => match session.handle_message(&bytes) {
+                    Ok(event) => log_event(event),
+                    Err(WorkerError::Refused(reason)) => {
+                        tracing::error!("the master refused this worker: {reason}");
+                        break Ended::Lost("refused".into());
+                    }
+                    Err(e) => break Ended::Lost(format!("the master sent something unusable: {e}")),
+                },
+                Some(Ok(Message::Close(frame))) => break Ended::Lost(frame.map_or("closed".into(), |f| f.reason.to_string())),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Ended::Lost(e.to_string()),
+                None => break Ended::Lost("closed".into()),
+            },
+            done = async { (&mut computing.as_mut().expect("guarded").1).await }, if computing.is_some() => {
+                let (lease, _) = computing.take().expect("guarded");
+                match done {
+                    Ok(c) => {
+                        if session.complete(lease, c) {
+                            tracing::debug!(lease, "task done");
+                        }
+                    }
+                    Err(e) => break Ended::Lost(format!("compute thread failed: {e}")),
+                }
+            }
+            _ = shutdown.changed() => {
+                let held = session.in_flight();
+                session.release_all();
+                let _ = flush(&mut session, &mut sink).await;
+                let _ = sink.close().await;
+                tracing::info!("stopping; handed back {held} task(s)");
+                break Ended::Shutdown;
+            }
+        }
+    };
+    if let Some((_, handle)) = computing {
+        handle.abort();
+    }
+    ended
+}
+
+fn start(task: ComputeTask, threads: usize) -> (u64, JoinHandle<DenseMatrix>) {
+    tracing::debug!(lease = task.lease, first_col = task.first_col, cols = task.cols(), "computing task");
+    let lease = task.lease;
+    let handle = tokio::task::spawn_blocking(move || compute::multiply(&task.a, &task.b, threads));
+    (lease, handle)
+}
+
+async fn flush(session: &mut WorkerSession, sink: &mut (impl SinkExt<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin)) -> anyhow::Result<()> {
+    while let Some(frame) = session.poll_transmit() {
+        sink.feed(Message::Binary(frame.encode().into())).await.context("sending to the master")?;
+    }
+    sink.flush().await.context("sending to the master")?;
+    Ok(())
+}
+
+fn log_event(event: Option<WorkerEvent>) {
+    match event {
+        Some(WorkerEvent::Welcomed { worker }) => tracing::info!(worker, "joined"),
+        Some(WorkerEvent::JobStarted { job, m, k, n, dtype }) => {
+            tracing::info!(job, "job: A is {m}x{k}, C is {m}x{n}, {dtype}");
+        }
+        Some(WorkerEvent::TaskCancelled { lease }) => tracing::debug!(lease, "task cancelled: another worker finished it"),
+        Some(WorkerEvent::JobDone { job }) => tracing::info!(job, "job done"),
+        None => {}
+    }
+}
