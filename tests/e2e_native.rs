@@ -1,0 +1,144 @@
+//! The real `master` and `worker` binaries on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn blocks_done(master_output: &str) -> Vec<usize> {
+    master_output
+        .lines()
+        .filter(|l| l.trim_start().starts_with("worker ") && l.ends_with(" blocks"))
+        .map(|l| l.rsplit(' ').nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_seed_example_reproduces() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let a = path(&dir, "a.csv");
+    let c = path(&dir, "c.csv");
+    write_csv(&a, &Dense::from_fn(3, 3, |i, j| (3 * i + j + 1) as f64));
+    let (mut master, _) = start_master(&a, &a, &c, &["--local-workers", "1"]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    // The course project printed the columns 30 66 102, 36 81 126, 42 96 150.
+    assert_eq!(std::fs::read_to_string(&c).unwrap(), "30,36,42\n66,81,96\n102,126,150\n");
+}
+
+#[test]
+fn three_workers_share_a_job() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, b_path, c_path) = (path(&dir, "a.npy"), path(&dir, "b.npy"), path(&dir, "c.npy"));
+    let a = Dense::random_ints(1500, 1500, 1);
+    let b = Dense::random_ints(1500, 1500, 2);
+    write_npy(&a_path, &a);
+    write_npy(&b_path, &b);
+    let (mut master, addr) = start_master(&a_path, &b_path, &c_path, &["--block", "12"]);
+    master.wait_for("waiting for workers", LONG, |l| l.starts_with("waiting for workers"));
+    let _workers: Vec<Proc> = (1..=3).map(|i| start_worker(&format!("w{i}"), &addr, &[])).collect();
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    let (descr, c) = read_npy(&c_path);
+    assert_eq!(descr, "<f8", "float inputs give a float result");
+    assert_eq!((c.rows, c.cols), (1500, 1500));
+    // Every column (so every block), at three rows each, against the textbook sum.
+    for j in 0..c.cols {
+        for i in [j % 1500, (j * 7 + 3) % 1500, 1499 - j % 1500] {
+            assert_eq!(c.at(i, j), naive_entry(&a, &b, i, j), "C[{i}][{j}]");
+        }
+    }
+    let done = blocks_done(&master.output());
+    assert_eq!(done.len(), 3, "three workers joined:\n{}", master.output());
+    assert_eq!(done.iter().sum::<usize>(), 125, "each block counted once");
+    assert!(done.iter().all(|&d| d > 0), "every worker took blocks: {done:?}");
+}
+
+#[test]
+fn a_worker_killed_mid_job_costs_time_not_correctness() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, b_path, c_path) = (path(&dir, "a.csv"), path(&dir, "b.csv"), path(&dir, "c.csv"));
+    let a = Dense::random_ints(200, 150, 3);
+    let b = Dense::random_ints(150, 90, 4);
+    write_csv(&a_path, &a);
+    write_csv(&b_path, &b);
+    let (mut master, addr) = start_master(&a_path, &b_path, &c_path, &["--block", "7"]);
+    let mut doomed = start_worker("doomed", &addr, &[]);
+    doomed.wait_for("'computing task'", LONG, |l| l.contains("computing task"));
+    doomed.sigkill();
+    master.wait_for("the dead worker's blocks re-queued", LONG, |l| l.contains("left;") && !l.contains(" 0 of its blocks"));
+    let _heir = start_worker("heir", &addr, &[]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_csv(&c_path), naive(&a, &b));
+}
+
+#[test]
+fn a_worker_may_start_before_the_master() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, b_path, c_path) = (path(&dir, "a.mtx"), path(&dir, "b.csv"), path(&dir, "c.csv"));
+    std::fs::write(&a_path, "%%MatrixMarket matrix coordinate integer symmetric\n3 3 3\n1 1 2\n3 1 -1\n2 2 5\n").unwrap();
+    let a = Dense { rows: 3, cols: 3, data: vec![2.0, 0.0, -1.0, 0.0, 5.0, 0.0, -1.0, 0.0, 0.0] };
+    let b = Dense::random_ints(3, 40, 5);
+    write_csv(&b_path, &b);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let early = start_worker("early", &addr, &[]);
+    early.wait_for("a failed connection attempt", LONG, |l| l.contains("cannot reach the master"));
+    let (mut master, _) = start_master_on(&addr, &a_path, &b_path, &c_path, &["--block", "4"]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_csv(&c_path), naive(&a, &b));
+    assert_eq!(blocks_done(&master.output()), vec![10], "the early worker did every block");
+}
+
+#[test]
+fn ctrl_c_hands_back_the_task_and_exits_zero() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
+    let a = Dense::random_ints(60, 60, 6);
+    write_csv(&a_path, &a);
+    let (mut master, addr) = start_master(&a_path, &a_path, &c_path, &["--block", "5"]);
+    let mut quitter = start_worker("quitter", &addr, &[]);
+    quitter.wait_for("'computing task'", LONG, |l| l.contains("computing task"));
+    quitter.signal("INT");
+    let status = quitter.wait_exit(LONG);
+    assert_eq!(status.code(), Some(0), "{}", quitter.output());
+    assert!(quitter.output().contains("handed back"), "{}", quitter.output());
+    let _heir = start_worker("heir", &addr, &[]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_csv(&c_path), naive(&a, &a));
+}
+
+#[test]
+fn the_page_shows_the_job() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
+    write_csv(&a_path, &Dense::random_ints(4, 4, 7));
+    let (_master, addr) = start_master(&a_path, &a_path, &c_path, &[]);
+    let page = http_get(&addr, "/");
+    assert!(page.contains("200 OK"), "{page}");
+    assert!(page.contains("4x4 times 4x4") && page.contains("0 of 1 column blocks done"), "{page}");
+    assert!(page.contains(&format!("worker ws://{addr}/ws")), "{page}");
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    // The status is published on the master's first progress tick.
+    for _ in 0..50 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        if out.contains("column blocks done") && !out.contains("0 of 0") {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the page never showed the job");
+}

@@ -90,14 +90,13 @@ async fn connection(socket: WebSocket, addr: SocketAddr, state: AppState) {
         }
     });
     while let Some(Ok(message)) = stream.next().await {
-        match message {
-            Message::Binary(bytes) => {
-                if state.inputs.send(Input::Message { worker, bytes }).await.is_err() {
-                    break;
-                }
-            }
+        let bytes = match message {
+            Message::Binary(bytes) => bytes,
             Message::Close(_) => break,
-            _ => {}
+            _ => continue,
+        };
+        if state.inputs.send(Input::Message { worker, bytes }).await.is_err() {
+            break;
         }
     }
     let _ = state.inputs.send(Input::Closed { worker }).await;
