@@ -93,6 +93,13 @@ fn a_worker_may_start_before_the_master() {
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_csv(&c_path), naive(&a, &b));
     assert_eq!(blocks_done(&master.output()), vec![10], "the early worker did every block");
+
+    // The master is gone; the worker waits for the next one on the same address.
+    let c2_path = path(&dir, "c2.csv");
+    let (mut second, _) = start_master_on(&addr, &a_path, &a_path, &c2_path, &["--block", "1"]);
+    assert!(second.wait_exit(LONG).success(), "{}", second.output());
+    assert_eq!(read_csv(&c2_path), naive(&a, &a));
+    assert_eq!(blocks_done(&second.output()), vec![3], "the same worker served the second master");
 }
 
 #[test]
