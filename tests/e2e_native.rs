@@ -122,30 +122,35 @@ fn ctrl_c_hands_back_the_task_and_exits_zero() {
 }
 
 #[test]
-fn the_page_shows_the_job() {
+fn the_master_serves_its_page_and_progress() {
     let _serial = serial();
     let dir = temp_dir();
     let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
     write_csv(&a_path, &Dense::random_ints(4, 4, 7));
     let (_master, addr) = start_master(&a_path, &a_path, &c_path, &[]);
-    let page = http_get(&addr, "/");
-    assert!(page.contains("200 OK"), "{page}");
-    assert!(page.contains("4x4 times 4x4") && page.contains("0 of 1 column blocks done"), "{page}");
-    assert!(page.contains(&format!("worker ws://{addr}/ws")), "{page}");
+    let progress = http_get_until(&addr, "/progress", |body| body.contains("\"blocks_total\":1"));
+    assert!(progress.contains(r#""shape":"4x4 times 4x4""#) && progress.contains(r#""blocks_done":0"#), "{progress}");
+    let page = http_get_until(&addr, "/", |body| body.contains("</html>"));
+    if cfg!(web_assets) {
+        assert!(page.contains("This tab is lending its CPU"), "{page}");
+    } else {
+        assert!(page.contains("cargo xtask web") && page.contains(&format!("worker ws://{addr}/ws")), "{page}");
+    }
 }
 
-fn http_get(addr: &str, path: &str) -> String {
+/// GETs `path` until the response satisfies `ready` (the master publishes its
+/// status on its first progress tick).
+fn http_get_until(addr: &str, path: &str, ready: impl Fn(&str) -> bool) -> String {
     use std::io::{Read, Write};
-    // The status is published on the master's first progress tick.
     for _ in 0..50 {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
-        if out.contains("column blocks done") && !out.contains("0 of 0") {
+        if out.starts_with("HTTP/1.1 200") && ready(&out) {
             return out;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("the page never showed the job");
+    panic!("GET {path} never became ready");
 }

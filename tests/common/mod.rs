@@ -2,6 +2,8 @@
 //! loopback, inputs written and outputs read by independent code here.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

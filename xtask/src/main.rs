@@ -7,16 +7,23 @@ const USAGE: &str = "\
 cargo xtask <command>
 
 Commands:
-  demo [ARGS...]   build the master (release) and run `master demo ARGS...`
-  test             install what the tests need, then run clippy, the wasm
-                   build check and the whole test suite
+  demo [ARGS...]   build the browser worker and the master (release), then
+                   run `master demo ARGS...`
+  test             install what the tests need (wasm target, wasm-bindgen,
+                   numpy, Chromium), build the browser worker, then run clippy
+                   and the whole test suite
+  web              build the browser worker into web/pkg (the master embeds it)
 ";
+
+/// The wasm-bindgen CLI must match the `wasm-bindgen` crate exactly.
+const WASM_BINDGEN_VERSION: &str = "0.2.130";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(),
+        Some("web") => web(),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(())
@@ -36,20 +43,62 @@ fn main() -> ExitCode {
 }
 
 fn demo(args: &[String]) -> Result<(), String> {
+    web()?;
     let mut cmd = cargo();
     cmd.args(["run", "--release", "--quiet", "-p", "colonnade-native", "--bin", "master", "--", "demo"]).args(args);
     run(&mut cmd)
 }
 
 fn test() -> Result<(), String> {
-    ensure_wasm_target()?;
     ensure_numpy()?;
-    run(cargo().args(["build", "-p", "colonnade-core", "--target", "wasm32-unknown-unknown"]))?;
+    ensure_chromium()?;
+    web()?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     run(cargo().args(["test", "--workspace"]))
 }
 
-/// Core must build for the browser; CI checks it on every run.
+/// Builds the browser worker: wasm (with simd128, see .cargo/config.toml),
+/// then wasm-bindgen's JS glue, into web/pkg.
+fn web() -> Result<(), String> {
+    ensure_wasm_target()?;
+    let bindgen = ensure_wasm_bindgen()?;
+    run(cargo().args(["build", "--release", "-p", "colonnade-web", "--target", "wasm32-unknown-unknown"]))?;
+    let root = workspace_root();
+    let wasm = root.join("target/wasm32-unknown-unknown/release/colonnade_web.wasm");
+    let out = root.join("web/pkg");
+    run(Command::new(bindgen).args(["--target", "web", "--no-typescript", "--out-dir"]).arg(&out).arg(&wasm))
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
+}
+
+/// Finds wasm-bindgen at the pinned version, installing it if needed.
+fn ensure_wasm_bindgen() -> Result<std::path::PathBuf, String> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")))
+        .ok_or("neither CARGO_HOME nor HOME is set")?;
+    let bin = cargo_home.join("bin/wasm-bindgen");
+    let version = Command::new(&bin).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if !version.is_ok_and(|v| v.split_whitespace().nth(1) == Some(WASM_BINDGEN_VERSION)) {
+        // Not --locked: that fails for this version (see DESIGN.md).
+        run(cargo().args(["install", "wasm-bindgen-cli", "--version", WASM_BINDGEN_VERSION, "--force"]))?;
+    }
+    Ok(bin)
+}
+
+/// The browser tests drive Debian's Chromium through chromedriver.
+fn ensure_chromium() -> Result<(), String> {
+    let present = |b: &str| std::path::Path::new(b).is_file();
+    if present("/usr/bin/chromium") && present("/usr/bin/chromedriver") {
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get").args(["install", "-y", "-qq", "chromium", "chromium-driver"]).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Core must build for the browser.
 fn ensure_wasm_target() -> Result<(), String> {
     let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
     if !installed.lines().any(|l| l.trim() == "wasm32-unknown-unknown") {

@@ -334,6 +334,11 @@ impl Scheduler {
         self.infos.iter().map(|(&id, info)| (id, info))
     }
 
+    /// Whether block `block` is in C.
+    pub fn block_done(&self, block: usize) -> bool {
+        self.assembly.is_done(block)
+    }
+
     pub fn stats(&self) -> PayloadStats {
         self.stats
     }

@@ -1,5 +1,6 @@
 //! The master: serves workers and drives core's scheduler from a `select!` loop.
 
+mod assets;
 mod page;
 mod progress;
 mod server;
@@ -103,6 +104,9 @@ impl Master {
         self.status.send_modify(|s| {
             s.shape = format!("{}x{} times {}x{}", plan.m, plan.k, plan.k, plan.n);
             s.blocks_total = plan.blocks();
+            s.n = plan.n;
+            s.width = plan.width;
+            s.done = "0".repeat(plan.blocks());
             s.worker_command = format!("worker {}", self.worker_url());
         });
         let start = Instant::now();
@@ -167,7 +171,9 @@ impl Master {
                 _ = sleep_until(wake), if wake.is_some() => scheduler.handle_timeout(start.elapsed()),
                 _ = tick.tick() => {
                     let p = scheduler.progress();
+                    let done = (0..plan.blocks()).map(|b| if scheduler.block_done(b) { '1' } else { '0' }).collect();
                     self.status.send_modify(|s| {
+                        s.done = done;
                         s.blocks_done = p.blocks_done;
                         s.native_workers = p.native_workers;
                         s.browser_workers = p.browser_workers;
@@ -187,6 +193,7 @@ impl Master {
         }
         self.status.send_modify(|s| {
             s.blocks_done = s.blocks_total;
+            s.done = "1".repeat(s.blocks_total);
             s.complete = true;
         });
         reporter.finish();

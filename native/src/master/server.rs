@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -20,6 +21,7 @@ use colonnade_core::scheduler::WorkerId;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 
+use super::assets;
 use super::page::{self, Status};
 
 /// What the connections tell the driver.
@@ -48,7 +50,12 @@ struct AppState {
 /// Serves on `listener` until the process ends.
 pub fn spawn(listener: tokio::net::TcpListener, inputs: mpsc::Sender<Input>, status: watch::Receiver<Status>) {
     let state = AppState { inputs, next_worker: Arc::new(AtomicU64::new(1)), status };
-    let app = Router::new().route("/", get(index)).route("/ws", get(upgrade)).with_state(state);
+    let app = Router::new()
+        .route("/", get(index))
+        .route("/progress", get(progress))
+        .route("/pkg/{file}", get(web_asset))
+        .route("/ws", get(upgrade))
+        .with_state(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
             tracing::error!("the HTTP server stopped: {e}");
@@ -57,7 +64,26 @@ pub fn spawn(listener: tokio::net::TcpListener, inputs: mpsc::Sender<Input>, sta
 }
 
 async fn index(State(state): State<AppState>) -> Html<String> {
-    Html(page::render(&state.status.borrow()))
+    match assets::WEB {
+        Some(_) => Html(assets::INDEX_HTML.to_owned()),
+        None => Html(page::render(&state.status.borrow(), assets::NOT_BUILT)),
+    }
+}
+
+async fn progress(State(state): State<AppState>) -> Response {
+    let json = page::progress_json(&state.status.borrow());
+    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], json).into_response()
+}
+
+async fn web_asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    const JS: &str = "text/javascript; charset=utf-8";
+    match (file.as_str(), assets::WEB) {
+        ("worker.js", Some(_)) => ([(header::CONTENT_TYPE, JS)], assets::WORKER_JS).into_response(),
+        ("colonnade_web.js", Some((glue, _))) => ([(header::CONTENT_TYPE, JS)], glue).into_response(),
+        ("colonnade_web_bg.wasm", Some((_, wasm))) => ([(header::CONTENT_TYPE, "application/wasm")], wasm).into_response(),
+        (_, None) => (StatusCode::NOT_FOUND, assets::NOT_BUILT).into_response(),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn upgrade(ws: WebSocketUpgrade, ConnectInfo(addr): ConnectInfo<SocketAddr>, State(state): State<AppState>) -> Response {

@@ -1,0 +1,136 @@
+//! Browser tabs as workers: the real master, headless Chromium opening its page,
+//! and the Rust worker running as WebAssembly in Web Workers.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::browser::Browser;
+use common::*;
+
+const LONG: Duration = Duration::from_secs(180);
+
+/// (kind, blocks) for each worker in the master's summary.
+fn blocks_by_kind(master_output: &str) -> Vec<(String, usize)> {
+    master_output
+        .lines()
+        .filter(|l| l.trim_start().starts_with("worker ") && l.ends_with(" blocks"))
+        .map(|l| {
+            let kind = l.split('(').nth(1).unwrap().split(' ').next().unwrap().to_owned();
+            (kind, l.rsplit(' ').nth(1).unwrap().parse().unwrap())
+        })
+        .collect()
+}
+
+fn artifact(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(name)
+}
+
+fn inputs(dir: &tempfile::TempDir, m: usize, k: usize, n: usize) -> (PathBuf, PathBuf, PathBuf, Dense, Dense) {
+    let (a_path, b_path, c_path) = (path(dir, "a.npy"), path(dir, "b.npy"), path(dir, "c.npy"));
+    let a = Dense::random_ints(m, k, 11);
+    let b = Dense::random_ints(k, n, 12);
+    write_npy(&a_path, &a);
+    write_npy(&b_path, &b);
+    (a_path, b_path, c_path, a, b)
+}
+
+/// Checks every column of C at a few rows against the textbook sum.
+fn check_sampled(c_path: &std::path::Path, a: &Dense, b: &Dense) {
+    let (_, c) = read_npy(c_path);
+    assert_eq!((c.rows, c.cols), (a.rows, b.cols));
+    for j in 0..c.cols {
+        for i in [j % c.rows, (j * 13 + 5) % c.rows] {
+            assert_eq!(c.at(i, j), naive_entry(a, b, i, j), "C[{i}][{j}]");
+        }
+    }
+}
+
+#[test]
+fn one_tab_computes_every_block() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, b_path, c_path) = (path(&dir, "a.csv"), path(&dir, "b.csv"), path(&dir, "c.csv"));
+    let a = Dense::random_ints(120, 80, 1);
+    let b = Dense::random_ints(80, 100, 2);
+    write_csv(&a_path, &a);
+    write_csv(&b_path, &b);
+    let (mut master, addr) = start_master(&a_path, &b_path, &c_path, &["--block", "10"]);
+    let browser = Browser::launch();
+    browser.goto(&format!("http://{addr}/"));
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_csv(&c_path), naive(&a, &b));
+    let done = blocks_by_kind(&master.output());
+    assert!(done.iter().all(|(kind, _)| kind == "browser"), "{done:?}");
+    assert_eq!(done.iter().map(|(_, d)| d).sum::<usize>(), 10);
+}
+
+#[test]
+fn a_native_worker_and_a_tab_share_a_job() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, b_path, c_path, a, b) = inputs(&dir, 1024, 1024, 4096);
+    let (mut master, addr) = start_master(&a_path, &b_path, &c_path, &["--block", "32"]);
+    let browser = Browser::launch();
+    browser.goto(&format!("http://{addr}/?cores=1"));
+    master.wait_for("the tab joined", LONG, |l| l.contains("joined: browser"));
+    let _native = start_worker("native", &addr, &[]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    check_sampled(&c_path, &a, &b);
+    let done = blocks_by_kind(&master.output());
+    let by = |kind: &str| done.iter().filter(|(k, _)| k == kind).map(|(_, d)| d).sum::<usize>();
+    assert!(by("browser") > 0 && by("native") > 0, "both kinds contributed: {done:?}");
+    assert_eq!(by("browser") + by("native"), 128);
+}
+
+#[test]
+fn a_tab_navigated_away_mid_job_loses_nothing() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, b_path, c_path, a, b) = inputs(&dir, 1024, 1024, 6144);
+    let (mut master, addr) = start_master(&a_path, &b_path, &c_path, &["--block", "32"]);
+    let browser = Browser::launch();
+    browser.goto(&format!("http://{addr}/?cores=1"));
+
+    // The page shows what it is doing, and it changes as blocks get done.
+    let first = browser.wait_text("state", LONG, |s| s.starts_with("connected"));
+    let job = browser.wait_text("job", LONG, |s| s.contains("1024x1024 times 1024x6144"));
+    let blocks = browser.wait_text("blocks", LONG, |s| s.parse::<u32>().is_ok_and(|b| b >= 2));
+    let overall = browser.wait_text("overall", LONG, |s| s.contains("0 native, 1 browser"));
+    browser.screenshot(&artifact("browser-mid-job.png"));
+    assert!(browser.text("gflops").ends_with("GFLOP/s") && browser.text("gflops") != "0.0 GFLOP/s");
+    eprintln!("page mid-job: state={first:?} job={job:?} blocks={blocks} overall={overall:?}");
+
+    browser.goto("about:blank");
+    master.wait_for("the tab's blocks re-queued", LONG, |l| l.contains("left;") && !l.contains(" 0 of its blocks"));
+    let _native = start_worker("native", &addr, &[]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    check_sampled(&c_path, &a, &b);
+    let done = blocks_by_kind(&master.output());
+    assert_eq!(done.iter().map(|(_, d)| d).sum::<usize>(), 192, "{done:?}");
+}
+
+#[test]
+fn the_page_pauses_and_stops_within_a_task() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, b_path, c_path, a, b) = inputs(&dir, 512, 512, 2048);
+    let (mut master, addr) = start_master(&a_path, &b_path, &c_path, &["--block", "16"]);
+    let browser = Browser::launch();
+    browser.goto(&format!("http://{addr}/?cores=1"));
+    browser.wait_text("blocks", LONG, |s| s.parse::<u32>().is_ok_and(|b| b >= 1));
+    browser.execute("document.getElementById('pause').click()");
+    browser.wait_text("state", LONG, |s| s == "paused");
+    // At most the task in hand finishes after Pause.
+    std::thread::sleep(Duration::from_millis(300));
+    let paused_at = browser.text("blocks");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(browser.text("blocks"), paused_at, "no blocks while paused");
+    browser.execute("document.getElementById('stop').click()");
+    browser.wait_text("state", LONG, |s| s.starts_with("stopped"));
+    master.wait_for("the stopped tab's tasks handed back", LONG, |l| l.contains("left;"));
+    let _native = start_worker("native", &addr, &[]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    check_sampled(&c_path, &a, &b);
+}

@@ -1,0 +1,265 @@
+//! The browser worker: a Web Worker that volunteers a core.
+//!
+//! Protocol, task handling and the kernel are core's `WorkerSession`; this
+//! crate only adds a `WebSocket`, timers, and reports to the page. The compute
+//! loop runs one task per turn of the worker's event loop, so Pause and Stop
+//! from the page act within one task.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use colonnade_core::protocol::WorkerKind;
+use colonnade_core::worker::{WorkerConfig, WorkerError, WorkerEvent, WorkerSession};
+use js_sys::{Function, Object, Reflect, Uint8Array};
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::{JsCast, JsValue};
+use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket, WorkerGlobalScope};
+
+pub mod bench;
+
+const MIN_BACKOFF_MS: i32 = 250;
+const MAX_BACKOFF_MS: i32 = 10_000;
+
+/// One volunteer connection, owned by one Web Worker.
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub struct Volunteer {
+    state: Rc<RefCell<State>>,
+}
+
+impl std::fmt::Debug for Volunteer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.state.borrow();
+        f.debug_struct("Volunteer").field("url", &s.url).field("blocks_done", &s.blocks_done).finish()
+    }
+}
+
+struct State {
+    url: String,
+    name: String,
+    /// Called with a plain object describing what changed, for the page.
+    report: Function,
+    socket: Option<WebSocket>,
+    session: Option<WorkerSession>,
+    paused: bool,
+    stopped: bool,
+    compute_scheduled: bool,
+    backoff_ms: i32,
+    blocks_done: u32,
+    flops_done: f64,
+    compute_ms: f64,
+    /// Keeps the socket's callbacks alive as long as the socket.
+    callbacks: Vec<Closure<dyn FnMut(JsValue)>>,
+}
+
+#[wasm_bindgen::prelude::wasm_bindgen]
+impl Volunteer {
+    /// Connects to the master at `url` (a ws:// or wss:// URL) and starts computing.
+    #[wasm_bindgen::prelude::wasm_bindgen(constructor)]
+    pub fn new(url: String, name: String, report: Function) -> Volunteer {
+        let state = State {
+            url,
+            name,
+            report,
+            socket: None,
+            session: None,
+            paused: false,
+            stopped: false,
+            compute_scheduled: false,
+            backoff_ms: MIN_BACKOFF_MS,
+            blocks_done: 0,
+            flops_done: 0.0,
+            compute_ms: 0.0,
+            callbacks: Vec::new(),
+        };
+        let volunteer = Volunteer { state: Rc::new(RefCell::new(state)) };
+        connect(&volunteer.state);
+        volunteer
+    }
+
+    /// Finishes the task at hand, then computes nothing until `resume`.
+    pub fn pause(&self) {
+        self.state.borrow_mut().paused = true;
+        report(&self.state.borrow(), "paused", &[]);
+    }
+
+    pub fn resume(&self) {
+        self.state.borrow_mut().paused = false;
+        report(&self.state.borrow(), "connected", &[]);
+        schedule_compute(&self.state);
+    }
+
+    /// Hands back every task it holds and closes for good.
+    pub fn stop(&self) {
+        let mut s = self.state.borrow_mut();
+        s.stopped = true;
+        if let Some(session) = s.session.as_mut() {
+            session.release_all();
+        }
+        flush(&mut s);
+        if let Some(socket) = s.socket.take() {
+            let _ = socket.close();
+        }
+        report(&s, "stopped", &[]);
+    }
+}
+
+fn scope() -> WorkerGlobalScope {
+    js_sys::global().unchecked_into()
+}
+
+fn now_ms() -> f64 {
+    scope().performance().map_or(0.0, |p| p.now())
+}
+
+fn set_timeout(ms: i32, f: impl FnOnce() + 'static) {
+    let callback = Closure::once_into_js(f);
+    let _ = scope().set_timeout_with_callback_and_timeout_and_arguments_0(callback.unchecked_ref(), ms);
+}
+
+fn connect(state: &Rc<RefCell<State>>) {
+    let url = state.borrow().url.clone();
+    let socket = match WebSocket::new(&url) {
+        Ok(socket) => socket,
+        Err(e) => {
+            report(&state.borrow(), "error", &[("error", format!("{url} is not a usable WebSocket URL: {e:?}").into())]);
+            return;
+        }
+    };
+    socket.set_binary_type(BinaryType::Arraybuffer);
+    let on_open = {
+        let state = Rc::clone(state);
+        Closure::<dyn FnMut(JsValue)>::new(move |_| {
+            let mut s = state.borrow_mut();
+            s.backoff_ms = MIN_BACKOFF_MS;
+            let config = WorkerConfig { slots: 2, max_operand_bytes: 1 << 30, ..WorkerConfig::new(WorkerKind::Browser, s.name.clone()) };
+            s.session = Some(WorkerSession::new(config));
+            flush(&mut s);
+            let status = if s.paused { "paused" } else { "connected" };
+            report(&s, status, &[]);
+        })
+    };
+    let on_message = {
+        let state = Rc::clone(state);
+        Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+            let Ok(event) = event.dyn_into::<MessageEvent>() else { return };
+            let Ok(buffer) = event.data().dyn_into::<js_sys::ArrayBuffer>() else { return };
+            receive(&state, &Uint8Array::new(&buffer).to_vec());
+        })
+    };
+    let on_close = {
+        let state = Rc::clone(state);
+        Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+            let reason = event.dyn_into::<CloseEvent>().map(|e| e.reason()).unwrap_or_default();
+            closed(&state, reason);
+        })
+    };
+    socket.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+    socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+    let mut s = state.borrow_mut();
+    s.callbacks = vec![on_open, on_message, on_close];
+    s.socket = Some(socket);
+    report(&s, "connecting", &[]);
+}
+
+fn receive(state: &Rc<RefCell<State>>, bytes: &[u8]) {
+    let mut s = state.borrow_mut();
+    let Some(session) = s.session.as_mut() else { return };
+    match session.handle_message(bytes) {
+        Ok(Some(WorkerEvent::JobStarted { m, k, n, dtype, .. })) => {
+            let shape = format!("{m}x{k} times {k}x{n}, {dtype}");
+            report(&s, "connected", &[("job", shape.into()), ("n", (n as f64).into())]);
+        }
+        Ok(Some(WorkerEvent::JobDone { .. })) => report(&s, "connected", &[("job", "done".into())]),
+        Ok(_) => {}
+        Err(e) => {
+            let why = match &e {
+                WorkerError::Refused(reason) => format!("the master refused this tab: {reason}"),
+                other => format!("the master sent something unusable: {other}"),
+            };
+            report(&s, "error", &[("error", why.into())]);
+            if let Some(socket) = s.socket.as_ref() {
+                let _ = socket.close();
+            }
+            return;
+        }
+    }
+    drop(s);
+    schedule_compute(state);
+}
+
+fn closed(state: &Rc<RefCell<State>>, reason: String) {
+    let mut s = state.borrow_mut();
+    s.session = None;
+    s.socket = None;
+    s.callbacks.clear();
+    if s.stopped {
+        return;
+    }
+    let wait = s.backoff_ms;
+    s.backoff_ms = (wait * 2).min(MAX_BACKOFF_MS);
+    report(&s, "reconnecting", &[("retry_ms", wait.into()), ("reason", reason.into())]);
+    drop(s);
+    let state = Rc::clone(state);
+    set_timeout(wait, move || {
+        if !state.borrow().stopped {
+            connect(&state);
+        }
+    });
+}
+
+/// Runs the next task on a later turn of the event loop, so messages from the
+/// page (pause, stop) are handled between tasks.
+fn schedule_compute(state: &Rc<RefCell<State>>) {
+    let mut s = state.borrow_mut();
+    if s.compute_scheduled || s.paused || s.stopped {
+        return;
+    }
+    s.compute_scheduled = true;
+    drop(s);
+    let state = Rc::clone(state);
+    set_timeout(0, move || compute_one(&state));
+}
+
+fn compute_one(state: &Rc<RefCell<State>>) {
+    let mut s = state.borrow_mut();
+    s.compute_scheduled = false;
+    if s.paused || s.stopped {
+        return;
+    }
+    let Some(task) = s.session.as_mut().and_then(WorkerSession::next_task) else { return };
+    let start = now_ms();
+    let c = task.compute();
+    let elapsed = now_ms() - start;
+    let (first_col, cols, flops) = (task.first_col, task.cols(), task.flops());
+    let Some(session) = s.session.as_mut() else { return };
+    if session.complete(task.lease, c) {
+        s.blocks_done += 1;
+        s.flops_done += flops;
+        s.compute_ms += elapsed;
+    }
+    flush(&mut s);
+    report(&s, "connected", &[("first_col", (first_col as f64).into()), ("cols", (cols as f64).into())]);
+    drop(s);
+    schedule_compute(state);
+}
+
+fn flush(s: &mut State) {
+    let (Some(session), Some(socket)) = (s.session.as_mut(), s.socket.as_ref()) else { return };
+    while let Some(frame) = session.poll_transmit() {
+        if socket.send_with_u8_array(&frame.encode()).is_err() {
+            break; // the close handler reconnects
+        }
+    }
+}
+
+/// Tells the page what is going on: `state`, totals, and any `extra` fields.
+fn report(s: &State, state: &str, extra: &[(&str, JsValue)]) {
+    let o = Object::new();
+    let gflops = if s.compute_ms > 0.0 { s.flops_done / s.compute_ms / 1e6 } else { 0.0 };
+    let fields: [(&str, JsValue); 3] = [("state", state.into()), ("blocks", s.blocks_done.into()), ("gflops", gflops.into())];
+    for (key, value) in fields.iter().chain(extra) {
+        let _ = Reflect::set(&o, &(*key).into(), value);
+    }
+    let _ = s.report.call1(&JsValue::NULL, &o);
+}
