@@ -134,3 +134,24 @@ fn the_page_pauses_and_stops_within_a_task() {
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     check_sampled(&c_path, &a, &b);
 }
+
+#[test]
+fn the_bench_page_prints_kernel_speeds() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
+    write_csv(&a_path, &Dense::random_ints(2, 2, 3));
+    // A master with no workers just serves the page while it waits.
+    let (_master, addr) = start_master(&a_path, &a_path, &c_path, &[]);
+    let browser = Browser::launch();
+    browser.goto(&format!("http://{addr}/?bench"));
+    let line = browser.wait_text("bench", LONG, |s| s.starts_with("bench n=1024:"));
+    eprintln!("{line}");
+    let figures: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|w| w.trim_start_matches('(').parse::<f64>().ok())
+        .collect();
+    assert_eq!(figures.len(), 3, "f32, f64 and the portable f64: {line}");
+    assert!(figures.iter().all(|&g| g > 0.1), "{line}");
+    assert_eq!(browser.text("blocks"), "0", "the bench does not compute for the master");
+}

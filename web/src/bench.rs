@@ -3,25 +3,28 @@
 use colonnade_core::kernel::{self, flops};
 use colonnade_core::{Element, Matrix};
 
-fn gflops<T: Element>(n: usize, now: &dyn Fn() -> f64) -> f64 {
+fn median_gflops<T: Element>(n: usize, multiply: fn(&Matrix<T>, &[T], &mut [T])) -> f64 {
     let a = Matrix::from_fn(n, n, |i, j| T::from_f64(((i * 7 + j * 3) % 11) as f64 - 5.0));
     let b = Matrix::from_fn(n, n, |i, j| T::from_f64(((i * 5 + j * 13) % 9) as f64 - 4.0));
     let mut c = Matrix::<T>::zeros(n, n).expect("small");
-    kernel::multiply_into(&a, b.as_slice(), c.as_mut_slice()); // warm-up
+    multiply(&a, b.as_slice(), c.as_mut_slice()); // warm-up
     let mut samples: Vec<f64> = (0..3)
         .map(|_| {
-            let start = now();
-            kernel::multiply_into(&a, b.as_slice(), c.as_mut_slice());
-            flops(n, n, n) / ((now() - start) / 1e3) / 1e9
+            let start = super::now_ms();
+            multiply(&a, b.as_slice(), c.as_mut_slice());
+            flops(n, n, n) / ((super::now_ms() - start) / 1e3) / 1e9
         })
         .collect();
     samples.sort_by(f64::total_cmp);
     samples[1]
 }
 
-/// Median GFLOP/s of three n×n multiplies, as `[f32, f64]`.
+/// Median GFLOP/s of three n×n multiplies, as `[f32, f64, f64 through the portable fallback]`.
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn bench(n: usize) -> Vec<f64> {
-    let now = || super::now_ms();
-    vec![gflops::<f32>(n, &now), gflops::<f64>(n, &now)]
+    vec![
+        median_gflops::<f32>(n, kernel::multiply_into),
+        median_gflops::<f64>(n, kernel::multiply_into),
+        median_gflops::<f64>(n, kernel::multiply_into_portable),
+    ]
 }

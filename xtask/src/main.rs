@@ -54,7 +54,49 @@ fn test() -> Result<(), String> {
     ensure_chromium()?;
     web()?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    run(cargo().args(["test", "--workspace"]))
+    let wasm_crates = ["-p", "colonnade-core", "-p", "colonnade-web", "--target", "wasm32-unknown-unknown"];
+    run(cargo().arg("clippy").args(wasm_crates).args(["--", "-D", "warnings"]))?;
+    // The wasm-only kernel, tested in wasm (Node.js runs wasm-bindgen-test by default).
+    let runner = ensure_wasm_bindgen()?.with_file_name("wasm-bindgen-test-runner");
+    let mut totals = Totals::default();
+    run_tests(
+        cargo()
+            .args(["test", "-p", "colonnade-web", "--target", "wasm32-unknown-unknown"])
+            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", runner),
+        &mut totals,
+    )?;
+    run_tests(cargo().args(["test", "--workspace"]), &mut totals)?;
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs a `cargo test`, echoing its output and adding up its `test result:` lines.
+fn run_tests(cmd: &mut Command, totals: &mut Totals) -> Result<(), String> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("xtask: running {cmd:?}");
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(Result::ok) {
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';').find_map(|part| part.trim().strip_suffix(word)?.split_whitespace().last()?.parse::<u64>().ok()).unwrap_or(0)
+            };
+            totals.passed += count("passed");
+            totals.failed += count("failed");
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed ({status})"))
+    }
 }
 
 /// Builds the browser worker: wasm (with simd128, see .cargo/config.toml),

@@ -6,6 +6,13 @@
 
 use crate::matrix::{Dtype, Element, Matrix};
 
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub mod wasm_f64;
+
+/// Whether f64 goes through our simd128 kernel rather than matrixmultiply's
+/// portable one. Only where it measured faster (the page's `?bench` shows both).
+pub const SIMD_F64: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
+
 /// Computes `c = a · b` where `b` holds `cols` columns of length `a.cols()` and
 /// `c` holds `cols` columns of length `a.rows()`, both column-major.
 ///
@@ -13,6 +20,16 @@ use crate::matrix::{Dtype, Element, Matrix};
 /// If the slice lengths do not match the shapes; callers validate untrusted
 /// shapes before they get here.
 pub fn multiply_into<T: Element>(a: &Matrix<T>, b: &[T], c: &mut [T]) {
+    multiply_with(a, b, c, SIMD_F64);
+}
+
+/// As [`multiply_into`], but always through matrixmultiply: the reference the
+/// wasm f64 kernel is tested and benchmarked against.
+pub fn multiply_into_portable<T: Element>(a: &Matrix<T>, b: &[T], c: &mut [T]) {
+    multiply_with(a, b, c, false);
+}
+
+fn multiply_with<T: Element>(a: &Matrix<T>, b: &[T], c: &mut [T], simd_f64: bool) {
     let (m, k) = (a.rows(), a.cols());
     assert!(k > 0 && b.len() % k == 0, "B block length {} is not a multiple of k={k}", b.len());
     let n = b.len() / k;
@@ -20,6 +37,12 @@ pub fn multiply_into<T: Element>(a: &Matrix<T>, b: &[T], c: &mut [T]) {
     if m == 0 || n == 0 {
         return;
     }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if simd_f64 && T::DTYPE == Dtype::F64 {
+        let (a, b, c) = (bytemuck::cast_slice(a.as_slice()), bytemuck::cast_slice(b), bytemuck::cast_slice_mut(c));
+        return wasm_f64::dgemm(m, k, n, a, b, c);
+    }
+    let _ = simd_f64;
     match T::DTYPE {
         Dtype::F64 => gemm_f64(
             m,
