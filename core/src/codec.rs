@@ -66,7 +66,7 @@ mod tests {
         for m in messages {
             assert_eq!(decode(&encode(&m, &[])).unwrap(), (m, &[][..]));
         }
-        let chunk = Message::ResultChunk { lease: 9, offset: 4096 };
+        let chunk = Message::ResultChunk { lease: 9, offset: 4096, compute_us: 12 };
         let (m, body) = decode(&encode(&chunk, &[1, 2, 3])).map(|(m, b)| (m, b.to_vec())).unwrap();
         assert_eq!((m, body), (chunk, vec![1, 2, 3]));
     }

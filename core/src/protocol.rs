@@ -11,7 +11,7 @@ use crate::matrix::Dtype;
 
 /// Bumped on any incompatible change. `Hello` stays variant 0 with `protocol`
 /// as its first field, so a master can always read a worker's version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest body of one message.
 pub const MAX_CHUNK: usize = 8 << 20;
@@ -44,20 +44,22 @@ pub enum Message {
     Welcome { worker: u64 },
     /// Master → worker: not accepted, and why. The master closes the connection.
     Refused { reason: String },
-    /// Master → worker: a new job; A follows in `OperandChunk`s. The worker keeps
-    /// A until `JobDone` or another `Job`.
+    /// Master → worker: a new job, carrying the first chunk of A; the rest follows
+    /// in `OperandChunk`s. The worker keeps A until `JobDone` or another `Job`.
     Job { job: JobId, m: u64, k: u64, n: u64, dtype: Dtype },
     /// Master → worker: bytes `offset..offset + body.len()` of A.
     OperandChunk { job: JobId, offset: u64 },
-    /// Master → worker: compute columns `first_col..first_col + cols` of C;
-    /// the matching columns of B follow in `TaskChunk`s.
+    /// Master → worker: compute columns `first_col..first_col + cols` of C. It
+    /// carries the first chunk of the matching columns of B (one message per
+    /// small task); the rest follows in `TaskChunk`s.
     Task { job: JobId, lease: LeaseId, first_col: u64, cols: u64 },
     /// Master → worker: bytes `offset..` of the task's B block.
     TaskChunk { lease: LeaseId, offset: u64 },
     /// Master → worker: another worker finished this task; drop it.
     Cancel { lease: LeaseId },
-    /// Worker → master: bytes `offset..` of the task's C block.
-    ResultChunk { lease: LeaseId, offset: u64 },
+    /// Worker → master: bytes `offset..` of the task's C block, and how long
+    /// the worker spent computing it (the same in every chunk).
+    ResultChunk { lease: LeaseId, offset: u64, compute_us: u64 },
     /// Worker → master: these tasks will not be finished (the worker is stopping).
     Release { leases: Vec<LeaseId> },
     /// Master → worker: the job is complete; A can be dropped.
@@ -69,7 +71,11 @@ impl Message {
     pub fn has_body(&self) -> bool {
         matches!(
             self,
-            Message::OperandChunk { .. } | Message::TaskChunk { .. } | Message::ResultChunk { .. }
+            Message::Job { .. }
+                | Message::OperandChunk { .. }
+                | Message::Task { .. }
+                | Message::TaskChunk { .. }
+                | Message::ResultChunk { .. }
         )
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::codec::{self, CodecError};
 use crate::kernel;
@@ -143,21 +144,13 @@ impl WorkerSession {
         match message {
             Message::Welcome { worker } => Ok(Some(WorkerEvent::Welcomed { worker })),
             Message::Refused { reason } => Err(WorkerError::Refused(reason)),
-            Message::Job { job, m, k, n, dtype } => self.on_job(job, m, k, n, dtype).map(Some),
+            Message::Job { job, m, k, n, dtype } => {
+                let event = self.on_job(job, m, k, n, dtype)?;
+                self.add_operand_chunk(job, 0, body)?;
+                Ok(Some(event))
+            }
             Message::OperandChunk { job, offset } => {
-                let current = self.job.as_mut().filter(|j| j.id == job);
-                let Some(j) = current else {
-                    return Err(WorkerError::WrongJob { got: job, current: self.job.as_ref().map(|j| j.id) });
-                };
-                let Operand::Arriving(incoming) = &mut j.a else {
-                    return Err(WorkerError::Surplus("A"));
-                };
-                if incoming.add(offset, body).map_err(|source| WorkerError::Payload { what: "A", source })? {
-                    let Operand::Arriving(done) = std::mem::replace(&mut j.a, Operand::Ready(Arc::new(empty(j.dtype)))) else {
-                        unreachable!()
-                    };
-                    j.a = Operand::Ready(Arc::new(done.into_matrix()));
-                }
+                self.add_operand_chunk(job, offset, body)?;
                 Ok(None)
             }
             Message::Task { job, lease, first_col, cols } => {
@@ -176,11 +169,11 @@ impl WorkerSession {
                     limit: self.config.max_operand_bytes,
                 })?;
                 self.tasks.insert(lease, Task { first_col: first_col as usize, b });
+                self.add_task_chunk(lease, 0, body)?;
                 Ok(None)
             }
             Message::TaskChunk { lease, offset } => {
-                let task = self.tasks.get_mut(&lease).ok_or(WorkerError::UnknownLease(lease))?;
-                task.b.add(offset, body).map_err(|source| WorkerError::Payload { what: "a B block", source })?;
+                self.add_task_chunk(lease, offset, body)?;
                 Ok(None)
             }
             Message::Cancel { lease } => {
@@ -199,6 +192,37 @@ impl WorkerSession {
             Message::ResultChunk { .. } => Err(WorkerError::Unexpected("ResultChunk")),
             Message::Release { .. } => Err(WorkerError::Unexpected("Release")),
         }
+    }
+
+    /// Bytes `offset..` of A; a message without a body adds nothing.
+    fn add_operand_chunk(&mut self, job: JobId, offset: u64, body: &[u8]) -> Result<(), WorkerError> {
+        if body.is_empty() && offset == 0 {
+            return Ok(());
+        }
+        let current = self.job.as_ref().map(|j| j.id);
+        let Some(j) = self.job.as_mut().filter(|j| j.id == job) else {
+            return Err(WorkerError::WrongJob { got: job, current });
+        };
+        let Operand::Arriving(incoming) = &mut j.a else {
+            return Err(WorkerError::Surplus("A"));
+        };
+        if incoming.add(offset, body).map_err(|source| WorkerError::Payload { what: "A", source })? {
+            let Operand::Arriving(done) = std::mem::replace(&mut j.a, Operand::Ready(Arc::new(empty(j.dtype)))) else {
+                unreachable!("matched Arriving above")
+            };
+            j.a = Operand::Ready(Arc::new(done.into_matrix()));
+        }
+        Ok(())
+    }
+
+    /// Bytes `offset..` of a task's B block; a message without a body adds nothing.
+    fn add_task_chunk(&mut self, lease: LeaseId, offset: u64, body: &[u8]) -> Result<(), WorkerError> {
+        if body.is_empty() && offset == 0 {
+            return Ok(());
+        }
+        let task = self.tasks.get_mut(&lease).ok_or(WorkerError::UnknownLease(lease))?;
+        task.b.add(offset, body).map_err(|source| WorkerError::Payload { what: "a B block", source })?;
+        Ok(())
     }
 
     fn check_size(&self, what: &'static str, bytes: u128) -> Result<(), WorkerError> {
@@ -233,15 +257,16 @@ impl WorkerSession {
         Some(ComputeTask { job: job.id, lease, first_col: task.first_col, a: Arc::clone(a), b: task.b.into_matrix() })
     }
 
-    /// Reports a finished product; queues it for sending unless the task was cancelled meanwhile.
-    /// Returns whether the result will be sent.
-    pub fn complete(&mut self, lease: LeaseId, c: DenseMatrix) -> bool {
+    /// Reports a finished product and the time spent computing it; queues it
+    /// for sending unless the task was cancelled meanwhile. Returns whether it will be sent.
+    pub fn complete(&mut self, lease: LeaseId, c: DenseMatrix, compute: Duration) -> bool {
         if !self.computing.remove(&lease) {
             return false;
         }
         let bytes = MatrixBytes::into_bytes(c);
         for range in chunk_ranges(bytes.len(), MAX_CHUNK) {
-            let message = Message::ResultChunk { lease, offset: range.start as u64 };
+            let compute_us = u64::try_from(compute.as_micros()).unwrap_or(u64::MAX);
+            let message = Message::ResultChunk { lease, offset: range.start as u64, compute_us };
             self.outbox.push_back(Frame::with_body(message, bytes.slice(range)));
         }
         true
@@ -302,10 +327,23 @@ mod tests {
         assert_eq!((task.lease, task.first_col, task.cols()), (5, 2, 1));
         let c = task.compute();
         assert_eq!(c, DenseMatrix::F64(Matrix::from_col_major(2, 1, vec![4.0, 7.0]).unwrap()));
-        assert!(s.complete(5, c.clone()));
+        assert!(s.complete(5, c.clone(), Duration::from_micros(7)));
         let out = s.poll_transmit().unwrap();
-        assert_eq!(out.message, Message::ResultChunk { lease: 5, offset: 0 });
+        assert_eq!(out.message, Message::ResultChunk { lease: 5, offset: 0, compute_us: 7 });
         assert_eq!(&out.body[..], c.as_bytes());
+    }
+
+    #[test]
+    fn job_and_task_carry_their_first_chunk() {
+        let mut s = WorkerSession::new(WorkerConfig::new(WorkerKind::Native, "t"));
+        let a = Matrix::from_fn(1, 2, |_, j| (j + 1) as f32);
+        let b = Matrix::from_fn(2, 1, |i, _| (i + 3) as f32);
+        s.handle_message(&frame(Message::Job { job: 4, m: 1, k: 2, n: 1, dtype: Dtype::F32 }, a.as_bytes())).unwrap();
+        s.handle_message(&frame(Message::Task { job: 4, lease: 9, first_col: 0, cols: 1 }, b.as_bytes())).unwrap();
+        let c = s.next_task().expect("A and B arrived with their headers").compute();
+        assert_eq!(c, DenseMatrix::F32(Matrix::from_col_major(1, 1, vec![11.0]).unwrap()));
+        let surplus = frame(Message::OperandChunk { job: 4, offset: 8 }, &[0; 4]);
+        assert!(matches!(s.handle_message(&surplus), Err(WorkerError::Surplus("A"))));
     }
 
     #[test]
@@ -321,7 +359,7 @@ mod tests {
         let t = s.next_task().unwrap();
         let event = s.handle_message(&frame(Message::Cancel { lease: t.lease }, &[])).unwrap();
         assert_eq!(event, Some(WorkerEvent::TaskCancelled { lease: t.lease }));
-        assert!(!s.complete(t.lease, t.compute()));
+        assert!(!s.complete(t.lease, t.compute(), Duration::ZERO));
         s.release_all();
         assert_eq!(s.poll_transmit().unwrap().message, Message::Release { leases: vec![8] });
     }

@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use colonnade_core::kernel::flops;
 use colonnade_core::plan::{CostModel, Plan};
@@ -14,6 +16,7 @@ use crate::cli::BadInput;
 use crate::compute;
 use crate::io::{self, Format, InputError};
 use crate::master::{JobReport, Master};
+use crate::procstats;
 
 #[derive(Clone, Debug)]
 pub struct MultiplyArgs {
@@ -23,6 +26,8 @@ pub struct MultiplyArgs {
     pub listen: SocketAddr,
     pub local_workers: usize,
     pub block: Option<usize>,
+    /// Where to write the run's figures as JSON, if anywhere.
+    pub stats_json: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -34,6 +39,7 @@ pub struct DemoArgs {
 }
 
 pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
     // Refuse a bad output path before doing any work.
     Format::of(&args.output)?;
     check_output_dir(&args.output)?;
@@ -51,10 +57,17 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
     }
     let integer = a.integer && b.integer;
     let (a, b) = same_dtype(a.matrix, b.matrix);
-    let read_done = Instant::now();
+    let read_time = started.elapsed();
+    let cpu_before = procstats::cpu_time();
     let report = run(a, b, args.listen, args.local_workers, args.block).await?;
+    let job_cpu = procstats::cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     let write_start = Instant::now();
     io::write_matrix(&args.output, &report.c, integer)?;
+    let write_time = write_start.elapsed();
+    if let Some(path) = &args.stats_json {
+        let json = stats_json(&report, read_time, write_time, job_cpu);
+        std::fs::write(path, json.to_string()).with_context(|| format!("writing {}", path.display()))?;
+    }
     println!(
         "wrote {} ({}x{} {}) in {:.2} s; computed in {:.3} s at {:.1} GFLOP/s ({} blocks of {} columns)",
         args.output.display(),
@@ -68,8 +81,40 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
         report.plan.width,
     );
     print_workers(&report);
-    tracing::debug!(total = ?read_done.elapsed(), "job finished");
     Ok(())
+}
+
+/// The run's figures: times, traffic against the payload minimum, master CPU and memory.
+fn stats_json(report: &JobReport, read: Duration, write: Duration, job_cpu: Option<Duration>) -> serde_json::Value {
+    let elem = report.c.dtype().size() as u64;
+    let (m, k, n) = (report.plan.m as u64, report.plan.k as u64, report.plan.n as u64);
+    let a_bytes = m * k * elem;
+    let workers_given_a = report.stats.operand_bytes / a_bytes.max(1);
+    let payload_min = workers_given_a * a_bytes + k * n * elem + m * n * elem;
+    let workers: Vec<_> = report
+        .workers
+        .iter()
+        .map(|(id, w)| {
+            serde_json::json!({
+                "id": id, "kind": format!("{:?}", w.kind).to_lowercase(), "name": w.name,
+                "blocks": w.blocks_done, "compute_s": w.compute.as_secs_f64(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "m": m, "k": k, "n": n, "dtype": report.c.dtype().to_string(),
+        "blocks": report.plan.blocks(), "block_width": report.plan.width,
+        "read_s": read.as_secs_f64(), "job_s": report.elapsed.as_secs_f64(), "write_s": write.as_secs_f64(),
+        "gflops": report.gflops(),
+        "workers": workers,
+        "wire_sent_bytes": report.wire_sent, "wire_received_bytes": report.wire_received,
+        "payload_min_bytes": payload_min,
+        "payload_operand_bytes": report.stats.operand_bytes, "payload_task_bytes": report.stats.task_bytes,
+        "payload_result_bytes": report.stats.result_bytes, "leases_issued": report.stats.leases_issued,
+        "encode_s": report.encode_time.as_secs_f64(), "scheduler_s": report.scheduler_time.as_secs_f64(),
+        "master_job_cpu_s": job_cpu.map(|d| d.as_secs_f64()),
+        "master_peak_rss_bytes": procstats::peak_rss_bytes(None),
+    })
 }
 
 pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {

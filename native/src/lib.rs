@@ -6,4 +6,5 @@ pub mod commands;
 pub mod compute;
 pub mod io;
 pub mod master;
+pub mod procstats;
 pub mod worker;

@@ -233,7 +233,7 @@ fn compute_one(state: &Rc<RefCell<State>>) {
     let elapsed = now_ms() - start;
     let (first_col, cols, flops) = (task.first_col, task.cols(), task.flops());
     let Some(session) = s.session.as_mut() else { return };
-    if session.complete(task.lease, c) {
+    if session.complete(task.lease, c, std::time::Duration::from_secs_f64(elapsed.max(0.0) / 1e3)) {
         s.blocks_done += 1;
         s.flops_done += flops;
         s.compute_ms += elapsed;

@@ -13,6 +13,8 @@ Commands:
                    numpy, Chromium), build the browser worker, then run clippy
                    and the whole test suite
   web              build the browser worker into web/pkg (the master embeds it)
+  bench [--smoke]  the distributed benchmark (release): a table on stdout and
+                   target/bench/bench.json; --smoke runs it tiny, as CI does
 ";
 
 /// The wasm-bindgen CLI must match the `wasm-bindgen` crate exactly.
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(),
         Some("web") => web(),
+        Some("bench") => bench(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(())
@@ -49,6 +52,10 @@ fn demo(args: &[String]) -> Result<(), String> {
     run(&mut cmd)
 }
 
+fn bench(args: &[String]) -> Result<(), String> {
+    run(cargo().args(["bench", "-p", "colonnade-native", "--bench", "distributed", "--"]).args(args))
+}
+
 fn test() -> Result<(), String> {
     ensure_numpy()?;
     ensure_chromium()?;
@@ -65,6 +72,8 @@ fn test() -> Result<(), String> {
             .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", runner),
         &mut totals,
     )?;
+    // The benchmark's pipeline, tiny and in the test profile: figures, not speed.
+    run(cargo().args(["test", "-p", "colonnade-native", "--bench", "distributed", "--", "--smoke"]))?;
     run_tests(cargo().args(["test", "--workspace"]), &mut totals)?;
     println!("tests: {} passed, {} failed", totals.passed, totals.failed);
     Ok(())

@@ -109,6 +109,8 @@ pub struct WorkerInfo {
     pub kind: WorkerKind,
     pub name: String,
     pub blocks_done: usize,
+    /// Compute time the worker reported for its accepted blocks.
+    pub compute: Duration,
     pub connected: bool,
 }
 
@@ -226,7 +228,9 @@ impl Scheduler {
         }
         match message {
             Message::Hello { .. } => Err(Violation::DuplicateHello),
-            Message::ResultChunk { lease, offset } => self.on_result_chunk(worker, lease, offset, body, now),
+            Message::ResultChunk { lease, offset, compute_us } => {
+                self.on_result_chunk(worker, lease, offset, body, Duration::from_micros(compute_us), now)
+            }
             Message::Release { leases } => {
                 for lease in leases {
                     if self.workers[&worker].leases.contains(&lease) {
@@ -362,14 +366,22 @@ impl Scheduler {
         }
         let slots = slots.min(self.config.max_slots) as usize;
         self.workers.insert(worker, Worker { slots, has_a: false, leases: BTreeSet::new(), cancelled: HashSet::new() });
-        self.infos.insert(worker, WorkerInfo { kind, name: name.clone(), blocks_done: 0, connected: true });
+        self.infos.insert(worker, WorkerInfo { kind, name: name.clone(), blocks_done: 0, compute: Duration::ZERO, connected: true });
         self.outbox.push_back((worker, Frame::new(Message::Welcome { worker })));
         self.events.push_back(Event::WorkerJoined { worker, kind, name });
         self.assign(now);
         Ok(())
     }
 
-    fn on_result_chunk(&mut self, worker: WorkerId, lease: LeaseId, offset: u64, body: &[u8], now: Duration) -> Result<(), Violation> {
+    fn on_result_chunk(
+        &mut self,
+        worker: WorkerId,
+        lease: LeaseId,
+        offset: u64,
+        body: &[u8],
+        compute: Duration,
+        now: Duration,
+    ) -> Result<(), Violation> {
         if self.workers[&worker].cancelled.contains(&lease) {
             return Ok(()); // another copy already won
         }
@@ -385,12 +397,12 @@ impl Scheduler {
         let complete = incoming.add(offset, body).map_err(|source| Violation::Payload { lease, source })?;
         self.stats.result_bytes += body.len() as u64;
         if complete {
-            self.finish_lease(lease, now);
+            self.finish_lease(lease, compute, now);
         }
         Ok(())
     }
 
-    fn finish_lease(&mut self, lease: LeaseId, now: Duration) {
+    fn finish_lease(&mut self, lease: LeaseId, compute: Duration, now: Duration) {
         let l = self.remove_lease(lease).expect("caller checked the lease exists");
         let c = l.result.expect("a finished lease has a result").into_matrix();
         match self.assembly.accept(l.block, c.as_bytes()) {
@@ -401,6 +413,7 @@ impl Scheduler {
         self.observe_task_time(now.saturating_sub(l.issued));
         if let Some(info) = self.infos.get_mut(&l.worker) {
             info.blocks_done += 1;
+            info.compute += compute;
         }
         self.events.push_back(Event::BlockDone { worker: l.worker, block: l.block });
         for other in std::mem::take(&mut self.block_leases[l.block]) {
@@ -532,22 +545,26 @@ impl Scheduler {
         if !w.has_a {
             w.has_a = true;
             let (m, k, n) = (self.plan.m as u64, self.plan.k as u64, self.plan.n as u64);
-            self.outbox.push_back((worker, Frame::new(Message::Job { job: self.job, m, k, n, dtype: self.dtype })));
             for range in chunk_ranges(self.a.len(), max_chunk) {
                 self.stats.operand_bytes += range.len() as u64;
-                let message = Message::OperandChunk { job: self.job, offset: range.start as u64 };
+                let message = match range.start {
+                    0 => Message::Job { job: self.job, m, k, n, dtype: self.dtype },
+                    offset => Message::OperandChunk { job: self.job, offset: offset as u64 },
+                };
                 self.outbox.push_back((worker, Frame::with_body(message, self.a.slice(range))));
             }
         }
         w.leases.insert(lease);
-        let task = Message::Task { job: self.job, lease, first_col: columns.start as u64, cols: columns.len() as u64 };
-        self.outbox.push_back((worker, Frame::new(task)));
         let column_bytes = self.plan.k * self.dtype.size();
         let b_range = columns.start * column_bytes..columns.end * column_bytes;
         for range in chunk_ranges(b_range.len(), max_chunk) {
             self.stats.task_bytes += range.len() as u64;
             let body = self.b.slice(b_range.start + range.start..b_range.start + range.end);
-            self.outbox.push_back((worker, Frame::with_body(Message::TaskChunk { lease, offset: range.start as u64 }, body)));
+            let message = match range.start {
+                0 => Message::Task { job: self.job, lease, first_col: columns.start as u64, cols: columns.len() as u64 },
+                offset => Message::TaskChunk { lease, offset: offset as u64 },
+            };
+            self.outbox.push_back((worker, Frame::with_body(message, body)));
         }
         self.stats.leases_issued += 1;
         let deadline = now + self.lease_length();

@@ -95,7 +95,7 @@ impl Sim {
         let Some(w) = self.workers.get_mut(&id) else { return false };
         let Some(task) = w.session.next_task() else { return false };
         let c = task.compute();
-        w.session.complete(task.lease, c);
+        w.session.complete(task.lease, c, ms(1));
         while let Some(f) = w.session.poll_transmit() {
             w.to_master.push_back(f.encode());
         }
@@ -148,9 +148,9 @@ fn one_worker_computes_everything_and_gets_a_once() {
     let w = sim.join(2);
     let c = sim.run_to_completion();
     assert_eq!(c, sim.expected);
-    // A is 5*6*8 = 240 bytes: four 64-byte chunks, sent once.
+    // A is 5*6*8 = 240 bytes: four 64-byte chunks (the first inside Job), sent once.
     assert_eq!(sim.count(w, |m| matches!(m, Message::Job { .. })), 1);
-    assert_eq!(sim.count(w, |m| matches!(m, Message::OperandChunk { .. })), 4);
+    assert_eq!(sim.count(w, |m| matches!(m, Message::OperandChunk { .. })), 3);
     assert_eq!(sim.count(w, |m| matches!(m, Message::Task { .. })), 6);
     assert_eq!(sim.count(w, |m| matches!(m, Message::JobDone { .. })), 1);
     assert!(sim.events.contains(&Event::JobComplete));
@@ -245,7 +245,7 @@ fn a_straggler_is_duplicated_at_the_tail_and_the_first_result_wins() {
 #[test]
 fn protocol_violations_are_reported() {
     let mut sim = Sim::new(2, 2, 2, 1, quick_config());
-    let junk = codec::encode(&Message::ResultChunk { lease: 999, offset: 0 }, &[1]);
+    let junk = codec::encode(&Message::ResultChunk { lease: 999, offset: 0, compute_us: 0 }, &[1]);
     assert!(matches!(sim.sched.handle_message(99, &junk, sim.now), Err(Violation::NoHello)));
     let w = sim.join(1);
     assert!(matches!(sim.sched.handle_message(w, &junk, sim.now), Err(Violation::UnknownLease(999))));
@@ -256,7 +256,7 @@ fn protocol_violations_are_reported() {
     assert!(matches!(sim.sched.poll_transmit(), Some((77, Frame { message: Message::Refused { .. }, .. }))));
     // The lease is real but the chunk is out of order.
     let lease = sim.received[&w].iter().find_map(|m| if let Message::Task { lease, .. } = m { Some(*lease) } else { None }).unwrap();
-    let skip = codec::encode(&Message::ResultChunk { lease, offset: 8 }, &[0; 8]);
+    let skip = codec::encode(&Message::ResultChunk { lease, offset: 8, compute_us: 0 }, &[0; 8]);
     assert!(matches!(sim.sched.handle_message(w, &skip, sim.now), Err(Violation::Payload { .. })));
 }
 

@@ -36,6 +36,9 @@ enum Command {
         /// Columns per task (default: chosen by the cost model).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         block: Option<u64>,
+        /// Write the run's figures (times, bytes on the wire, master CPU and peak memory) as JSON.
+        #[arg(long, value_name = "FILE")]
+        stats_json: Option<PathBuf>,
     },
     /// Multiply random matrices with local workers and check the result.
     Demo {
@@ -60,9 +63,10 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Multiply { a, b, output, listen, local_workers, block } => {
+            Command::Multiply { a, b, output, listen, local_workers, block, stats_json } => {
                 let block = block.map(|b| b as usize);
-                commands::multiply(MultiplyArgs { a, b, output, listen, local_workers, block }).await.map(|()| true)
+                let args = MultiplyArgs { a, b, output, listen, local_workers, block, stats_json };
+                commands::multiply(args).await.map(|()| true)
             }
             Command::Demo { size, local_workers, listen, block } => {
                 commands::demo(DemoArgs { size, local_workers, listen, block: block.map(|b| b as usize) }).await

@@ -33,7 +33,8 @@ fn main() -> ExitCode {
     let name = args.name.unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "worker".into())
     });
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    // One thread is plenty for the socket; compute runs on blocking threads.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async move {
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(async move {

@@ -7,6 +7,8 @@ mod server;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -19,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use page::Status;
 use progress::Reporter;
-use server::{Input, Outgoing};
+use server::{Input, Outgoing, Traffic};
 
 use crate::worker::{self, WorkerOptions};
 
@@ -29,6 +31,7 @@ pub struct Master {
     addr: SocketAddr,
     inputs: mpsc::Receiver<Input>,
     status: watch::Sender<Status>,
+    traffic: Arc<Traffic>,
 }
 
 /// What a finished job produced, and how it went.
@@ -40,6 +43,13 @@ pub struct JobReport {
     pub plan: Plan,
     pub workers: Vec<(WorkerId, WorkerInfo)>,
     pub stats: PayloadStats,
+    /// WebSocket message bytes, headers included, both ways.
+    pub wire_sent: u64,
+    pub wire_received: u64,
+    /// Master time spent encoding frames, and inside the scheduler (decoding,
+    /// copying results in, assembling C).
+    pub encode_time: Duration,
+    pub scheduler_time: Duration,
 }
 
 impl JobReport {
@@ -55,8 +65,9 @@ impl Master {
         let addr = listener.local_addr()?;
         let (tx, inputs) = mpsc::channel(64);
         let (status, status_rx) = watch::channel(Status::default());
-        server::spawn(listener, tx, status_rx);
-        Ok(Self { addr, inputs, status })
+        let traffic = Arc::new(Traffic::default());
+        server::spawn(listener, tx, status_rx, Arc::clone(&traffic));
+        Ok(Self { addr, inputs, status, traffic })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -114,6 +125,7 @@ impl Master {
         let mut senders: HashMap<WorkerId, mpsc::UnboundedSender<Outgoing>> = HashMap::new();
         let mut addrs: HashMap<WorkerId, SocketAddr> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut scheduler_time = Duration::ZERO;
         reporter.waiting(&self.worker_url(), &self.page_url());
         loop {
             while let Some((to, frame)) = scheduler.poll_transmit() {
@@ -148,7 +160,10 @@ impl Master {
                             if !senders.contains_key(&worker) {
                                 continue; // already disconnected; its last words are ignored
                             }
-                            if let Err(violation) = scheduler.handle_message(worker, &bytes, now) {
+                            let busy = Instant::now();
+                            let handled = scheduler.handle_message(worker, &bytes, now);
+                            scheduler_time += busy.elapsed();
+                            if let Err(violation) = handled {
                                 reporter.note(&format!("worker {worker} ({}) disconnected: {violation}", addr_of(&addrs, worker)));
                                 while let Some((to, frame)) = scheduler.poll_transmit() {
                                     if let Some(tx) = senders.get(&to) {
@@ -203,6 +218,10 @@ impl Master {
             plan,
             workers: scheduler.workers().map(|(id, info)| (id, info.clone())).collect(),
             stats: scheduler.stats(),
+            wire_sent: self.traffic.sent_bytes.load(Ordering::Relaxed),
+            wire_received: self.traffic.received_bytes.load(Ordering::Relaxed),
+            encode_time: Duration::from_nanos(self.traffic.encode_nanos.load(Ordering::Relaxed)),
+            scheduler_time,
         })
     }
 }

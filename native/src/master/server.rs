@@ -40,22 +40,39 @@ pub enum Outgoing {
     Close(String),
 }
 
+/// WebSocket traffic, counted as it passes, for the benchmark.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub sent_bytes: AtomicU64,
+    pub received_bytes: AtomicU64,
+    /// Time spent encoding frames (the one copy of a body into a message).
+    pub encode_nanos: AtomicU64,
+}
+
 #[derive(Clone)]
 struct AppState {
     inputs: mpsc::Sender<Input>,
     next_worker: Arc<AtomicU64>,
     status: watch::Receiver<Status>,
+    traffic: Arc<Traffic>,
 }
 
 /// Serves on `listener` until the process ends.
-pub fn spawn(listener: tokio::net::TcpListener, inputs: mpsc::Sender<Input>, status: watch::Receiver<Status>) {
-    let state = AppState { inputs, next_worker: Arc::new(AtomicU64::new(1)), status };
+pub fn spawn(listener: tokio::net::TcpListener, inputs: mpsc::Sender<Input>, status: watch::Receiver<Status>, traffic: Arc<Traffic>) {
+    let state = AppState { inputs, next_worker: Arc::new(AtomicU64::new(1)), status, traffic };
     let app = Router::new()
         .route("/", get(index))
         .route("/progress", get(progress))
         .route("/pkg/{file}", get(web_asset))
         .route("/ws", get(upgrade))
         .with_state(state);
+    // Small frames (a task's header, then its first chunk) must not wait for
+    // delayed ACKs: without TCP_NODELAY each task costs tens of milliseconds.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
             tracing::error!("the HTTP server stopped: {e}");
@@ -100,10 +117,17 @@ async fn connection(socket: WebSocket, addr: SocketAddr, state: AppState) {
         return; // the job is over
     }
     let (mut sink, mut stream) = socket.split();
+    let traffic = Arc::clone(&state.traffic);
     let writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
             let result = match out {
-                Outgoing::Frame(frame) => sink.send(Message::Binary(frame.encode().into())).await,
+                Outgoing::Frame(frame) => {
+                    let start = std::time::Instant::now();
+                    let bytes = frame.encode();
+                    traffic.encode_nanos.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    traffic.sent_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    sink.send(Message::Binary(bytes.into())).await
+                }
                 Outgoing::Close(reason) => {
                     let reason: String = reason.chars().take(120).collect();
                     let _ = sink.send(Message::Close(Some(CloseFrame { code: 1008, reason: reason.into() }))).await;
@@ -117,7 +141,10 @@ async fn connection(socket: WebSocket, addr: SocketAddr, state: AppState) {
     });
     while let Some(Ok(message)) = stream.next().await {
         let bytes = match message {
-            Message::Binary(bytes) => bytes,
+            Message::Binary(bytes) => {
+                state.traffic.received_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                bytes
+            }
             Message::Close(_) => break,
             _ => continue,
         };

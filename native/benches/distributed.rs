@@ -1,0 +1,246 @@
+//! Colonnade against the machine: `cargo xtask bench`.
+//!
+//! For each size, in one run: the kernel alone in this process (2 threads and 1,
+//! "the limit"), then the real `master` with two real `worker` processes (1
+//! thread each) on loopback. Reports medians, ratios to the limit, where the
+//! time goes, bytes on the wire against the payload minimum, peak memory, and
+//! the scheduler's throughput with 16 workers and tiny tasks. Writes a table to
+//! stdout and everything to target/bench/bench.json.
+//!
+//! `--smoke` runs tiny sizes once, to check the pipeline (CI), not the speed.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use colonnade_core::kernel::flops;
+use colonnade_core::{DenseMatrix, Dtype, Matrix};
+use colonnade_native::{compute, io, procstats};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+const MASTER: &str = env!("CARGO_BIN_EXE_master");
+const WORKER: &str = env!("CARGO_BIN_EXE_worker");
+/// Tasks a worker holds at once (its pull credit), for the memory budget.
+const SLOTS: u64 = 2;
+
+fn main() {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let (sizes, runs, tiny_tasks): (&[(usize, Dtype)], usize, usize) = if smoke {
+        (&[(64, Dtype::F64), (96, Dtype::F32)], 1, 400)
+    } else {
+        (&[(1024, Dtype::F64), (2048, Dtype::F64), (4096, Dtype::F64), (4096, Dtype::F32)], 3, 20_000)
+    };
+    let mut results = Vec::new();
+    for &(n, dtype) in sizes {
+        results.push(bench_size(n, dtype, runs));
+    }
+    let scheduler = bench_scheduler(tiny_tasks, 16, runs);
+    print_table(&results, &scheduler);
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    let file = out.join(if smoke { "bench-smoke.json" } else { "bench.json" });
+    let all = json!({ "runs_per_figure": runs, "sizes": results, "scheduler": scheduler });
+    std::fs::write(&file, serde_json::to_string_pretty(&all).unwrap()).unwrap();
+    println!("\nwrote {}", file.display());
+}
+
+fn random(n: usize, dtype: Dtype, seed: u64) -> DenseMatrix {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let m = Matrix::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0));
+    match dtype {
+        Dtype::F64 => DenseMatrix::F64(m),
+        Dtype::F32 => DenseMatrix::F32(DenseMatrix::F64(m).into_f32()),
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn bench_size(n: usize, dtype: Dtype, runs: usize) -> Value {
+    eprintln!("n={n} {dtype}: preparing");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (random(n, dtype, 1), random(n, dtype, 2));
+    let (a_path, b_path, c_path) = (dir.path().join("a.npy"), dir.path().join("b.npy"), dir.path().join("c.npy"));
+    io::write_matrix(&a_path, &a, false).unwrap();
+    io::write_matrix(&b_path, &b, false).unwrap();
+    let work = flops(n, n, n);
+
+    let limit = |threads: usize| {
+        let mut reference = None;
+        let rates = (0..runs)
+            .map(|_| {
+                let start = Instant::now();
+                let c = compute::multiply(&a, &b, threads);
+                let rate = work / start.elapsed().as_secs_f64() / 1e9;
+                reference = Some(c);
+                rate
+            })
+            .collect();
+        (median(rates), reference.unwrap())
+    };
+    eprintln!("n={n} {dtype}: the limit");
+    let (limit2, reference) = limit(2);
+    let (limit1, _) = limit(1);
+
+    let mut runs_json: Vec<Value> = (0..runs)
+        .map(|r| {
+            eprintln!("n={n} {dtype}: distributed run {}", r + 1);
+            let run = distributed_run(&a_path, &b_path, &c_path, 2, &[]);
+            check(&c_path, &reference);
+            run
+        })
+        .collect();
+    runs_json.sort_by(|x, y| x["job_s"].as_f64().unwrap().total_cmp(&y["job_s"].as_f64().unwrap()));
+    let mid = runs_json[runs_json.len() / 2].clone();
+    let f = |k: &str| mid[k].as_f64().unwrap_or(f64::NAN);
+    let elem = dtype.size() as f64;
+    let matrix_bytes = (n * n) as f64 * elem;
+    let width = f("block_width");
+    let compute_per_worker: f64 = mid["workers"].as_array().unwrap().iter().map(|w| w["compute_s"].as_f64().unwrap()).sum::<f64>() / 2.0;
+    let worker_budget = matrix_bytes + SLOTS as f64 * 2.0 * n as f64 * width * elem;
+    let worker_rss: Vec<f64> = mid["worker_peak_rss_bytes"].as_array().unwrap().iter().filter_map(Value::as_f64).collect();
+    let gflops = work / f("job_s") / 1e9;
+    json!({
+        "n": n, "dtype": dtype.to_string(), "blocks": mid["blocks"], "block_width": mid["block_width"],
+        "limit_2_threads_gflops": limit2, "limit_1_thread_gflops": limit1,
+        "gflops": gflops, "ratio_to_limit": gflops / limit2,
+        "job_s": f("job_s"), "read_s": f("read_s"), "write_s": f("write_s"),
+        "time": {
+            "compute_per_worker_s": compute_per_worker,
+            "not_computing_per_worker_s": f("job_s") - compute_per_worker,
+            "master_encode_s": f("encode_s"),
+            "master_scheduler_s": f("scheduler_s"),
+            "master_job_cpu_s": f("master_job_cpu_s"),
+            "verification_s": 0.0,
+        },
+        "wire_bytes": f("wire_sent_bytes") + f("wire_received_bytes"),
+        "payload_min_bytes": f("payload_min_bytes"),
+        "wire_ratio": (f("wire_sent_bytes") + f("wire_received_bytes")) / f("payload_min_bytes"),
+        "master_peak_rss_bytes": f("master_peak_rss_bytes"),
+        "master_rss_ratio": f("master_peak_rss_bytes") / (3.0 * matrix_bytes),
+        "worker_peak_rss_bytes": worker_rss,
+        "worker_rss_ratio": worker_rss.iter().cloned().fold(0.0, f64::max) / worker_budget,
+        "all_runs_job_s": runs_json.iter().map(|r| r["job_s"].clone()).collect::<Vec<_>>(),
+    })
+}
+
+/// One real job: a master process and `workers` worker processes on loopback.
+/// Returns the master's --stats-json figures plus each worker's peak memory.
+fn distributed_run(a: &Path, b: &Path, c: &Path, workers: usize, master_args: &[&str]) -> Value {
+    let stats = c.with_extension("json");
+    let mut master = Command::new(MASTER)
+        .arg("multiply")
+        .arg(a)
+        .arg(b)
+        .arg("-o")
+        .arg(c)
+        .args(["--listen", "127.0.0.1:0", "--stats-json"])
+        .arg(&stats)
+        .args(master_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = listening_address(&mut master);
+    let mut pool: Vec<Child> = (0..workers)
+        .map(|i| {
+            Command::new(WORKER)
+                .arg(format!("ws://{addr}/ws"))
+                .args(["--threads", "1", "--name", &format!("bench-{i}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let status = master.wait().unwrap();
+    assert!(status.success(), "the master failed");
+    let rss: Vec<Option<u64>> = pool.iter().map(|w| procstats::peak_rss_bytes(Some(w.id()))).collect();
+    for w in &mut pool {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let mut figures: Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    figures["worker_peak_rss_bytes"] = json!(rss);
+    figures
+}
+
+fn listening_address(master: &mut Child) -> String {
+    use std::io::{BufRead, BufReader};
+    let stdout = master.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = lines.next().expect("master exited early").unwrap();
+        if let Some(addr) = line.strip_prefix("master listening on ") {
+            let addr = addr.trim().to_owned();
+            // Keep draining stdout so the master never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return addr;
+        }
+        assert!(Instant::now() < deadline, "the master never said where it listens");
+    }
+}
+
+/// The pipeline must produce the right C, or its figures mean nothing.
+fn check(c_path: &Path, reference: &DenseMatrix) {
+    let c = io::read_matrix(c_path).unwrap().matrix;
+    assert_eq!(c.dtype(), reference.dtype());
+    let tolerance = if c.dtype() == Dtype::F32 { 1e-3 } else { 1e-9 };
+    let (c, r) = (c.into_f64(), reference.clone().into_f64());
+    let worst = c.as_slice().iter().zip(r.as_slice()).fold(0.0f64, |w, (x, y)| w.max((x - y).abs()));
+    assert!(worst <= tolerance * r.cols() as f64, "distributed C differs from the local product by {worst}");
+}
+
+/// Many tiny tasks (1-column blocks of a 1×1 by 1×tasks product) through the
+/// real codec and WebSocket to `workers` worker processes.
+fn bench_scheduler(tasks: usize, workers: usize, runs: usize) -> Value {
+    eprintln!("scheduler: {tasks} tiny tasks to {workers} workers");
+    let dir = tempfile::tempdir().unwrap();
+    let (a_path, b_path, c_path) = (dir.path().join("a.npy"), dir.path().join("b.npy"), dir.path().join("c.npy"));
+    io::write_matrix(&a_path, &DenseMatrix::F64(Matrix::from_fn(1, 1, |_, _| 2.0)), false).unwrap();
+    io::write_matrix(&b_path, &DenseMatrix::F64(Matrix::from_fn(1, tasks, |_, j| j as f64)), false).unwrap();
+    let mut samples: Vec<(f64, f64)> = (0..runs)
+        .map(|_| {
+            let run = distributed_run(&a_path, &b_path, &c_path, workers, &["--block", "1"]);
+            let job_s = run["job_s"].as_f64().unwrap();
+            let cpu = run["master_job_cpu_s"].as_f64().unwrap_or(f64::NAN);
+            (tasks as f64 / job_s, cpu / tasks as f64 * 1e6)
+        })
+        .collect();
+    samples.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let (rate, cpu_us) = samples[samples.len() / 2];
+    json!({ "tasks": tasks, "workers": workers, "tasks_per_s": rate, "master_cpu_us_per_task": cpu_us })
+}
+
+fn print_table(sizes: &[Value], scheduler: &Value) {
+    println!("\n{:<10} {:>7} {:>9} {:>9} {:>7} {:>7} | {:>8} {:>9} {:>7} {:>7} | {:>6} {:>8} {:>8}", "size", "blocks", "limit 2T", "limit 1T", "GFLOP/s", "ratio", "job s", "compute/w", "encode", "sched", "wire", "master", "worker");
+    for s in sizes {
+        let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
+        let t = |k: &str| s["time"][k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{:<10} {:>7} {:>9.1} {:>9.1} {:>7.1} {:>7.2} | {:>8.3} {:>9.3} {:>7.3} {:>7.3} | {:>6.3} {:>8.2} {:>8.2}",
+            format!("{} {}", s["n"], s["dtype"].as_str().unwrap()),
+            s["blocks"],
+            f("limit_2_threads_gflops"),
+            f("limit_1_thread_gflops"),
+            f("gflops"),
+            f("ratio_to_limit"),
+            f("job_s"),
+            t("compute_per_worker_s"),
+            t("master_encode_s"),
+            t("master_scheduler_s"),
+            f("wire_ratio"),
+            f("master_rss_ratio"),
+            f("worker_rss_ratio"),
+        );
+    }
+    println!("(ratio: distributed over the 2-thread limit; wire: bytes over the payload minimum; master: peak RSS over A+B+C; worker: peak RSS over A + its blocks in flight)");
+    println!(
+        "scheduler: {} tiny tasks to {} workers: {:.0} tasks/s, {:.1} µs of master CPU per task",
+        scheduler["tasks"], scheduler["workers"], scheduler["tasks_per_s"].as_f64().unwrap(), scheduler["master_cpu_us_per_task"].as_f64().unwrap()
+    );
+}
