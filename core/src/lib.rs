@@ -14,6 +14,7 @@ pub mod payload;
 pub mod plan;
 pub mod protocol;
 pub mod scheduler;
+pub mod verify;
 pub mod worker;
 
 pub use matrix::{DenseMatrix, Dtype, Element, Matrix, ShapeError};

@@ -114,7 +114,7 @@ fn bench_size(n: usize, dtype: Dtype, runs: usize) -> Value {
             "master_encode_s": f("encode_s"),
             "master_scheduler_s": f("scheduler_s"),
             "master_job_cpu_s": f("master_job_cpu_s"),
-            "verification_s": 0.0,
+            "verification_prep_s": f("verify_prep_s"),
         },
         "wire_bytes": f("wire_sent_bytes") + f("wire_received_bytes"),
         "payload_min_bytes": f("payload_min_bytes"),
@@ -217,12 +217,12 @@ fn bench_scheduler(tasks: usize, workers: usize, runs: usize) -> Value {
 }
 
 fn print_table(sizes: &[Value], scheduler: &Value) {
-    println!("\n{:<10} {:>7} {:>9} {:>9} {:>7} {:>7} | {:>8} {:>9} {:>7} {:>7} | {:>6} {:>8} {:>8}", "size", "blocks", "limit 2T", "limit 1T", "GFLOP/s", "ratio", "job s", "compute/w", "encode", "sched", "wire", "master", "worker");
+    println!("\n{:<10} {:>7} {:>9} {:>9} {:>7} {:>7} | {:>8} {:>9} {:>7} {:>7} {:>7} | {:>6} {:>8} {:>8}", "size", "blocks", "limit 2T", "limit 1T", "GFLOP/s", "ratio", "job s", "compute/w", "encode", "sched", "verify", "wire", "master", "worker");
     for s in sizes {
         let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
         let t = |k: &str| s["time"][k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "{:<10} {:>7} {:>9.1} {:>9.1} {:>7.1} {:>7.2} | {:>8.3} {:>9.3} {:>7.3} {:>7.3} | {:>6.3} {:>8.2} {:>8.2}",
+            "{:<10} {:>7} {:>9.1} {:>9.1} {:>7.1} {:>7.2} | {:>8.3} {:>9.3} {:>7.3} {:>7.3} {:>7.3} | {:>6.3} {:>8.2} {:>8.2}",
             format!("{} {}", s["n"], s["dtype"].as_str().unwrap()),
             s["blocks"],
             f("limit_2_threads_gflops"),
@@ -233,12 +233,13 @@ fn print_table(sizes: &[Value], scheduler: &Value) {
             t("compute_per_worker_s"),
             t("master_encode_s"),
             t("master_scheduler_s"),
+            t("verification_prep_s"),
             f("wire_ratio"),
             f("master_rss_ratio"),
             f("worker_rss_ratio"),
         );
     }
-    println!("(ratio: distributed over the 2-thread limit; wire: bytes over the payload minimum; master: peak RSS over A+B+C; worker: peak RSS over A + its blocks in flight)");
+    println!("(ratio: distributed over the 2-thread limit; sched: master time in the scheduler, result checks included; verify: precomputing the checks before the job; wire: bytes over the payload minimum; master: peak RSS over A+B+C; worker: peak RSS over A + its blocks in flight)");
     println!(
         "scheduler: {} tiny tasks to {} workers: {:.0} tasks/s, {:.1} µs of master CPU per task",
         scheduler["tasks"], scheduler["workers"], scheduler["tasks_per_s"].as_f64().unwrap(), scheduler["master_cpu_us_per_task"].as_f64().unwrap()

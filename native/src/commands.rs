@@ -8,7 +8,8 @@ use anyhow::Context;
 
 use colonnade_core::kernel::flops;
 use colonnade_core::plan::{CostModel, Plan};
-use colonnade_core::scheduler::{Scheduler, SchedulerConfig};
+use colonnade_core::scheduler::{JobError, Scheduler, SchedulerConfig};
+use colonnade_core::verify::Verifier;
 use colonnade_core::{DenseMatrix, Dtype, Matrix};
 use rand::{Rng, SeedableRng};
 
@@ -59,7 +60,7 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
     let (a, b) = same_dtype(a.matrix, b.matrix);
     let read_time = started.elapsed();
     let cpu_before = procstats::cpu_time();
-    let report = run(a, b, args.listen, args.local_workers, args.block).await?;
+    let report = run(JobSpec { a, b, integer, block: args.block }, args.listen, args.local_workers).await?;
     let job_cpu = procstats::cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     let write_start = Instant::now();
     io::write_matrix(&args.output, &report.c, integer)?;
@@ -112,6 +113,8 @@ fn stats_json(report: &JobReport, read: Duration, write: Duration, job_cpu: Opti
         "payload_operand_bytes": report.stats.operand_bytes, "payload_task_bytes": report.stats.task_bytes,
         "payload_result_bytes": report.stats.result_bytes, "leases_issued": report.stats.leases_issued,
         "encode_s": report.encode_time.as_secs_f64(), "scheduler_s": report.scheduler_time.as_secs_f64(),
+        "verify_prep_s": report.verify_prep.as_secs_f64(),
+        "rejected": report.workers.iter().map(|(_, w)| w.strikes).sum::<u32>(),
         "master_job_cpu_s": job_cpu.map(|d| d.as_secs_f64()),
         "master_peak_rss_bytes": procstats::peak_rss_bytes(None),
     })
@@ -126,7 +129,8 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0xC0_1055);
     let mut random = || DenseMatrix::F64(Matrix::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0)));
     let (a, b) = (random(), random());
-    let report = run(a.clone(), b.clone(), args.listen, args.local_workers, args.block).await?;
+    let spec = JobSpec { a: a.clone(), b: b.clone(), integer: false, block: args.block };
+    let report = run(spec, args.listen, args.local_workers).await?;
     println!(
         "distributed: {:.3} s, {:.1} GFLOP/s ({} blocks of {} columns)",
         report.elapsed.as_secs_f64(),
@@ -157,12 +161,37 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
 }
 
 /// Listens, starts local workers, and runs the job.
-async fn run(a: DenseMatrix, b: DenseMatrix, listen: SocketAddr, local_workers: usize, block: Option<usize>) -> anyhow::Result<JobReport> {
+/// A job's inputs and how to split and check it.
+struct JobSpec {
+    a: DenseMatrix,
+    b: DenseMatrix,
+    /// Every entry of A and B is an integer: results are checked exactly.
+    integer: bool,
+    block: Option<usize>,
+}
+
+/// Listens, starts local workers, and runs the job, checking every result.
+async fn run(spec: JobSpec, listen: SocketAddr, local_workers: usize) -> anyhow::Result<JobReport> {
+    let JobSpec { a, b, integer, block } = spec;
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    if a.cols() != b.rows() {
+        return Err(JobError::InnerDimension { a: a.shape_string(), b: b.shape_string() }.into());
+    }
     let width = block.unwrap_or_else(|| CostModel::default().block_width(m, k, n, a.dtype().size()));
     let plan = Plan::new(m, k, n, width);
-    let job = rand::rng().random::<u64>();
-    let scheduler = Scheduler::new(SchedulerConfig::default(), job, a, b, plan)?;
+    let mut rng = rand::rng();
+    let job = rng.random::<u64>();
+    // Secret weights for Freivalds' check: workers never see them.
+    let weights = (0..n)
+        .map(|_| {
+            let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+            sign * if integer { f64::from(rng.random_range(1u8..=8)) } else { rng.random_range(1.0..2.0) }
+        })
+        .collect();
+    let prepare = Instant::now();
+    let verifier = Verifier::new(&a, &b, &plan, weights, integer);
+    let verify_prep = prepare.elapsed();
+    let scheduler = Scheduler::new(SchedulerConfig::default(), job, a, b, plan)?.with_verifier(verifier);
     let mut master = Master::bind(listen).await?;
     println!("master listening on {}", master.local_addr());
     println!("  add a worker:  worker {}", master.worker_url());
@@ -178,7 +207,7 @@ async fn run(a: DenseMatrix, b: DenseMatrix, listen: SocketAddr, local_workers: 
     if let Some(locals) = locals {
         locals.stop().await;
     }
-    result
+    result.map(|report| JobReport { verify_prep, ..report })
 }
 
 fn print_workers(report: &JobReport) {

@@ -10,6 +10,10 @@
 //! lease with a deadline. A block is re-queued when its worker leaves, hands it
 //! back or lets the lease expire; at the tail, a straggler's block is given to
 //! an idle worker too, and the first result wins.
+//!
+//! With a [`Verifier`], every result is checked before it is assembled. A wrong
+//! one is discarded, its block goes to another worker, and its sender gets a
+//! strike; at `max_strikes` the sender is disconnected for good.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::time::Duration;
@@ -22,6 +26,7 @@ use crate::matrix::{DenseMatrix, Dtype, ShapeError};
 use crate::payload::{Incoming, PayloadError};
 use crate::plan::Plan;
 use crate::protocol::{chunk_ranges, Frame, JobId, LeaseId, MatrixBytes, Message, WorkerKind, MAX_CHUNK, PROTOCOL_VERSION};
+use crate::verify::Verifier;
 
 #[cfg(test)]
 mod tests;
@@ -44,6 +49,8 @@ pub struct SchedulerConfig {
     pub max_chunk: usize,
     /// Cap on the tasks one worker may hold, whatever it asks for.
     pub max_slots: u32,
+    /// Wrong results a worker may send before it is disconnected for good.
+    pub max_strikes: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -55,6 +62,7 @@ impl Default for SchedulerConfig {
             straggler_factor: 2.0,
             max_chunk: MAX_CHUNK,
             max_slots: 4,
+            max_strikes: 3,
         }
     }
 }
@@ -67,6 +75,8 @@ pub enum Event {
     LeaseExpired { worker: WorkerId, block: usize },
     Speculated { worker: WorkerId, block: usize },
     BlockDone { worker: WorkerId, block: usize },
+    /// A result failed verification and was discarded; its block is re-issued.
+    Rejected { worker: WorkerId, block: usize, reason: String, strikes: u32 },
     JobComplete,
 }
 
@@ -89,6 +99,8 @@ pub enum Violation {
     UnknownLease(LeaseId),
     #[error("result for lease {lease}: {source}")]
     Payload { lease: LeaseId, source: PayloadError },
+    #[error("sent {0} wrong results")]
+    TooManyStrikes(u32),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +123,8 @@ pub struct WorkerInfo {
     pub blocks_done: usize,
     /// Compute time the worker reported for its accepted blocks.
     pub compute: Duration,
+    /// Results that failed verification.
+    pub strikes: u32,
     pub connected: bool,
 }
 
@@ -172,6 +186,9 @@ pub struct Scheduler {
     outbox: VecDeque<(WorkerId, Frame)>,
     events: VecDeque<Event>,
     stats: PayloadStats,
+    verifier: Option<Verifier>,
+    /// Workers whose result for a block was wrong: they do not get it again.
+    rejected_by: Vec<Vec<WorkerId>>,
 }
 
 impl Scheduler {
@@ -211,7 +228,15 @@ impl Scheduler {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             stats: PayloadStats::default(),
+            verifier: None,
+            rejected_by: vec![Vec::new(); blocks],
         })
+    }
+
+    /// Checks every result with `verifier` before assembling it.
+    pub fn with_verifier(mut self, verifier: Verifier) -> Self {
+        self.verifier = Some(verifier);
+        self
     }
 
     // ---- inputs ----
@@ -366,7 +391,8 @@ impl Scheduler {
         }
         let slots = slots.min(self.config.max_slots) as usize;
         self.workers.insert(worker, Worker { slots, has_a: false, leases: BTreeSet::new(), cancelled: HashSet::new() });
-        self.infos.insert(worker, WorkerInfo { kind, name: name.clone(), blocks_done: 0, compute: Duration::ZERO, connected: true });
+        let info = WorkerInfo { kind, name: name.clone(), blocks_done: 0, compute: Duration::ZERO, strikes: 0, connected: true };
+        self.infos.insert(worker, info);
         self.outbox.push_back((worker, Frame::new(Message::Welcome { worker })));
         self.events.push_back(Event::WorkerJoined { worker, kind, name });
         self.assign(now);
@@ -397,18 +423,21 @@ impl Scheduler {
         let complete = incoming.add(offset, body).map_err(|source| Violation::Payload { lease, source })?;
         self.stats.result_bytes += body.len() as u64;
         if complete {
-            self.finish_lease(lease, compute, now);
+            self.finish_lease(lease, compute, now)?;
         }
         Ok(())
     }
 
-    fn finish_lease(&mut self, lease: LeaseId, compute: Duration, now: Duration) {
+    fn finish_lease(&mut self, lease: LeaseId, compute: Duration, now: Duration) -> Result<(), Violation> {
         let l = self.remove_lease(lease).expect("caller checked the lease exists");
         let c = l.result.expect("a finished lease has a result").into_matrix();
+        if let Some(Err(mismatch)) = self.verifier.as_ref().map(|v| v.check(l.block, &c)) {
+            return self.reject(l.worker, l.block, mismatch.to_string(), now);
+        }
         match self.assembly.accept(l.block, c.as_bytes()) {
             Ok(Accepted::New) => {}
             // Sizes were fixed by `Incoming`; a duplicate means another copy won.
-            Ok(Accepted::Duplicate) | Err(_) => return,
+            Ok(Accepted::Duplicate) | Err(_) => return Ok(()),
         }
         self.observe_task_time(now.saturating_sub(l.issued));
         if let Some(info) = self.infos.get_mut(&l.worker) {
@@ -429,6 +458,23 @@ impl Scheduler {
         } else {
             self.assign(now);
         }
+        Ok(())
+    }
+
+    /// Discards a wrong result: its block goes to someone else, its sender gets a strike.
+    fn reject(&mut self, worker: WorkerId, block: usize, reason: String, now: Duration) -> Result<(), Violation> {
+        self.rejected_by[block].push(worker);
+        self.requeue(block);
+        let strikes = self.infos.get_mut(&worker).map_or(0, |info| {
+            info.strikes += 1;
+            info.strikes
+        });
+        self.events.push_back(Event::Rejected { worker, block, reason, strikes });
+        if strikes >= self.config.max_strikes {
+            return Err(Violation::TooManyStrikes(strikes));
+        }
+        self.assign(now);
+        Ok(())
     }
 
     fn complete(&mut self) {
@@ -517,12 +563,21 @@ impl Scheduler {
         }
     }
 
-    /// The next block for `worker`: a queued one, or at the tail a straggler's.
+    /// The next block for `worker`: a queued one, or at the tail a straggler's;
+    /// never one whose result from this worker was wrong.
     fn next_block(&mut self, worker: WorkerId, now: Duration) -> Option<usize> {
-        while let Some(block) = self.pending.pop_front() {
-            self.queued[block] = false;
-            if !self.assembly.is_done(block) {
-                return Some(block);
+        // Usually the front block; skipping only past blocks this worker got wrong.
+        let mut at = 0;
+        while let Some(&block) = self.pending.get(at) {
+            let done = self.assembly.is_done(block);
+            if done || !self.rejected_by[block].contains(&worker) {
+                self.pending.remove(at);
+                self.queued[block] = false;
+                if !done {
+                    return Some(block);
+                }
+            } else {
+                at += 1;
             }
         }
         let threshold = self.straggler_threshold()?;
@@ -530,6 +585,7 @@ impl Scheduler {
             .leases
             .values()
             .filter(|l| l.worker != worker && self.block_leases[l.block].len() == 1 && now >= l.issued + threshold)
+            .filter(|l| !self.rejected_by[l.block].contains(&worker))
             .min_by_key(|l| l.issued)?
             .block;
         self.events.push_back(Event::Speculated { worker, block });

@@ -15,6 +15,8 @@ use crate::worker::{WorkerConfig, WorkerSession};
 #[derive(Debug)]
 struct SimWorker {
     session: WorkerSession,
+    /// Adds 1 to one element of every result it computes.
+    liar: bool,
     to_worker: VecDeque<Vec<u8>>,
     to_master: VecDeque<Vec<u8>>,
 }
@@ -54,7 +56,7 @@ impl Sim {
         self.next_id += 1;
         let mut session = WorkerSession::new(WorkerConfig { slots, ..WorkerConfig::new(WorkerKind::Native, format!("w{id}")) });
         let hello = session.poll_transmit().unwrap().encode();
-        self.workers.insert(id, SimWorker { session, to_worker: VecDeque::new(), to_master: VecDeque::from([hello]) });
+        self.workers.insert(id, SimWorker { session, liar: false, to_worker: VecDeque::new(), to_master: VecDeque::from([hello]) });
         self.deliver_to_master(id, 1);
         id
     }
@@ -94,7 +96,10 @@ impl Sim {
     fn compute(&mut self, id: WorkerId) -> bool {
         let Some(w) = self.workers.get_mut(&id) else { return false };
         let Some(task) = w.session.next_task() else { return false };
-        let c = task.compute();
+        let mut c = task.compute();
+        if w.liar {
+            c.as_bytes_mut()[..8].copy_from_slice(&1e6f64.to_le_bytes());
+        }
         w.session.complete(task.lease, c, ms(1));
         while let Some(f) = w.session.poll_transmit() {
             w.to_master.push_back(f.encode());
@@ -240,6 +245,52 @@ fn a_straggler_is_duplicated_at_the_tail_and_the_first_result_wins() {
     assert!(sim.sched.is_complete(), "the fast worker finished the straggler's block");
     assert_eq!(sim.count(slow, |m| matches!(m, Message::Cancel { .. })), 1, "the losing copy is cancelled");
     assert_eq!(sim.run_to_completion(), sim.expected);
+}
+
+#[test]
+fn wrong_results_are_caught_reissued_elsewhere_and_their_sender_is_cut_off() {
+    let mut sim = Sim::new(6, 5, 24, 2, quick_config());
+    let (m, k, n) = (6, 5, 24);
+    let a = Matrix::from_fn(m, k, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+    let b = Matrix::from_fn(k, n, |i, j| ((i * 5 + j * 13) % 9) as f64 - 4.0);
+    let weights = (0..n).map(|j| [3.0, -1.0, 2.0, -5.0][j % 4]).collect();
+    let verifier = Verifier::new(&a.into(), &b.into(), &Plan::new(m, k, n, 2), weights, true);
+    sim.sched = std::mem::replace(&mut sim.sched, Sim::new(1, 1, 1, 1, quick_config()).sched).with_verifier(verifier);
+    let liar = sim.join(2);
+    sim.workers.get_mut(&liar).unwrap().liar = true;
+    let honest = sim.join(2);
+    let mut liar_violation = None;
+    for _ in 0..100 {
+        if sim.sched.is_complete() {
+            break;
+        }
+        for id in [liar, honest] {
+            sim.deliver_to_worker(id, usize::MAX);
+            while sim.compute(id) {}
+            if id == liar {
+                // The liar's results come back through the scheduler directly, to see the violation.
+                let Some(w) = sim.workers.get_mut(&liar) else { continue };
+                while let Some(bytes) = w.to_master.pop_front() {
+                    if let Err(v) = sim.sched.handle_message(liar, &bytes, sim.now) {
+                        liar_violation = Some(v.to_string());
+                        sim.workers.remove(&liar);
+                        sim.sched.handle_disconnect(liar, sim.now);
+                        break;
+                    }
+                }
+                sim.pump();
+            } else {
+                sim.deliver_to_master(id, usize::MAX);
+            }
+        }
+        sim.advance(ms(10));
+    }
+    assert_eq!(liar_violation.as_deref(), Some("sent 3 wrong results"));
+    let rejected = sim.events.iter().filter(|e| matches!(e, Event::Rejected { worker, .. } if *worker == liar)).count();
+    assert_eq!(rejected, 3);
+    assert_eq!(sim.run_to_completion(), sim.expected, "only verified blocks were assembled");
+    let liar_blocks = sim.sched.workers().find(|(id, _)| *id == liar).unwrap().1.blocks_done;
+    assert_eq!(liar_blocks, 0);
 }
 
 #[test]

@@ -5,8 +5,8 @@ mod page;
 mod progress;
 mod server;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use colonnade_core::kernel::flops;
 use colonnade_core::plan::Plan;
-use colonnade_core::scheduler::{Event, PayloadStats, Scheduler, WorkerId, WorkerInfo};
+use colonnade_core::scheduler::{Event, PayloadStats, Scheduler, Violation, WorkerId, WorkerInfo};
 use colonnade_core::DenseMatrix;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -50,6 +50,8 @@ pub struct JobReport {
     /// copying results in, assembling C).
     pub encode_time: Duration,
     pub scheduler_time: Duration,
+    /// Time to precompute the verification products (before the job starts).
+    pub verify_prep: Duration,
 }
 
 impl JobReport {
@@ -124,6 +126,8 @@ impl Master {
         let mut first_task: Option<Instant> = None;
         let mut senders: HashMap<WorkerId, mpsc::UnboundedSender<Outgoing>> = HashMap::new();
         let mut addrs: HashMap<WorkerId, SocketAddr> = HashMap::new();
+        // Addresses that sent too many wrong results, refused for the rest of this master's life.
+        let mut banned: HashSet<IpAddr> = HashSet::new();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut scheduler_time = Duration::ZERO;
         reporter.waiting(&self.worker_url(), &self.page_url());
@@ -153,6 +157,10 @@ impl Master {
                     match input.context("the server stopped")? {
                         Input::Connected { worker, addr, outgoing } => {
                             tracing::debug!(worker, %addr, "connection");
+                            if banned.contains(&addr.ip()) {
+                                let _ = outgoing.send(Outgoing::Close("refused: this address sent wrong results".into()));
+                                continue;
+                            }
                             senders.insert(worker, outgoing);
                             addrs.insert(worker, addr);
                         }
@@ -164,6 +172,16 @@ impl Master {
                             let handled = scheduler.handle_message(worker, &bytes, now);
                             scheduler_time += busy.elapsed();
                             if let Err(violation) = handled {
+                                // Report what led here (e.g. the last strike) before the verdict.
+                                while let Some(event) = scheduler.poll_event() {
+                                    reporter.event(&event, &addrs);
+                                }
+                                if matches!(violation, Violation::TooManyStrikes(_)) {
+                                    if let Some(addr) = addrs.get(&worker) {
+                                        banned.insert(addr.ip());
+                                    }
+                                    reporter.note(&format!("banned {} for the rest of this master's life: it sent too many wrong results", addr_of(&addrs, worker)));
+                                }
                                 reporter.note(&format!("worker {worker} ({}) disconnected: {violation}", addr_of(&addrs, worker)));
                                 while let Some((to, frame)) = scheduler.poll_transmit() {
                                     if let Some(tx) = senders.get(&to) {
@@ -222,6 +240,7 @@ impl Master {
             wire_received: self.traffic.received_bytes.load(Ordering::Relaxed),
             encode_time: Duration::from_nanos(self.traffic.encode_nanos.load(Ordering::Relaxed)),
             scheduler_time,
+            verify_prep: Duration::ZERO,
         })
     }
 }

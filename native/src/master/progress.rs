@@ -57,6 +57,9 @@ impl Reporter {
             Event::LeaseExpired { worker, block } => {
                 self.note(&format!("worker {worker} is overdue with block {block}; re-issuing it"));
             }
+            Event::Rejected { worker, block, reason, strikes } => {
+                self.note(&format!("worker {worker} ({}) sent a wrong result for block {block} (strike {strikes}): {reason}", addr(worker)));
+            }
             Event::Speculated { worker, block } => tracing::debug!(worker, block, "tail: duplicating a straggler's block"),
             Event::BlockDone { worker, block } => tracing::debug!(worker, block, "block done"),
             Event::JobComplete => tracing::debug!("job complete"),

@@ -1,0 +1,285 @@
+//! Checking a worker's block before it is assembled: Freivalds' algorithm.
+//!
+//! For each block J the master draws secret weights r_J (never sent) and, once
+//! per job, computes y_J = A·(B_J·r_J) together with the error scale
+//! s_J = |A|·(|B_J|·|r_J|). All blocks share one pass over A: y and s for every
+//! block are two thin matrix products, done panel by panel. A claimed C_J then
+//! costs one pass over itself: z = C_J·r_J must match y_J, row by row, within a
+//! rigorous floating-point bound, or exactly when the job is all integers.
+//!
+//! A wrong C_J passes only if its error is orthogonal to r_J, which random
+//! weights make vanishingly unlikely, or smaller than the rounding error an
+//! honest worker could make.
+
+use crate::kernel;
+use crate::matrix::{DenseMatrix, Dtype, Matrix};
+use crate::plan::Plan;
+
+/// Columns of A converted to f64 at a time; bounds the extra memory to m×PANEL.
+const PANEL: usize = 256;
+
+/// Below this, every integer and every sum of integers is exact in f64.
+const EXACT: f64 = 9_007_199_254_740_992.0;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("row {row} of the block is wrong: C·r gives {got:e} where A·(B·r) gives {want:e} (allowed difference {tolerance:e})")]
+pub struct Mismatch {
+    pub row: usize,
+    pub got: f64,
+    pub want: f64,
+    pub tolerance: f64,
+}
+
+#[derive(Debug)]
+pub struct Verifier {
+    plan: Plan,
+    dtype: Dtype,
+    integer: bool,
+    /// One weight per column of C.
+    weights: Vec<f64>,
+    /// y and s for every block: m × blocks, column-major.
+    y: Vec<f64>,
+    s: Vec<f64>,
+}
+
+impl Verifier {
+    /// Precomputes the expected products. `weights` holds one secret random
+    /// weight per column of C, nonzero; for an integer job (`integer`: every
+    /// entry of A and B an integer) use small integers, so the check is exact.
+    ///
+    /// # Panics
+    /// If the shapes do not match the plan or there is not one weight per column.
+    pub fn new(a: &DenseMatrix, b: &DenseMatrix, plan: &Plan, weights: Vec<f64>, integer: bool) -> Self {
+        let (m, k, n) = (plan.m, plan.k, plan.n);
+        assert_eq!((a.rows(), a.cols(), b.rows(), b.cols()), (m, k, k, n), "shapes differ from the plan");
+        assert_eq!(weights.len(), n, "one weight per column of C");
+        let blocks = plan.blocks();
+        // x_J = B_J·r_J and t_J = |B_J|·|r_J|, as k × blocks matrices.
+        let mut x = vec![0.0; k * blocks];
+        let mut t = vec![0.0; k * blocks];
+        for block in 0..blocks {
+            let (xj, tj) = (&mut x[block * k..(block + 1) * k], &mut t[block * k..(block + 1) * k]);
+            for j in plan.columns(block) {
+                let r = weights[j];
+                for (p, (xp, tp)) in xj.iter_mut().zip(tj.iter_mut()).enumerate() {
+                    let v = b.get_f64(p, j);
+                    *xp += v * r;
+                    *tp += v.abs() * r.abs();
+                }
+            }
+        }
+        // y = A·x and s = |A|·t, a panel of A's columns at a time.
+        let mut y = vec![0.0; m * blocks];
+        let mut s = vec![0.0; m * blocks];
+        for start in (0..k).step_by(PANEL) {
+            let end = (start + PANEL).min(k);
+            let mut panel = Matrix::from_fn(m, end - start, |i, p| a.get_f64(i, start + p));
+            let rows_of = |v: &[f64]| Matrix::from_fn(end - start, blocks, |p, block| v[block * k + start + p]);
+            accumulate(&mut y, &kernel::multiply(&panel, rows_of(&x).as_slice()));
+            panel.as_mut_slice().iter_mut().for_each(|v| *v = v.abs());
+            accumulate(&mut s, &kernel::multiply(&panel, rows_of(&t).as_slice()));
+        }
+        Self { plan: plan.clone(), dtype: a.dtype(), integer, weights, y, s }
+    }
+
+    /// Checks a claimed block `c` (m × the block's columns) of C.
+    pub fn check(&self, block: usize, c: &DenseMatrix) -> Result<(), Mismatch> {
+        let m = self.plan.m;
+        let columns = self.plan.columns(block);
+        let w = columns.len();
+        debug_assert_eq!((c.rows(), c.cols()), (m, w), "the scheduler checks sizes first");
+        // z = C_J·r_J and its magnitude |C_J|·|r_J|.
+        let mut z = vec![0.0; m];
+        let mut z_abs = vec![0.0; m];
+        for (jj, j) in columns.enumerate() {
+            let r = self.weights[j];
+            for i in 0..m {
+                let v = c.get_f64(i, jj);
+                z[i] += v * r;
+                z_abs[i] += v.abs() * r.abs();
+            }
+        }
+        let k = self.plan.k as f64;
+        let u = f64::EPSILON / 2.0;
+        let u_worker = match self.dtype {
+            Dtype::F64 => u,
+            Dtype::F32 => f64::from(f32::EPSILON) / 2.0,
+        };
+        let w = w as f64;
+        for i in 0..m {
+            let (want, scale, got) = (self.y[block * m + i], self.s[block * m + i], z[i]);
+            if !scale.is_finite() {
+                continue; // an honest product overflows here: nothing to bound it by
+            }
+            let tolerance = if self.integer && scale < EXACT && z_abs[i] < EXACT {
+                0.0 // every product and sum on both sides is exact
+            } else {
+                // Worker: |Ĉ − AB| ≤ k·u_w·|A||B|; ours: (k + w)·u for y and w·u for z;
+                // doubled for the second-order terms; plus room for subnormals.
+                2.0 * ((k + w + 2.0) * u + k * u_worker) * scale
+                    + 2.0 * (w + 2.0) * u * z_abs[i]
+                    + (k + w + 2.0) * f64::MIN_POSITIVE
+            };
+            // False for NaN, so a NaN result fails too.
+            let within = (got - want).abs() <= tolerance;
+            if !within {
+                return Err(Mismatch { row: i, got, want, tolerance });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn accumulate(into: &mut [f64], product: &Matrix<f64>) {
+    for (a, b) in into.iter_mut().zip(product.as_slice()) {
+        *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::multiply;
+    use proptest::prelude::*;
+
+    /// A tiny deterministic generator, so tests need no RNG crate.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 >> 11
+        }
+        fn unit(&mut self) -> f64 {
+            self.next() as f64 / (1u64 << 53) as f64
+        }
+        fn weight(&mut self) -> f64 {
+            let sign = if self.next() & 1 == 0 { 1.0 } else { -1.0 };
+            sign * (1.0 + self.unit())
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    struct Job {
+        a: Matrix<f64>,
+        b: Matrix<f64>,
+        plan: Plan,
+        verifier: Verifier,
+    }
+
+    fn job(m: usize, k: usize, n: usize, width: usize, rng: &mut Rng, value: impl Fn(&mut Rng) -> f64, integer: bool) -> Job {
+        let a = Matrix::from_fn(m, k, |_, _| value(rng));
+        let b = Matrix::from_fn(k, n, |_, _| value(rng));
+        let plan = Plan::new(m, k, n, width);
+        let weights = (0..n)
+            .map(|_| if integer { (rng.below(8) + 1) as f64 * if rng.next() & 1 == 0 { 1.0 } else { -1.0 } } else { rng.weight() })
+            .collect();
+        let verifier = Verifier::new(&a.clone().into(), &b.clone().into(), &plan, weights, integer);
+        Job { a, b, plan, verifier }
+    }
+
+    fn honest(job: &Job, block: usize) -> Matrix<f64> {
+        multiply(&job.a, job.b.columns(job.plan.columns(block)))
+    }
+
+    fn check(job: &Job, block: usize, c: Matrix<f64>) -> Result<(), Mismatch> {
+        job.verifier.check(block, &c.into())
+    }
+
+    /// Values spanning 1e-150..1e150 with mixed signs: the hard case for a bound.
+    fn wild(rng: &mut Rng) -> f64 {
+        let sign = if rng.next() & 1 == 0 { 1.0 } else { -1.0 };
+        sign * 10f64.powf(rng.unit() * 300.0 - 150.0)
+    }
+
+    #[test]
+    fn a_thousand_honest_blocks_all_pass() {
+        let mut rng = Rng(1);
+        let kinds: [fn(&mut Rng) -> f64; 3] = [|r| r.unit() * 2.0 - 1.0, wild, |r| 1e8 + r.unit() - 0.5];
+        let mut checked = 0;
+        while checked < 1000 {
+            let (m, k, n) = (1 + rng.below(40), 1 + rng.below(60), 1 + rng.below(40));
+            let kind = kinds[checked % 3];
+            let j = job(m, k, n, 1 + rng.below(n), &mut rng, kind, false);
+            for block in 0..j.plan.blocks() {
+                assert_eq!(check(&j, block, honest(&j, block)), Ok(()), "{m}x{k}x{n} block {block}");
+                checked += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn cancellation_is_not_mistaken_for_a_lie() {
+        // Rows whose products cancel to (almost) nothing: C is tiny, the rounding is not.
+        let mut rng = Rng(2);
+        let a = Matrix::from_fn(8, 64, |_, p| if p % 2 == 0 { 1e10 } else { -1e10 });
+        let b = Matrix::from_fn(64, 16, |p, _| 1.0 + (p / 2) as f64 * 1e-7 + rng.unit() * 1e-9);
+        let plan = Plan::new(8, 64, 16, 4);
+        let weights = (0..16).map(|_| rng.weight()).collect();
+        let verifier = Verifier::new(&a.clone().into(), &b.clone().into(), &plan, weights, false);
+        for block in 0..plan.blocks() {
+            let c = multiply(&a, b.columns(plan.columns(block)));
+            assert_eq!(verifier.check(block, &c.into()), Ok(()));
+        }
+    }
+
+    #[test]
+    fn integer_jobs_are_checked_exactly() {
+        let mut rng = Rng(3);
+        let j = job(20, 30, 24, 6, &mut rng, |r| (r.below(200) as f64) - 100.0, true);
+        for block in 0..j.plan.blocks() {
+            assert_eq!(check(&j, block, honest(&j, block)), Ok(()));
+            let mut off_by_one = honest(&j, block);
+            off_by_one.as_mut_slice()[rng.below(20 * 6)] += 1.0;
+            let err = check(&j, block, off_by_one).unwrap_err();
+            assert_eq!(err.tolerance, 0.0);
+        }
+    }
+
+    /// Each kind of lie a worker might tell, on 1000 random blocks each: all caught.
+    #[test]
+    fn every_lie_is_caught_a_thousand_times() {
+        let mut rng = Rng(4);
+        let mut caught = [0usize; 3];
+        for trial in 0..1000 {
+            let (m, k, n) = (2 + rng.below(40), 2 + rng.below(60), 4 + rng.below(40));
+            let j = job(m, k, n, 2 + rng.below(n / 2), &mut rng, |r| r.unit() * 2.0 - 1.0, false);
+            let block = rng.below(j.plan.blocks() - 1); // not the last: it may be narrower
+            let good = honest(&j, block);
+            let scale = good.as_slice().iter().fold(0.0f64, |x, v| x.max(v.abs()));
+            // One element off by a relative 1e-6 of the block's magnitude.
+            let mut flipped = good.clone();
+            flipped.as_mut_slice()[rng.below(good.as_slice().len())] += 1e-6 * scale;
+            caught[0] += usize::from(check(&j, block, flipped).is_err());
+            // All zeros.
+            caught[1] += usize::from(check(&j, block, Matrix::zeros(m, good.cols()).unwrap()).is_err());
+            // The right numbers for a different block of the same width.
+            let other = (block + 1 + rng.below(j.plan.blocks() - 1)) % j.plan.blocks();
+            let theirs = honest(&j, other);
+            if theirs.cols() == good.cols() && theirs != good {
+                caught[2] += usize::from(check(&j, block, theirs).is_err());
+            } else {
+                caught[2] += 1; // same block or width: not this lie (counted as caught by the size check)
+            }
+            let _ = trial;
+        }
+        assert_eq!(caught, [1000, 1000, 1000]);
+    }
+
+    proptest! {
+        #[test]
+        fn f32_jobs_pass_when_honest(m in 1usize..20, k in 1usize..80, n in 1usize..20, seed in any::<u64>()) {
+            let mut rng = Rng(seed);
+            let a = Matrix::from_fn(m, k, |_, _| (rng.unit() * 2.0 - 1.0) as f32);
+            let b = Matrix::from_fn(k, n, |_, _| (rng.unit() * 2.0 - 1.0) as f32);
+            let plan = Plan::new(m, k, n, 3);
+            let weights = (0..n).map(|_| rng.weight()).collect();
+            let verifier = Verifier::new(&a.clone().into(), &b.clone().into(), &plan, weights, false);
+            for block in 0..plan.blocks() {
+                let c = multiply(&a, b.columns(plan.columns(block)));
+                prop_assert_eq!(verifier.check(block, &c.into()), Ok(()));
+            }
+        }
+    }
+}
