@@ -11,6 +11,8 @@
 //! weights make vanishingly unlikely, or smaller than the rounding error an
 //! honest worker could make.
 
+use std::borrow::Cow;
+
 use crate::kernel;
 use crate::matrix::{DenseMatrix, Dtype, Matrix};
 use crate::plan::Plan;
@@ -60,24 +62,24 @@ impl Verifier {
         for block in 0..blocks {
             let (xj, tj) = (&mut x[block * k..(block + 1) * k], &mut t[block * k..(block + 1) * k]);
             for j in plan.columns(block) {
-                let r = weights[j];
-                for (p, (xp, tp)) in xj.iter_mut().zip(tj.iter_mut()).enumerate() {
-                    let v = b.get_f64(p, j);
-                    *xp += v * r;
-                    *tp += v.abs() * r.abs();
-                }
+                weigh_column(&columns_f64(b, j..j + 1), weights[j], xj, tj);
             }
         }
         // y = A·x and s = |A|·t, a panel of A's columns at a time.
         let mut y = vec![0.0; m * blocks];
         let mut s = vec![0.0; m * blocks];
+        let mut product = vec![0.0; m * blocks];
+        let mut abs = Vec::with_capacity(m * PANEL.min(k));
         for start in (0..k).step_by(PANEL) {
             let end = (start + PANEL).min(k);
-            let mut panel = Matrix::from_fn(m, end - start, |i, p| a.get_f64(i, start + p));
+            let panel = columns_f64(a, start..end);
             let rows_of = |v: &[f64]| Matrix::from_fn(end - start, blocks, |p, block| v[block * k + start + p]);
-            accumulate(&mut y, &kernel::multiply(&panel, rows_of(&x).as_slice()));
-            panel.as_mut_slice().iter_mut().for_each(|v| *v = v.abs());
-            accumulate(&mut s, &kernel::multiply(&panel, rows_of(&t).as_slice()));
+            kernel::gemm_into(m, &panel, rows_of(&x).as_slice(), &mut product);
+            accumulate(&mut y, &product);
+            abs.clear();
+            abs.extend(panel.iter().map(|v| v.abs()));
+            kernel::gemm_into(m, &abs, rows_of(&t).as_slice(), &mut product);
+            accumulate(&mut s, &product);
         }
         Self { plan: plan.clone(), dtype: a.dtype(), integer, weights, y, s }
     }
@@ -92,12 +94,7 @@ impl Verifier {
         let mut z = vec![0.0; m];
         let mut z_abs = vec![0.0; m];
         for (jj, j) in columns.enumerate() {
-            let r = self.weights[j];
-            for i in 0..m {
-                let v = c.get_f64(i, jj);
-                z[i] += v * r;
-                z_abs[i] += v.abs() * r.abs();
-            }
+            weigh_column(&columns_f64(c, jj..jj + 1), self.weights[j], &mut z, &mut z_abs);
         }
         let k = self.plan.k as f64;
         let u = f64::EPSILON / 2.0;
@@ -130,8 +127,25 @@ impl Verifier {
     }
 }
 
-fn accumulate(into: &mut [f64], product: &Matrix<f64>) {
-    for (a, b) in into.iter_mut().zip(product.as_slice()) {
+/// x += column·r and t += |column|·|r|.
+fn weigh_column(column: &[f64], r: f64, x: &mut [f64], t: &mut [f64]) {
+    for ((xp, tp), &v) in x.iter_mut().zip(t.iter_mut()).zip(column) {
+        *xp += v * r;
+        *tp += v.abs() * r.abs();
+    }
+}
+
+/// Columns `range` of `m` in f64 (one contiguous column-major run), borrowed
+/// when they already are f64.
+fn columns_f64(m: &DenseMatrix, range: std::ops::Range<usize>) -> Cow<'_, [f64]> {
+    match m {
+        DenseMatrix::F64(m) => Cow::Borrowed(m.columns(range)),
+        DenseMatrix::F32(m) => Cow::Owned(m.columns(range).iter().map(|&v| f64::from(v)).collect()),
+    }
+}
+
+fn accumulate(into: &mut [f64], product: &[f64]) {
+    for (a, b) in into.iter_mut().zip(product) {
         *a += b;
     }
 }

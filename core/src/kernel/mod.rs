@@ -63,6 +63,18 @@ fn multiply_with<T: Element>(a: &Matrix<T>, b: &[T], c: &mut [T], simd_f64: bool
     }
 }
 
+/// `c = a · b` on raw column-major slices, where `a` has `m` rows; `c` is
+/// overwritten. For callers that hold columns of a larger matrix.
+///
+/// # Panics
+/// If the lengths do not describe an m×k by k×n product.
+pub fn gemm_into(m: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
+    assert!(m > 0 && a.len() % m == 0, "A's length {} is not a multiple of m={m}", a.len());
+    let k = a.len() / m;
+    assert!(k > 0 && b.len() % k == 0 && c.len() == m * (b.len() / k), "shapes do not match");
+    gemm_f64(m, k, b.len() / k, a, b, c);
+}
+
 /// Returns A · B_J as a new matrix.
 pub fn multiply<T: Element>(a: &Matrix<T>, b: &[T]) -> Matrix<T> {
     let n = b.len() / a.cols().max(1);
