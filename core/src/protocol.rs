@@ -108,7 +108,7 @@ impl Frame {
 
 /// Lets a matrix's bytes be shared as `Bytes` without copying them.
 #[derive(Debug)]
-pub struct MatrixBytes(pub crate::matrix::DenseMatrix);
+pub struct MatrixBytes(pub std::sync::Arc<crate::matrix::DenseMatrix>);
 
 impl AsRef<[u8]> for MatrixBytes {
     fn as_ref(&self) -> &[u8] {
@@ -117,7 +117,8 @@ impl AsRef<[u8]> for MatrixBytes {
 }
 
 impl MatrixBytes {
-    pub fn into_bytes(matrix: crate::matrix::DenseMatrix) -> bytes::Bytes {
-        bytes::Bytes::from_owner(MatrixBytes(matrix))
+    /// The matrix's bytes; the matrix itself can stay shared (as A is with the verifier).
+    pub fn into_bytes(matrix: impl Into<std::sync::Arc<crate::matrix::DenseMatrix>>) -> bytes::Bytes {
+        bytes::Bytes::from_owner(MatrixBytes(matrix.into()))
     }
 }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -189,7 +190,8 @@ async fn run(spec: JobSpec, listen: SocketAddr, local_workers: usize) -> anyhow:
         })
         .collect();
     let prepare = Instant::now();
-    let verifier = Verifier::new(&a, &b, &plan, weights, integer);
+    let a = Arc::new(a); // shared by the scheduler (its bytes) and the verifier
+    let verifier = Verifier::new(Arc::clone(&a), &b, &plan, weights, integer);
     let verify_prep = prepare.elapsed();
     let scheduler = Scheduler::new(SchedulerConfig::default(), job, a, b, plan)?.with_verifier(verifier);
     let mut master = Master::bind(listen).await?;

@@ -192,8 +192,16 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler for one job: C = A·B split as `plan` says.
-    pub fn new(config: SchedulerConfig, job: JobId, a: DenseMatrix, b: DenseMatrix, plan: Plan) -> Result<Self, JobError> {
+    /// A scheduler for one job: C = A·B split as `plan` says. A may be shared
+    /// (with a [`Verifier`]); the scheduler only reads its bytes.
+    pub fn new(
+        config: SchedulerConfig,
+        job: JobId,
+        a: impl Into<std::sync::Arc<DenseMatrix>>,
+        b: DenseMatrix,
+        plan: Plan,
+    ) -> Result<Self, JobError> {
+        let a = a.into();
         if a.cols() != b.rows() {
             return Err(JobError::InnerDimension { a: a.shape_string(), b: b.shape_string() });
         }
