@@ -154,3 +154,59 @@ fn http_get_until(addr: &str, path: &str, ready: impl Fn(&str) -> bool) -> Strin
     }
     panic!("GET {path} never became ready");
 }
+
+/// Sends a WebSocket upgrade request by hand; returns the stream and the response head.
+fn raw_upgrade(addr: &str) -> (std::net::TcpStream, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+#[test]
+fn connections_over_the_limit_are_refused_politely() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
+    write_csv(&a_path, &Dense::random_ints(4, 4, 8));
+    let (mut master, addr) = start_master(&a_path, &a_path, &c_path, &["--max-connections", "1", "--block", "1"]);
+    let (_held, head) = raw_upgrade(&addr);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (_, head) = raw_upgrade(&addr);
+    assert!(head.starts_with("HTTP/1.1 503"), "the second connection is refused: {head}");
+    drop(_held);
+    // Once the first is gone, a worker gets in and finishes the job.
+    let _worker = start_worker("w", &addr, &[]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert!(master.output().contains("refused a connection"), "{}", master.output());
+}
+
+#[test]
+fn a_connection_that_never_says_hello_is_closed() {
+    use std::io::Read;
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
+    write_csv(&a_path, &Dense::random_ints(4, 4, 9));
+    let (master, addr) = start_master(&a_path, &a_path, &c_path, &["--handshake-timeout", "0.5"]);
+    let (mut silent, head) = raw_upgrade(&addr);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let start = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = silent.read_to_end(&mut rest); // returns when the master closes the socket
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(400) && waited < Duration::from_secs(8), "closed after {waited:?}");
+    assert_eq!(rest.first(), Some(&0x88), "a WebSocket close frame: {rest:?}");
+    master.wait_for("the timeout logged", LONG, |l| l.contains("sent no Hello within"));
+}

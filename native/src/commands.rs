@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use crate::cli::BadInput;
 use crate::compute;
 use crate::io::{self, Format, InputError};
-use crate::master::{JobReport, Master};
+use crate::master::{JobReport, Limits, Master};
 use crate::procstats;
 
 #[derive(Clone, Debug)]
@@ -30,6 +30,7 @@ pub struct MultiplyArgs {
     pub block: Option<usize>,
     /// Where to write the run's figures as JSON, if anywhere.
     pub stats_json: Option<PathBuf>,
+    pub limits: Limits,
 }
 
 #[derive(Clone, Debug)]
@@ -61,7 +62,7 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
     let (a, b) = same_dtype(a.matrix, b.matrix);
     let read_time = started.elapsed();
     let cpu_before = procstats::cpu_time();
-    let report = run(JobSpec { a, b, integer, block: args.block }, args.listen, args.local_workers).await?;
+    let report = run(JobSpec { a, b, integer, block: args.block }, args.listen, args.local_workers, args.limits).await?;
     let job_cpu = procstats::cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     let write_start = Instant::now();
     io::write_matrix(&args.output, &report.c, integer)?;
@@ -131,7 +132,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let mut random = || DenseMatrix::F64(Matrix::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0)));
     let (a, b) = (random(), random());
     let spec = JobSpec { a: a.clone(), b: b.clone(), integer: false, block: args.block };
-    let report = run(spec, args.listen, args.local_workers).await?;
+    let report = run(spec, args.listen, args.local_workers, Limits::default()).await?;
     println!(
         "distributed: {:.3} s, {:.1} GFLOP/s ({} blocks of {} columns)",
         report.elapsed.as_secs_f64(),
@@ -172,7 +173,7 @@ struct JobSpec {
 }
 
 /// Listens, starts local workers, and runs the job, checking every result.
-async fn run(spec: JobSpec, listen: SocketAddr, local_workers: usize) -> anyhow::Result<JobReport> {
+async fn run(spec: JobSpec, listen: SocketAddr, local_workers: usize, limits: Limits) -> anyhow::Result<JobReport> {
     let JobSpec { a, b, integer, block } = spec;
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     if a.cols() != b.rows() {
@@ -194,7 +195,7 @@ async fn run(spec: JobSpec, listen: SocketAddr, local_workers: usize) -> anyhow:
     let verifier = Verifier::new(Arc::clone(&a), &b, &plan, weights, integer);
     let verify_prep = prepare.elapsed();
     let scheduler = Scheduler::new(SchedulerConfig::default(), job, a, b, plan)?.with_verifier(verifier);
-    let mut master = Master::bind(listen).await?;
+    let mut master = Master::bind(listen, limits).await?;
     println!("master listening on {}", master.local_addr());
     println!("  add a worker:  worker {}", master.worker_url());
     println!("  or a browser:  {}", master.page_url());

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use colonnade_native::cli;
+use colonnade_native::cli::{self, BadInput};
+use colonnade_native::master::Limits;
 use colonnade_native::commands::{self, DemoArgs, MultiplyArgs};
 
 #[derive(Parser, Debug)]
@@ -39,6 +40,12 @@ enum Command {
         /// Write the run's figures (times, bytes on the wire, master CPU and peak memory) as JSON.
         #[arg(long, value_name = "FILE")]
         stats_json: Option<PathBuf>,
+        /// Open worker connections (native and browser) before more are refused.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+        max_connections: u64,
+        /// Seconds a new connection may take to say Hello before it is closed.
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        handshake_timeout: f64,
     },
     /// Multiply random matrices with local workers and check the result.
     Demo {
@@ -63,9 +70,13 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Multiply { a, b, output, listen, local_workers, block, stats_json } => {
+            Command::Multiply { a, b, output, listen, local_workers, block, stats_json, max_connections, handshake_timeout } => {
                 let block = block.map(|b| b as usize);
-                let args = MultiplyArgs { a, b, output, listen, local_workers, block, stats_json };
+                let Ok(handshake_timeout) = std::time::Duration::try_from_secs_f64(handshake_timeout) else {
+                    return Err(BadInput(format!("--handshake-timeout {handshake_timeout}: not a number of seconds")).into());
+                };
+                let limits = Limits { max_connections: max_connections as usize, handshake_timeout };
+                let args = MultiplyArgs { a, b, output, listen, local_workers, block, stats_json, limits };
                 commands::multiply(args).await.map(|()| true)
             }
             Command::Demo { size, local_workers, listen, block } => {

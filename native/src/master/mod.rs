@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use page::Status;
 use progress::Reporter;
+pub use server::Limits;
 use server::{Input, Outgoing, Traffic};
 
 use crate::worker::{self, WorkerOptions};
@@ -61,14 +62,14 @@ impl JobReport {
 }
 
 impl Master {
-    /// Binds `listen` and starts serving.
-    pub async fn bind(listen: SocketAddr) -> anyhow::Result<Self> {
+    /// Binds `listen` and starts serving, within `limits`.
+    pub async fn bind(listen: SocketAddr, limits: Limits) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         let (tx, inputs) = mpsc::channel(64);
         let (status, status_rx) = watch::channel(Status::default());
         let traffic = Arc::new(Traffic::default());
-        server::spawn(listener, tx, status_rx, Arc::clone(&traffic));
+        server::spawn(listener, tx, status_rx, Arc::clone(&traffic), limits);
         Ok(Self { addr, inputs, status, traffic })
     }
 

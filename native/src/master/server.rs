@@ -5,8 +5,9 @@
 //! (encoding frames just before they go out, so queued frames cost no copies).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -49,17 +50,61 @@ pub struct Traffic {
     pub encode_nanos: AtomicU64,
 }
 
+/// Who may connect, and how long a new connection may stay silent.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Open WebSocket connections; more are refused with 503.
+    pub max_connections: usize,
+    /// Time for a new WebSocket to send its Hello before it is closed
+    /// (so idle and slowloris sockets cannot pile up).
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_connections: 1024, handshake_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// One open WebSocket, counted against `max_connections` until dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn try_open(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        if open.fetch_add(1, Ordering::SeqCst) >= max {
+            open.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Self(Arc::clone(open)))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     inputs: mpsc::Sender<Input>,
     next_worker: Arc<AtomicU64>,
     status: watch::Receiver<Status>,
     traffic: Arc<Traffic>,
+    limits: Limits,
+    open: Arc<AtomicUsize>,
 }
 
 /// Serves on `listener` until the process ends.
-pub fn spawn(listener: tokio::net::TcpListener, inputs: mpsc::Sender<Input>, status: watch::Receiver<Status>, traffic: Arc<Traffic>) {
-    let state = AppState { inputs, next_worker: Arc::new(AtomicU64::new(1)), status, traffic };
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    inputs: mpsc::Sender<Input>,
+    status: watch::Receiver<Status>,
+    traffic: Arc<Traffic>,
+    limits: Limits,
+) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let state = AppState { inputs, next_worker: Arc::new(AtomicU64::new(1)), status, traffic, limits, open };
     let app = Router::new()
         .route("/", get(index))
         .route("/progress", get(progress))
@@ -104,15 +149,20 @@ async fn web_asset(axum::extract::Path(file): axum::extract::Path<String>) -> Re
 }
 
 async fn upgrade(ws: WebSocketUpgrade, ConnectInfo(addr): ConnectInfo<SocketAddr>, State(state): State<AppState>) -> Response {
+    let Some(open) = OpenConnection::try_open(&state.open, state.limits.max_connections) else {
+        tracing::warn!(%addr, "refused a connection: {} are open already", state.limits.max_connections);
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections to this master; try again later").into_response();
+    };
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| connection(socket, addr, state))
+        .on_upgrade(move |socket| connection(socket, addr, state, open))
         .into_response()
 }
 
-async fn connection(socket: WebSocket, addr: SocketAddr, state: AppState) {
+async fn connection(socket: WebSocket, addr: SocketAddr, state: AppState, _open: OpenConnection) {
     let worker = state.next_worker.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let closer = tx.clone();
     if state.inputs.send(Input::Connected { worker, addr, outgoing: tx }).await.is_err() {
         return; // the job is over
     }
@@ -139,7 +189,23 @@ async fn connection(socket: WebSocket, addr: SocketAddr, state: AppState) {
             }
         }
     });
-    while let Some(Ok(message)) = stream.next().await {
+    let handshake = state.limits.handshake_timeout;
+    let mut heard = false;
+    loop {
+        let next = if heard {
+            stream.next().await
+        } else {
+            match tokio::time::timeout(handshake, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    tracing::warn!(%addr, "closed a connection that sent no Hello within {handshake:?}");
+                    let _ = closer.send(Outgoing::Close(format!("no Hello within {handshake:?}")));
+                    break;
+                }
+            }
+        };
+        let Some(Ok(message)) = next else { break };
+        heard = true;
         let bytes = match message {
             Message::Binary(bytes) => {
                 state.traffic.received_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -153,5 +219,7 @@ async fn connection(socket: WebSocket, addr: SocketAddr, state: AppState) {
         }
     }
     let _ = state.inputs.send(Input::Closed { worker }).await;
+    // The writer ends when every sender is gone: ours, then the driver's.
+    drop(closer);
     let _ = writer.await;
 }
