@@ -11,18 +11,6 @@ use common::*;
 
 const LONG: Duration = Duration::from_secs(180);
 
-/// (kind, blocks) for each worker in the master's summary.
-fn blocks_by_kind(master_output: &str) -> Vec<(String, usize)> {
-    master_output
-        .lines()
-        .filter(|l| l.trim_start().starts_with("worker ") && l.ends_with(" blocks"))
-        .map(|l| {
-            let kind = l.split('(').nth(1).unwrap().split(' ').next().unwrap().to_owned();
-            (kind, l.rsplit(' ').nth(1).unwrap().parse().unwrap())
-        })
-        .collect()
-}
-
 fn artifact(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join(name)
 }
@@ -61,7 +49,7 @@ fn one_tab_computes_every_block() {
     browser.goto(&format!("http://{addr}/"));
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_csv(&c_path), naive(&a, &b));
-    let done = blocks_by_kind(&master.output());
+    let done = worker_blocks(&master.output());
     assert!(done.iter().all(|(kind, _)| kind == "browser"), "{done:?}");
     assert_eq!(done.iter().map(|(_, d)| d).sum::<usize>(), 10);
 }
@@ -78,7 +66,7 @@ fn a_native_worker_and_a_tab_share_a_job() {
     let _native = start_worker("native", &addr, &[]);
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     check_sampled(&c_path, &a, &b);
-    let done = blocks_by_kind(&master.output());
+    let done = worker_blocks(&master.output());
     let by = |kind: &str| done.iter().filter(|(k, _)| k == kind).map(|(_, d)| d).sum::<usize>();
     assert!(by("browser") > 0 && by("native") > 0, "both kinds contributed: {done:?}");
     assert_eq!(by("browser") + by("native"), 128);
@@ -107,7 +95,7 @@ fn a_tab_navigated_away_mid_job_loses_nothing() {
     let _native = start_worker("native", &addr, &[]);
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     check_sampled(&c_path, &a, &b);
-    let done = blocks_by_kind(&master.output());
+    let done = worker_blocks(&master.output());
     assert_eq!(done.iter().map(|(_, d)| d).sum::<usize>(), 192, "{done:?}");
 }
 

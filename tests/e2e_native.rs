@@ -9,11 +9,7 @@ use common::*;
 const LONG: Duration = Duration::from_secs(120);
 
 fn blocks_done(master_output: &str) -> Vec<usize> {
-    master_output
-        .lines()
-        .filter(|l| l.trim_start().starts_with("worker ") && l.ends_with(" blocks"))
-        .map(|l| l.rsplit(' ').nth(1).unwrap().parse().unwrap())
-        .collect()
+    worker_blocks(master_output).into_iter().map(|(_, blocks)| blocks).collect()
 }
 
 #[test]

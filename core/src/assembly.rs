@@ -35,7 +35,7 @@ impl Assembly {
     }
 
     /// Bytes block `index` must have.
-    pub fn block_bytes(&self, index: usize) -> usize {
+    fn block_bytes(&self, index: usize) -> usize {
         self.plan.columns(index).len() * self.plan.m * self.c.dtype().size()
     }
 
@@ -67,9 +67,6 @@ impl Assembly {
     }
     pub fn is_complete(&self) -> bool {
         self.remaining == 0
-    }
-    pub fn plan(&self) -> &Plan {
-        &self.plan
     }
 
     /// Hands over the assembled C once every block is in (once; later calls get `None`).

@@ -53,9 +53,6 @@ impl Incoming {
     pub fn into_matrix(self) -> DenseMatrix {
         self.matrix
     }
-    pub fn matrix(&self) -> &DenseMatrix {
-        &self.matrix
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::codec::{self, CodecError};
 use crate::kernel;
-use crate::matrix::{element_count, DenseMatrix, Dtype, Matrix};
+use crate::matrix::{element_count, DenseMatrix, Dtype};
 use crate::payload::{Incoming, PayloadError};
 use crate::protocol::{chunk_ranges, Frame, JobId, LeaseId, MatrixBytes, Message, WorkerKind, MAX_CHUNK, PROTOCOL_VERSION};
 
@@ -207,7 +207,8 @@ impl WorkerSession {
             return Err(WorkerError::Surplus("A"));
         };
         if incoming.add(offset, body).map_err(|source| WorkerError::Payload { what: "A", source })? {
-            let Operand::Arriving(done) = std::mem::replace(&mut j.a, Operand::Ready(Arc::new(empty(j.dtype)))) else {
+            let placeholder = Operand::Ready(Arc::new(DenseMatrix::zeros(j.dtype, 0, 0).expect("an empty matrix")));
+            let Operand::Arriving(done) = std::mem::replace(&mut j.a, placeholder) else {
                 unreachable!("matched Arriving above")
             };
             j.a = Operand::Ready(Arc::new(done.into_matrix()));
@@ -290,22 +291,12 @@ impl WorkerSession {
     pub fn in_flight(&self) -> usize {
         self.tasks.len() + self.computing.len()
     }
-
-    pub fn config(&self) -> &WorkerConfig {
-        &self.config
-    }
-}
-
-fn empty(dtype: Dtype) -> DenseMatrix {
-    match dtype {
-        Dtype::F32 => Matrix::<f32>::zeros(0, 0).expect("empty").into(),
-        Dtype::F64 => Matrix::<f64>::zeros(0, 0).expect("empty").into(),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matrix::Matrix;
 
     fn frame(message: Message, body: &[u8]) -> Vec<u8> {
         codec::encode(&message, body)

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use colonnade_core::kernel::flops;
 use colonnade_core::plan::{CostModel, Plan};
-use colonnade_core::scheduler::{JobError, Scheduler, SchedulerConfig};
+use colonnade_core::scheduler::{Scheduler, SchedulerConfig};
 use colonnade_core::verify::Verifier;
 use colonnade_core::{DenseMatrix, Dtype, Matrix};
 use rand::{Rng, SeedableRng};
@@ -176,9 +176,6 @@ struct JobSpec {
 async fn run(spec: JobSpec, listen: SocketAddr, local_workers: usize, limits: Limits) -> anyhow::Result<JobReport> {
     let JobSpec { a, b, integer, block } = spec;
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
-    if a.cols() != b.rows() {
-        return Err(JobError::InnerDimension { a: a.shape_string(), b: b.shape_string() }.into());
-    }
     let width = block.unwrap_or_else(|| CostModel::default().block_width(m, k, n, a.dtype().size()));
     let plan = Plan::new(m, k, n, width);
     let mut rng = rand::rng();
@@ -190,11 +187,13 @@ async fn run(spec: JobSpec, listen: SocketAddr, local_workers: usize, limits: Li
             sign * if integer { f64::from(rng.random_range(1u8..=8)) } else { rng.random_range(1.0..2.0) }
         })
         .collect();
+    // Shared by the scheduler (their bytes) and the verifier; the scheduler checks the shapes.
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let scheduler = Scheduler::new(SchedulerConfig::default(), job, Arc::clone(&a), Arc::clone(&b), plan.clone())?;
     let prepare = Instant::now();
-    let a = Arc::new(a); // shared by the scheduler (its bytes) and the verifier
-    let verifier = Verifier::new(Arc::clone(&a), &b, &plan, weights, integer);
+    let verifier = Verifier::new(a, &b, &plan, weights, integer);
     let verify_prep = prepare.elapsed();
-    let scheduler = Scheduler::new(SchedulerConfig::default(), job, a, b, plan)?.with_verifier(verifier);
+    let scheduler = scheduler.with_verifier(verifier);
     let mut master = Master::bind(listen, limits).await?;
     println!("master listening on {}", master.local_addr());
     println!("  add a worker:  worker {}", master.worker_url());

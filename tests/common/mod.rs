@@ -134,6 +134,19 @@ pub fn start_worker(name: &str, addr: &str, extra: &[&str]) -> Proc {
     Proc::spawn(name, &mut cmd)
 }
 
+/// The master's closing summary: (kind, blocks done) for each worker, from
+/// lines like `  worker 2 (native 'w1'): 40 blocks`.
+pub fn worker_blocks(master_output: &str) -> Vec<(String, usize)> {
+    master_output
+        .lines()
+        .filter(|l| l.trim_start().starts_with("worker ") && l.ends_with(" blocks"))
+        .map(|l| {
+            let kind = l.split('(').nth(1).unwrap().split(' ').next().unwrap().to_owned();
+            (kind, l.rsplit(' ').nth(1).unwrap().parse().unwrap())
+        })
+        .collect()
+}
+
 /// A dense matrix in row-major order, as tests think of it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dense {

@@ -92,53 +92,27 @@ fn as_isize(x: usize) -> isize {
     isize::try_from(x).expect("matrix dimension fits in isize")
 }
 
+/// The signature of matrixmultiply's `dgemm` and `sgemm`.
+type RawGemm<T> = unsafe fn(usize, usize, usize, T, *const T, isize, isize, *const T, isize, isize, T, *mut T, isize, isize);
+
+/// `c = a · b` for column-major m×k, k×n and m×n slices, through `raw`.
 #[allow(unsafe_code)]
-fn gemm_f64(m: usize, k: usize, n: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
+fn gemm<T: Element>(raw: RawGemm<T>, m: usize, k: usize, n: usize, a: &[T], b: &[T], c: &mut [T]) {
     debug_assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n);
+    let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
     // SAFETY: the slices hold exactly m*k, k*n and m*n elements (checked by the
     // caller), and the strides describe column-major layouts within them.
     unsafe {
-        matrixmultiply::dgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            1,
-            as_isize(m),
-            b.as_ptr(),
-            1,
-            as_isize(k),
-            0.0,
-            c.as_mut_ptr(),
-            1,
-            as_isize(m),
-        );
+        raw(m, k, n, one, a.as_ptr(), 1, as_isize(m), b.as_ptr(), 1, as_isize(k), zero, c.as_mut_ptr(), 1, as_isize(m));
     }
 }
 
-#[allow(unsafe_code)]
+fn gemm_f64(m: usize, k: usize, n: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
+    gemm(matrixmultiply::dgemm, m, k, n, a, b, c);
+}
+
 fn gemm_f32(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    debug_assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n);
-    // SAFETY: as in gemm_f64.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            1,
-            as_isize(m),
-            b.as_ptr(),
-            1,
-            as_isize(k),
-            0.0,
-            c.as_mut_ptr(),
-            1,
-            as_isize(m),
-        );
-    }
+    gemm(matrixmultiply::sgemm, m, k, n, a, b, c);
 }
 
 #[cfg(test)]

@@ -192,16 +192,16 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler for one job: C = A·B split as `plan` says. A may be shared
-    /// (with a [`Verifier`]); the scheduler only reads its bytes.
+    /// A scheduler for one job: C = A·B split as `plan` says. A and B may be
+    /// shared (with a [`Verifier`]); the scheduler only reads their bytes.
     pub fn new(
         config: SchedulerConfig,
         job: JobId,
         a: impl Into<std::sync::Arc<DenseMatrix>>,
-        b: DenseMatrix,
+        b: impl Into<std::sync::Arc<DenseMatrix>>,
         plan: Plan,
     ) -> Result<Self, JobError> {
-        let a = a.into();
+        let (a, b) = (a.into(), b.into());
         if a.cols() != b.rows() {
             return Err(JobError::InnerDimension { a: a.shape_string(), b: b.shape_string() });
         }
@@ -381,9 +381,6 @@ impl Scheduler {
     }
     pub fn plan(&self) -> &Plan {
         &self.plan
-    }
-    pub fn job(&self) -> JobId {
-        self.job
     }
 
     // ---- message handlers ----

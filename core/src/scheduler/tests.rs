@@ -47,7 +47,7 @@ impl Sim {
         let a = Matrix::from_fn(m, k, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
         let b = Matrix::from_fn(k, n, |i, j| ((i * 5 + j * 13) % 9) as f64 - 4.0);
         let expected = naive(&a, &b);
-        let sched = Scheduler::new(config, 42, DenseMatrix::from(a), b.into(), Plan::new(m, k, n, width)).unwrap();
+        let sched = Scheduler::new(config, 42, DenseMatrix::from(a), DenseMatrix::from(b), Plan::new(m, k, n, width)).unwrap();
         Self { sched, workers: BTreeMap::new(), now: Duration::ZERO, next_id: 1, expected, events: Vec::new(), received: BTreeMap::new() }
     }
 
@@ -315,7 +315,7 @@ fn protocol_violations_are_reported() {
 fn mismatched_inputs_are_refused() {
     let a = Matrix::<f64>::zeros(3, 4).unwrap();
     let b = Matrix::<f64>::zeros(5, 2).unwrap();
-    let err = Scheduler::new(SchedulerConfig::default(), 1, DenseMatrix::from(a), b.into(), Plan::new(3, 4, 2, 1)).unwrap_err();
+    let err = Scheduler::new(SchedulerConfig::default(), 1, DenseMatrix::from(a), DenseMatrix::from(b), Plan::new(3, 4, 2, 1)).unwrap_err();
     assert_eq!(err.to_string(), "A is 3x4 but B is 5x2: A's columns must equal B's rows");
 }
 

@@ -133,11 +133,8 @@ impl Master {
         let mut scheduler_time = Duration::ZERO;
         reporter.waiting(&self.worker_url(), &self.page_url());
         loop {
-            while let Some((to, frame)) = scheduler.poll_transmit() {
-                if let Some(tx) = senders.get(&to) {
-                    first_task.get_or_insert_with(Instant::now);
-                    let _ = tx.send(Outgoing::Frame(frame));
-                }
+            if deliver(&mut scheduler, &senders) {
+                first_task.get_or_insert_with(Instant::now);
             }
             while let Some(event) = scheduler.poll_event() {
                 reporter.event(&event, &addrs);
@@ -184,11 +181,7 @@ impl Master {
                                     reporter.note(&format!("banned {} for the rest of this master's life: it sent too many wrong results", addr_of(&addrs, worker)));
                                 }
                                 reporter.note(&format!("worker {worker} ({}) disconnected: {violation}", addr_of(&addrs, worker)));
-                                while let Some((to, frame)) = scheduler.poll_transmit() {
-                                    if let Some(tx) = senders.get(&to) {
-                                        let _ = tx.send(Outgoing::Frame(frame));
-                                    }
-                                }
+                                deliver(&mut scheduler, &senders); // e.g. a Refused, before the close
                                 if let Some(tx) = senders.remove(&worker) {
                                     let _ = tx.send(Outgoing::Close(violation.to_string()));
                                 }
@@ -217,11 +210,7 @@ impl Master {
         }
         let elapsed = first_task.map_or(Duration::ZERO, |t| t.elapsed());
         // Deliver the JobDone frames, then let the connections go.
-        while let Some((to, frame)) = scheduler.poll_transmit() {
-            if let Some(tx) = senders.get(&to) {
-                let _ = tx.send(Outgoing::Frame(frame));
-            }
-        }
+        deliver(&mut scheduler, &senders);
         for tx in senders.values() {
             let _ = tx.send(Outgoing::Close("job complete".into()));
         }
@@ -260,6 +249,18 @@ impl LocalWorkers {
             let _ = h.await;
         }
     }
+}
+
+/// Hands the scheduler's outgoing frames to their connections; returns whether
+/// any went out (frames for connections already gone are dropped).
+fn deliver(scheduler: &mut Scheduler, senders: &HashMap<WorkerId, mpsc::UnboundedSender<Outgoing>>) -> bool {
+    let mut sent = false;
+    while let Some((to, frame)) = scheduler.poll_transmit() {
+        if let Some(tx) = senders.get(&to) {
+            sent |= tx.send(Outgoing::Frame(frame)).is_ok();
+        }
+    }
+    sent
 }
 
 fn loopback_for(addr: SocketAddr) -> std::net::IpAddr {
