@@ -206,3 +206,81 @@ fn a_connection_that_never_says_hello_is_closed() {
     assert_eq!(rest.first(), Some(&0x88), "a WebSocket close frame: {rest:?}");
     master.wait_for("the timeout logged", LONG, |l| l.contains("sent no Hello within"));
 }
+
+#[test]
+fn a_token_keeps_strangers_out_and_lets_its_holders_in() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
+    let (token, wrong) = (path(&dir, "token"), path(&dir, "wrong"));
+    let secret = "correct-horse-battery-staple";
+    std::fs::write(&token, format!("{secret}\n")).unwrap();
+    std::fs::write(&wrong, "incorrect-horse").unwrap();
+    let a = Dense::random_ints(30, 30, 10);
+    write_csv(&a_path, &a);
+    let token_arg = token.to_str().unwrap();
+    let (mut master, addr) = start_master(&a_path, &a_path, &c_path, &["--token-file", token_arg, "--no-browsers", "--block", "5"]);
+
+    let mut stranger = start_worker("stranger", &addr, &[]);
+    assert_eq!(stranger.wait_exit(LONG).code(), Some(1), "{}", stranger.output());
+    assert!(stranger.output().contains("refused this worker: this master requires a token"), "{}", stranger.output());
+    let mut impostor = start_worker("impostor", &addr, &["--token-file", wrong.to_str().unwrap()]);
+    assert_eq!(impostor.wait_exit(LONG).code(), Some(1), "{}", impostor.output());
+    assert!(impostor.output().contains("wrong token"), "{}", impostor.output());
+    // A socket that claims to be a browser tab is turned away by --no-browsers.
+    assert!(hello_as_browser(&addr).contains("does not take browser volunteers"));
+
+    let holder = start_worker("holder", &addr, &["--token-file", token_arg]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_csv(&c_path), naive(&a, &a));
+    assert_eq!(blocks_done(&master.output()), vec![6], "only the holder joined:\n{}", master.output());
+    for p in [&master, &stranger, &impostor, &holder] {
+        assert!(!p.output().contains(secret), "{} logged the token:\n{}", p.name, p.output());
+    }
+}
+
+/// Says Hello as a browser tab with no token; returns why the master refused it.
+fn hello_as_browser(addr: &str) -> String {
+    use colonnade_core::protocol::{Message, Token, WorkerKind, PROTOCOL_VERSION};
+    use tokio_tungstenite::tungstenite;
+    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/ws")).expect("WebSocket handshake");
+    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Browser, threads: 1, slots: 1, name: "tab".into(), token: Token::default() };
+    ws.send(tungstenite::Message::Binary(colonnade_core::codec::encode(&hello, &[]).into())).unwrap();
+    loop {
+        match ws.read().expect("the master answers before closing") {
+            tungstenite::Message::Binary(bytes) => match colonnade_core::codec::decode(&bytes).unwrap().0 {
+                Message::Refused { reason } => return reason,
+                other => panic!("expected Refused, got {other:?}"),
+            },
+            tungstenite::Message::Close(frame) => panic!("closed without a reason: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_frozen_worker_is_dropped_by_its_silence_and_its_blocks_reissued() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
+    let a = Dense::random_ints(80, 80, 11);
+    write_csv(&a_path, &a);
+    let (mut master, addr) = start_master(&a_path, &a_path, &c_path, &["--block", "4"]);
+    let frozen = start_worker("frozen", &addr, &[]);
+    frozen.wait_for("'computing task'", LONG, |l| l.contains("computing task"));
+    // SIGSTOP: the process holds its tasks and its TCP connection stays open, but it says nothing.
+    frozen.signal("STOP");
+    let stopped = std::time::Instant::now();
+    master.wait_for("the silence noticed", LONG, |l| l.contains("has said nothing for"));
+    let noticed = stopped.elapsed();
+    let left = master.wait_for("its blocks re-queued", LONG, |l| l.contains("left;"));
+    assert!(!left.contains(" 0 of its blocks"), "{left}");
+    eprintln!("a frozen worker was dropped {:.1} s after it froze", noticed.as_secs_f64());
+    // The 15 s heartbeat timeout, well inside the 20 s minimum lease.
+    assert!(noticed >= Duration::from_secs(14) && noticed < Duration::from_secs(20), "{noticed:?}");
+    let _heir = start_worker("heir", &addr, &[]);
+    frozen.signal("CONT"); // it finds its connection closed and reconnects
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_csv(&c_path), naive(&a, &a));
+    frozen.wait_for("the thawed worker reconnecting", LONG, |l| l.contains("reconnecting"));
+}

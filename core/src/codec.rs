@@ -53,13 +53,14 @@ pub fn decode(bytes: &[u8]) -> Result<(Message, &[u8]), CodecError> {
 mod tests {
     use super::*;
     use crate::matrix::Dtype;
-    use crate::protocol::{WorkerKind, PROTOCOL_VERSION};
+    use crate::protocol::{Token, WorkerKind, PROTOCOL_VERSION};
     use proptest::prelude::*;
 
     #[test]
     fn round_trips() {
         let messages = [
-            Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Browser, threads: 3, slots: 2, name: "tab".into() },
+            Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Browser, threads: 3, slots: 2, name: "tab".into(), token: Token::new("s3cret") },
+            Message::Heartbeat,
             Message::Job { job: 7, m: 1 << 40, k: 3, n: 4, dtype: Dtype::F32 },
             Message::Release { leases: vec![1, 2, u64::MAX] },
         ];
@@ -74,7 +75,7 @@ mod tests {
     #[test]
     fn hello_keeps_its_version_readable() {
         // Variant 0, then the version as a varint: a future master can always read it.
-        let bytes = encode(&Message::Hello { protocol: 1, kind: WorkerKind::Native, threads: 1, slots: 1, name: String::new() }, &[]);
+        let bytes = encode(&Message::Hello { protocol: 1, kind: WorkerKind::Native, threads: 1, slots: 1, name: String::new(), token: Token::default() }, &[]);
         assert_eq!(&bytes[..2], &[0, 1]);
     }
 

@@ -9,6 +9,7 @@ compile_error!("Colonnade's wire format is raw little-endian; big-endian hosts a
 pub mod assembly;
 pub mod codec;
 pub mod kernel;
+pub mod liveness;
 pub mod matrix;
 pub mod payload;
 pub mod plan;

@@ -11,7 +11,7 @@ use crate::matrix::Dtype;
 
 /// Bumped on any incompatible change. `Hello` stays variant 0 with `protocol`
 /// as its first field, so a master can always read a worker's version.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest body of one message.
 pub const MAX_CHUNK: usize = 8 << 20;
@@ -39,6 +39,8 @@ pub enum Message {
         slots: u32,
         /// Free-form label for logs, e.g. the host name.
         name: String,
+        /// The master's shared secret, if the worker was given one.
+        token: Token,
     },
     /// Master → worker: accepted.
     Welcome { worker: u64 },
@@ -64,6 +66,8 @@ pub enum Message {
     Release { leases: Vec<LeaseId> },
     /// Master → worker: the job is complete; A can be dropped.
     JobDone { job: JobId },
+    /// Either way: still here (see [`crate::liveness`]).
+    Heartbeat,
 }
 
 impl Message {
@@ -77,6 +81,38 @@ impl Message {
                 | Message::TaskChunk { .. }
                 | Message::ResultChunk { .. }
         )
+    }
+}
+
+/// A shared secret that admits native workers. It never shows in `Debug`
+/// output (so never in logs), and compares in constant time.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl PartialEq for Token {
+    /// Constant time in the contents, so timing reveals no prefix of the secret.
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+        diff == 0 && a.len() == b.len()
+    }
+}
+
+impl Eq for Token {}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "Token(none)" } else { "Token(<redacted>)" })
     }
 }
 

@@ -4,7 +4,9 @@
 //! The shell feeds every received message to [`WorkerSession::handle_message`],
 //! sends what [`WorkerSession::poll_transmit`] yields, runs each
 //! [`ComputeTask`] from [`WorkerSession::next_task`], and reports the product
-//! with [`WorkerSession::complete`].
+//! with [`WorkerSession::complete`]. It also calls
+//! [`WorkerSession::handle_timeout`] when [`WorkerSession::poll_timeout`] says,
+//! which sends heartbeats and notices a master gone silent.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -12,9 +14,10 @@ use std::time::Duration;
 
 use crate::codec::{self, CodecError};
 use crate::kernel;
+use crate::liveness::{Heartbeat, Liveness};
 use crate::matrix::{element_count, DenseMatrix, Dtype};
 use crate::payload::{Incoming, PayloadError};
-use crate::protocol::{chunk_ranges, Frame, JobId, LeaseId, MatrixBytes, Message, WorkerKind, MAX_CHUNK, PROTOCOL_VERSION};
+use crate::protocol::{chunk_ranges, Frame, JobId, LeaseId, MatrixBytes, Message, Token, WorkerKind, MAX_CHUNK, PROTOCOL_VERSION};
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -25,11 +28,22 @@ pub struct WorkerConfig {
     pub name: String,
     /// Largest A or B block this worker will accept, in bytes.
     pub max_operand_bytes: usize,
+    /// Sent in Hello; admits a native worker to a master that requires it.
+    pub token: Token,
+    pub heartbeat: Heartbeat,
 }
 
 impl WorkerConfig {
     pub fn new(kind: WorkerKind, name: impl Into<String>) -> Self {
-        Self { kind, threads: 1, slots: 2, name: name.into(), max_operand_bytes: 8 << 30 }
+        Self {
+            kind,
+            threads: 1,
+            slots: 2,
+            name: name.into(),
+            max_operand_bytes: 8 << 30,
+            token: Token::default(),
+            heartbeat: Heartbeat::default(),
+        }
     }
 }
 
@@ -64,6 +78,8 @@ pub enum WorkerError {
     Empty(&'static str),
     #[error("{what}: {source}")]
     Payload { what: &'static str, source: PayloadError },
+    #[error("the master has said nothing for {0:?}")]
+    MasterSilent(Duration),
 }
 
 /// One block to multiply: C_J = A · B_J.
@@ -124,24 +140,49 @@ pub struct WorkerSession {
     /// Tasks handed to the shell and not yet completed or cancelled.
     computing: BTreeSet<LeaseId>,
     outbox: VecDeque<Frame>,
+    master: Liveness,
 }
 
 impl WorkerSession {
-    /// A new session; its first outgoing message is Hello.
-    pub fn new(config: WorkerConfig) -> Self {
+    /// A new session on a connection opened at `now`; its first outgoing message is Hello.
+    pub fn new(config: WorkerConfig, now: Duration) -> Self {
         let hello = Message::Hello {
             protocol: PROTOCOL_VERSION,
             kind: config.kind,
             threads: config.threads,
             slots: config.slots,
             name: config.name.clone(),
+            token: config.token.clone(),
         };
-        Self { config, job: None, tasks: BTreeMap::new(), computing: BTreeSet::new(), outbox: VecDeque::from([Frame::new(hello)]) }
+        let master = Liveness::new(now, &config.heartbeat);
+        let outbox = VecDeque::from([Frame::new(hello)]);
+        Self { config, job: None, tasks: BTreeMap::new(), computing: BTreeSet::new(), outbox, master }
     }
 
-    pub fn handle_message(&mut self, bytes: &[u8]) -> Result<Option<WorkerEvent>, WorkerError> {
+    /// Time has reached `now`: queues a heartbeat if one is due, and fails if
+    /// the master has been silent too long (the shell should reconnect).
+    pub fn handle_timeout(&mut self, now: Duration) -> Result<(), WorkerError> {
+        let heartbeat = self.config.heartbeat;
+        if let Some(silent) = self.master.silent_past(now, heartbeat.timeout) {
+            return Err(WorkerError::MasterSilent(silent));
+        }
+        if self.master.beat_due(now, &heartbeat) {
+            self.outbox.push_back(Frame::new(Message::Heartbeat));
+        }
+        Ok(())
+    }
+
+    /// When to call [`Self::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Duration {
+        self.master.next_wake(self.config.heartbeat.timeout)
+    }
+
+    /// A message from the master arrived at `now`.
+    pub fn handle_message(&mut self, bytes: &[u8], now: Duration) -> Result<Option<WorkerEvent>, WorkerError> {
         let (message, body) = codec::decode(bytes)?;
+        self.master.heard(now);
         match message {
+            Message::Heartbeat => Ok(None),
             Message::Welcome { worker } => Ok(Some(WorkerEvent::Welcomed { worker })),
             Message::Refused { reason } => Err(WorkerError::Refused(reason)),
             Message::Job { job, m, k, n, dtype } => {
@@ -298,22 +339,24 @@ mod tests {
     use super::*;
     use crate::matrix::Matrix;
 
+    const T0: Duration = Duration::ZERO;
+
     fn frame(message: Message, body: &[u8]) -> Vec<u8> {
         codec::encode(&message, body)
     }
 
     #[test]
     fn computes_a_task_from_chunks() {
-        let mut s = WorkerSession::new(WorkerConfig::new(WorkerKind::Native, "t"));
+        let mut s = WorkerSession::new(WorkerConfig::new(WorkerKind::Native, "t"), T0);
         assert!(matches!(s.poll_transmit().unwrap().message, Message::Hello { .. }));
         let a = Matrix::from_fn(2, 2, |i, j| (i + 2 * j) as f64);
         let b = Matrix::from_fn(2, 1, |i, _| (i + 1) as f64);
-        s.handle_message(&frame(Message::Job { job: 1, m: 2, k: 2, n: 3, dtype: Dtype::F64 }, &[])).unwrap();
-        s.handle_message(&frame(Message::Task { job: 1, lease: 5, first_col: 2, cols: 1 }, &[])).unwrap();
-        s.handle_message(&frame(Message::TaskChunk { lease: 5, offset: 0 }, b.as_bytes())).unwrap();
+        s.handle_message(&frame(Message::Job { job: 1, m: 2, k: 2, n: 3, dtype: Dtype::F64 }, &[]), T0).unwrap();
+        s.handle_message(&frame(Message::Task { job: 1, lease: 5, first_col: 2, cols: 1 }, &[]), T0).unwrap();
+        s.handle_message(&frame(Message::TaskChunk { lease: 5, offset: 0 }, b.as_bytes()), T0).unwrap();
         assert!(s.next_task().is_none(), "A has not arrived");
-        s.handle_message(&frame(Message::OperandChunk { job: 1, offset: 0 }, &a.as_bytes()[..16])).unwrap();
-        s.handle_message(&frame(Message::OperandChunk { job: 1, offset: 16 }, &a.as_bytes()[16..])).unwrap();
+        s.handle_message(&frame(Message::OperandChunk { job: 1, offset: 0 }, &a.as_bytes()[..16]), T0).unwrap();
+        s.handle_message(&frame(Message::OperandChunk { job: 1, offset: 16 }, &a.as_bytes()[16..]), T0).unwrap();
         let task = s.next_task().unwrap();
         assert_eq!((task.lease, task.first_col, task.cols()), (5, 2, 1));
         let c = task.compute();
@@ -326,29 +369,29 @@ mod tests {
 
     #[test]
     fn job_and_task_carry_their_first_chunk() {
-        let mut s = WorkerSession::new(WorkerConfig::new(WorkerKind::Native, "t"));
+        let mut s = WorkerSession::new(WorkerConfig::new(WorkerKind::Native, "t"), T0);
         let a = Matrix::from_fn(1, 2, |_, j| (j + 1) as f32);
         let b = Matrix::from_fn(2, 1, |i, _| (i + 3) as f32);
-        s.handle_message(&frame(Message::Job { job: 4, m: 1, k: 2, n: 1, dtype: Dtype::F32 }, a.as_bytes())).unwrap();
-        s.handle_message(&frame(Message::Task { job: 4, lease: 9, first_col: 0, cols: 1 }, b.as_bytes())).unwrap();
+        s.handle_message(&frame(Message::Job { job: 4, m: 1, k: 2, n: 1, dtype: Dtype::F32 }, a.as_bytes()), T0).unwrap();
+        s.handle_message(&frame(Message::Task { job: 4, lease: 9, first_col: 0, cols: 1 }, b.as_bytes()), T0).unwrap();
         let c = s.next_task().expect("A and B arrived with their headers").compute();
         assert_eq!(c, DenseMatrix::F32(Matrix::from_col_major(1, 1, vec![11.0]).unwrap()));
         let surplus = frame(Message::OperandChunk { job: 4, offset: 8 }, &[0; 4]);
-        assert!(matches!(s.handle_message(&surplus), Err(WorkerError::Surplus("A"))));
+        assert!(matches!(s.handle_message(&surplus, T0), Err(WorkerError::Surplus("A"))));
     }
 
     #[test]
     fn cancelled_results_are_not_sent_and_release_lists_the_rest() {
-        let mut s = WorkerSession::new(WorkerConfig::new(WorkerKind::Native, "t"));
+        let mut s = WorkerSession::new(WorkerConfig::new(WorkerKind::Native, "t"), T0);
         s.poll_transmit();
-        s.handle_message(&frame(Message::Job { job: 1, m: 1, k: 1, n: 2, dtype: Dtype::F32 }, &[])).unwrap();
-        s.handle_message(&frame(Message::OperandChunk { job: 1, offset: 0 }, &1f32.to_le_bytes())).unwrap();
+        s.handle_message(&frame(Message::Job { job: 1, m: 1, k: 1, n: 2, dtype: Dtype::F32 }, &[]), T0).unwrap();
+        s.handle_message(&frame(Message::OperandChunk { job: 1, offset: 0 }, &1f32.to_le_bytes()), T0).unwrap();
         for lease in [7, 8] {
-            s.handle_message(&frame(Message::Task { job: 1, lease, first_col: lease - 7, cols: 1 }, &[])).unwrap();
-            s.handle_message(&frame(Message::TaskChunk { lease, offset: 0 }, &2f32.to_le_bytes())).unwrap();
+            s.handle_message(&frame(Message::Task { job: 1, lease, first_col: lease - 7, cols: 1 }, &[]), T0).unwrap();
+            s.handle_message(&frame(Message::TaskChunk { lease, offset: 0 }, &2f32.to_le_bytes()), T0).unwrap();
         }
         let t = s.next_task().unwrap();
-        let event = s.handle_message(&frame(Message::Cancel { lease: t.lease }, &[])).unwrap();
+        let event = s.handle_message(&frame(Message::Cancel { lease: t.lease }, &[]), T0).unwrap();
         assert_eq!(event, Some(WorkerEvent::TaskCancelled { lease: t.lease }));
         assert!(!s.complete(t.lease, t.compute(), Duration::ZERO));
         s.release_all();
@@ -356,17 +399,30 @@ mod tests {
     }
 
     #[test]
+    fn heartbeats_go_out_and_a_silent_master_is_noticed() {
+        let secs = Duration::from_secs;
+        let mut s = WorkerSession::new(WorkerConfig::new(WorkerKind::Native, "t"), T0);
+        assert!(matches!(s.poll_transmit().unwrap().message, Message::Hello { .. }));
+        assert_eq!(s.poll_timeout(), secs(5));
+        s.handle_timeout(secs(5)).unwrap();
+        assert_eq!(s.poll_transmit().unwrap().message, Message::Heartbeat);
+        s.handle_message(&frame(Message::Heartbeat, &[]), secs(10)).unwrap();
+        s.handle_timeout(secs(25)).unwrap();
+        assert!(matches!(s.handle_timeout(secs(26)), Err(WorkerError::MasterSilent(d)) if d == secs(16)));
+    }
+
+    #[test]
     fn rejects_what_a_hostile_master_could_send() {
-        let mut s = WorkerSession::new(WorkerConfig { max_operand_bytes: 1 << 20, ..WorkerConfig::new(WorkerKind::Browser, "t") });
+        let mut s = WorkerSession::new(WorkerConfig { max_operand_bytes: 1 << 20, ..WorkerConfig::new(WorkerKind::Browser, "t") }, T0);
         let huge = Message::Job { job: 1, m: 1 << 40, k: 1 << 40, n: 1, dtype: Dtype::F64 };
-        assert!(matches!(s.handle_message(&frame(huge, &[])), Err(WorkerError::TooLarge { .. })));
+        assert!(matches!(s.handle_message(&frame(huge, &[]), T0), Err(WorkerError::TooLarge { .. })));
         let task = Message::Task { job: 9, lease: 1, first_col: 0, cols: 1 };
-        assert!(matches!(s.handle_message(&frame(task, &[])), Err(WorkerError::WrongJob { .. })));
-        s.handle_message(&frame(Message::Job { job: 1, m: 2, k: 2, n: 2, dtype: Dtype::F64 }, &[])).unwrap();
+        assert!(matches!(s.handle_message(&frame(task, &[]), T0), Err(WorkerError::WrongJob { .. })));
+        s.handle_message(&frame(Message::Job { job: 1, m: 2, k: 2, n: 2, dtype: Dtype::F64 }, &[]), T0).unwrap();
         let outside = Message::Task { job: 1, lease: 1, first_col: 1, cols: u64::MAX };
-        assert!(matches!(s.handle_message(&frame(outside, &[])), Err(WorkerError::BadColumns { .. })));
-        assert!(matches!(s.handle_message(&frame(Message::TaskChunk { lease: 3, offset: 0 }, &[1])), Err(WorkerError::UnknownLease(3))));
+        assert!(matches!(s.handle_message(&frame(outside, &[]), T0), Err(WorkerError::BadColumns { .. })));
+        assert!(matches!(s.handle_message(&frame(Message::TaskChunk { lease: 3, offset: 0 }, &[1]), T0), Err(WorkerError::UnknownLease(3))));
         let refused = Message::Refused { reason: "no".into() };
-        assert!(matches!(s.handle_message(&frame(refused, &[])), Err(WorkerError::Refused(_))));
+        assert!(matches!(s.handle_message(&frame(refused, &[]), T0), Err(WorkerError::Refused(_))));
     }
 }

@@ -49,7 +49,7 @@ async fn serve(url: &str, mode: &str, bind: Option<IpAddr>) -> Result<(), Box<dy
     };
     let (ws, _) = tokio_tungstenite::client_async(url, socket).await?;
     let (mut sink, mut stream) = ws.split();
-    let mut session = WorkerSession::new(WorkerConfig { slots: 1, ..WorkerConfig::new(WorkerKind::Native, format!("faulty-{mode}")) });
+    let mut session = WorkerSession::new(WorkerConfig { slots: 1, ..WorkerConfig::new(WorkerKind::Native, format!("faulty-{mode}")) }, Duration::ZERO);
     let mut previous: Option<DenseMatrix> = None;
     loop {
         while let Some(frame) = session.poll_transmit() {
@@ -57,7 +57,7 @@ async fn serve(url: &str, mode: &str, bind: Option<IpAddr>) -> Result<(), Box<dy
         }
         let Some(message) = stream.next().await else { return Ok(()) };
         let WsMessage::Binary(bytes) = message? else { continue };
-        session.handle_message(&bytes)?;
+        session.handle_message(&bytes, Duration::ZERO)?;
         while let Some(task) = session.next_task() {
             let honest = task.compute();
             eprintln!("faulty worker: lying ({mode}) about lease {}", task.lease);

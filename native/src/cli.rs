@@ -2,7 +2,10 @@
 //!
 //! Exit codes: 0 done; 2 bad usage or bad input; 1 any other failure.
 
+use std::path::Path;
 use std::process::ExitCode;
+
+use colonnade_core::protocol::Token;
 
 use colonnade_core::scheduler::JobError;
 
@@ -34,6 +37,21 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
 pub fn fail(error: anyhow::Error) -> ExitCode {
     eprintln!("error: {error:#}");
     ExitCode::from(exit_code(&error))
+}
+
+/// Reads a shared secret from `path`: the file's contents, surrounding
+/// whitespace trimmed. Errors name the file, never what it holds.
+pub fn read_token(path: &Path) -> Result<Token, BadInput> {
+    let text = std::fs::read_to_string(path).map_err(|e| BadInput(format!("{}: cannot read the token file: {e}", path.display())))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(BadInput(format!(
+            "{}: the token file is empty; put a secret in it, e.g. `head -c 32 /dev/urandom | base64 > {}`",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(Token::new(secret))
 }
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).

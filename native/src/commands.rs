@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use colonnade_core::kernel::flops;
 use colonnade_core::plan::{CostModel, Plan};
-use colonnade_core::scheduler::{Scheduler, SchedulerConfig};
+use colonnade_core::scheduler::{Access, Scheduler, SchedulerConfig};
 use colonnade_core::verify::Verifier;
 use colonnade_core::{DenseMatrix, Dtype, Matrix};
 use rand::{Rng, SeedableRng};
@@ -25,20 +25,27 @@ pub struct MultiplyArgs {
     pub a: PathBuf,
     pub b: PathBuf,
     pub output: PathBuf,
-    pub listen: SocketAddr,
-    pub local_workers: usize,
     pub block: Option<usize>,
     /// Where to write the run's figures as JSON, if anywhere.
     pub stats_json: Option<PathBuf>,
-    pub limits: Limits,
+    pub serving: Serving,
 }
 
 #[derive(Clone, Debug)]
 pub struct DemoArgs {
     pub size: usize,
-    pub local_workers: usize,
-    pub listen: SocketAddr,
     pub block: Option<usize>,
+    pub serving: Serving,
+}
+
+/// How the master serves workers: where, who may join, within what limits.
+#[derive(Clone, Debug)]
+pub struct Serving {
+    pub listen: SocketAddr,
+    /// Workers started inside the master's process (they get the token).
+    pub local_workers: usize,
+    pub limits: Limits,
+    pub access: Access,
 }
 
 pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
@@ -62,7 +69,7 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
     let (a, b) = same_dtype(a.matrix, b.matrix);
     let read_time = started.elapsed();
     let cpu_before = procstats::cpu_time();
-    let report = run(JobSpec { a, b, integer, block: args.block }, args.listen, args.local_workers, args.limits).await?;
+    let report = run(JobSpec { a, b, integer, block: args.block }, &args.serving).await?;
     let job_cpu = procstats::cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     let write_start = Instant::now();
     io::write_matrix(&args.output, &report.c, integer)?;
@@ -127,12 +134,12 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     if n == 0 {
         return Err(BadInput("--size must be at least 1".into()).into());
     }
-    println!("Colonnade demo: C = A·B for random {n}x{n} f64 matrices, {} local workers", args.local_workers);
+    println!("Colonnade demo: C = A·B for random {n}x{n} f64 matrices, {} local workers", args.serving.local_workers);
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0xC0_1055);
     let mut random = || DenseMatrix::F64(Matrix::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0)));
     let (a, b) = (random(), random());
     let spec = JobSpec { a: a.clone(), b: b.clone(), integer: false, block: args.block };
-    let report = run(spec, args.listen, args.local_workers, Limits::default()).await?;
+    let report = run(spec, &args.serving).await?;
     println!(
         "distributed: {:.3} s, {:.1} GFLOP/s ({} blocks of {} columns)",
         report.elapsed.as_secs_f64(),
@@ -173,7 +180,7 @@ struct JobSpec {
 }
 
 /// Listens, starts local workers, and runs the job, checking every result.
-async fn run(spec: JobSpec, listen: SocketAddr, local_workers: usize, limits: Limits) -> anyhow::Result<JobReport> {
+async fn run(spec: JobSpec, serving: &Serving) -> anyhow::Result<JobReport> {
     let JobSpec { a, b, integer, block } = spec;
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     let width = block.unwrap_or_else(|| CostModel::default().block_width(m, k, n, a.dtype().size()));
@@ -189,18 +196,20 @@ async fn run(spec: JobSpec, listen: SocketAddr, local_workers: usize, limits: Li
         .collect();
     // Shared by the scheduler (their bytes) and the verifier; the scheduler checks the shapes.
     let (a, b) = (Arc::new(a), Arc::new(b));
-    let scheduler = Scheduler::new(SchedulerConfig::default(), job, Arc::clone(&a), Arc::clone(&b), plan.clone())?;
+    let config = SchedulerConfig { access: serving.access.clone(), ..SchedulerConfig::default() };
+    let scheduler = Scheduler::new(config, job, Arc::clone(&a), Arc::clone(&b), plan.clone())?;
     let prepare = Instant::now();
     let verifier = Verifier::new(a, &b, &plan, weights, integer);
     let verify_prep = prepare.elapsed();
     let scheduler = scheduler.with_verifier(verifier);
-    let mut master = Master::bind(listen, limits).await?;
+    let mut master = Master::bind(serving.listen, serving.limits).await?;
     println!("master listening on {}", master.local_addr());
     println!("  add a worker:  worker {}", master.worker_url());
     println!("  or a browser:  {}", master.page_url());
+    let local_workers = serving.local_workers;
     let locals = (local_workers > 0).then(|| {
         let threads = (compute::available_cores() / local_workers).max(1);
-        master.spawn_local_workers(local_workers, threads)
+        master.spawn_local_workers(local_workers, threads, serving.access.token.as_ref().unwrap_or(&Default::default()))
     });
     let result = tokio::select! {
         r = master.run(scheduler, true) => r,

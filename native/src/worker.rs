@@ -4,11 +4,11 @@
 //! a master restart), computes on blocking threads while the socket keeps
 //! receiving the next task, and on shutdown hands back what it holds.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use colonnade_core::codec::MAX_MESSAGE;
-use colonnade_core::protocol::WorkerKind;
+use colonnade_core::protocol::{Token, WorkerKind};
 use colonnade_core::worker::{ComputeTask, WorkerConfig, WorkerError, WorkerEvent, WorkerSession};
 use colonnade_core::DenseMatrix;
 use futures_util::{SinkExt, StreamExt};
@@ -27,11 +27,13 @@ pub struct WorkerOptions {
     /// Tasks held at once; 2 lets the next block arrive while this one computes.
     pub slots: u32,
     pub max_backoff: Duration,
+    /// Sent in Hello to a master that requires it; never logged.
+    pub token: Token,
 }
 
 impl WorkerOptions {
     pub fn new(url: impl Into<String>, threads: usize, name: impl Into<String>) -> Self {
-        Self { url: url.into(), threads: threads.max(1), name: name.into(), slots: 2, max_backoff: Duration::from_secs(5) }
+        Self { url: url.into(), threads: threads.max(1), name: name.into(), slots: 2, max_backoff: Duration::from_secs(5), token: Token::default() }
     }
 }
 
@@ -42,12 +44,15 @@ const READ_BUFFER: usize = 1 << 20;
 enum Ended {
     /// Shutdown was requested: stop for good.
     Shutdown,
+    /// The master refused us (a token, a version): retrying would not help.
+    Refused(String),
     /// The master went away: reconnect. `welcomed` says whether it had accepted
     /// us; only then does the backoff start again from the shortest wait.
     Lost { why: String, welcomed: bool },
 }
 
-/// Serves masters until `shutdown` becomes true. Returns only then (or on a bad URL).
+/// Serves masters until `shutdown` becomes true. Returns only then, or with an
+/// error on a bad URL or when a master refuses this worker.
 pub async fn run(options: WorkerOptions, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
     let config = WebSocketConfig::default()
@@ -68,6 +73,7 @@ pub async fn run(options: WorkerOptions, mut shutdown: watch::Receiver<bool>) ->
                 tracing::info!(url = %options.url, "connected to the master");
                 match serve(socket, &options, &mut shutdown).await {
                     Ended::Shutdown => return Ok(()),
+                    Ended::Refused(reason) => return Err(anyhow!("the master at {} refused this worker: {reason}", options.url)),
                     Ended::Lost { why, welcomed } => {
                         if welcomed {
                             backoff = Duration::from_millis(100);
@@ -98,7 +104,9 @@ async fn serve(socket: Socket, options: &WorkerOptions, shutdown: &mut watch::Re
         slots: options.slots,
         ..WorkerConfig::new(WorkerKind::Native, options.name.clone())
     };
-    let mut session = WorkerSession::new(config);
+    let token = options.token.clone();
+    let clock = Instant::now();
+    let mut session = WorkerSession::new(WorkerConfig { token, ..config }, Duration::ZERO);
     let mut computing: Option<(u64, JoinHandle<(DenseMatrix, Duration)>)> = None;
     let mut welcomed = false;
     let lost = |why: String, welcomed: bool| Ended::Lost { why, welcomed };
@@ -111,15 +119,12 @@ async fn serve(socket: Socket, options: &WorkerOptions, shutdown: &mut watch::Re
         }
         tokio::select! {
             message = stream.next() => match message {
-                Some(Ok(Message::Binary(bytes))) => match session.handle_message(&bytes) {
+                Some(Ok(Message::Binary(bytes))) => match session.handle_message(&bytes, clock.elapsed()) {
                     Ok(event) => {
                         welcomed |= matches!(event, Some(WorkerEvent::Welcomed { .. }));
                         log_event(event);
                     }
-                    Err(WorkerError::Refused(reason)) => {
-                        tracing::error!("the master refused this worker: {reason}");
-                        break lost("refused".into(), false);
-                    }
+                    Err(WorkerError::Refused(reason)) => break Ended::Refused(reason),
                     Err(e) => break lost(format!("the master sent something unusable: {e}"), welcomed),
                 },
                 Some(Ok(Message::Close(frame))) => break lost(frame.map_or("closed".into(), |f| f.reason.to_string()), welcomed),
@@ -136,6 +141,11 @@ async fn serve(socket: Socket, options: &WorkerOptions, shutdown: &mut watch::Re
                         }
                     }
                     Err(e) => break lost(format!("compute thread failed: {e}"), welcomed),
+                }
+            }
+            _ = tokio::time::sleep_until((clock + session.poll_timeout()).into()) => {
+                if let Err(e) = session.handle_timeout(clock.elapsed()) {
+                    break lost(e.to_string(), welcomed);
                 }
             }
             _ = shutdown.changed() => {

@@ -44,6 +44,10 @@ struct State {
     stopped: bool,
     compute_scheduled: bool,
     backoff_ms: i32,
+    /// Counts connections, so a timer set for an old one does nothing.
+    generation: u32,
+    /// `now_ms()` when this connection opened: the session's clock starts there.
+    opened_ms: f64,
     blocks_done: u32,
     flops_done: f64,
     compute_ms: f64,
@@ -66,6 +70,8 @@ impl Volunteer {
             stopped: false,
             compute_scheduled: false,
             backoff_ms: MIN_BACKOFF_MS,
+            generation: 0,
+            opened_ms: 0.0,
             blocks_done: 0,
             flops_done: 0.0,
             compute_ms: 0.0,
@@ -131,11 +137,15 @@ fn connect(state: &Rc<RefCell<State>>) {
         Closure::<dyn FnMut(JsValue)>::new(move |_| {
             let mut s = state.borrow_mut();
             s.backoff_ms = MIN_BACKOFF_MS;
+            s.generation += 1;
+            s.opened_ms = now_ms();
             let config = WorkerConfig { slots: 2, max_operand_bytes: 1 << 30, ..WorkerConfig::new(WorkerKind::Browser, s.name.clone()) };
-            s.session = Some(WorkerSession::new(config));
+            s.session = Some(WorkerSession::new(config, std::time::Duration::ZERO));
             flush(&mut s);
             let status = if s.paused { "paused" } else { "connected" };
             report(&s, status, &[]);
+            drop(s);
+            schedule_tick(&state);
         })
     };
     let on_message = {
@@ -164,8 +174,9 @@ fn connect(state: &Rc<RefCell<State>>) {
 
 fn receive(state: &Rc<RefCell<State>>, bytes: &[u8]) {
     let mut s = state.borrow_mut();
+    let now = session_time(&s);
     let Some(session) = s.session.as_mut() else { return };
-    match session.handle_message(bytes) {
+    match session.handle_message(bytes, now) {
         Ok(Some(WorkerEvent::JobStarted { m, k, n, dtype, .. })) => {
             let shape = format!("{m}x{k} times {k}x{n}, {dtype}");
             report(&s, "connected", &[("job", shape.into()), ("n", (n as f64).into())]);
@@ -186,6 +197,42 @@ fn receive(state: &Rc<RefCell<State>>, bytes: &[u8]) {
     }
     drop(s);
     schedule_compute(state);
+}
+
+/// Time on this connection's clock.
+fn session_time(s: &State) -> std::time::Duration {
+    std::time::Duration::from_secs_f64((now_ms() - s.opened_ms).max(0.0) / 1e3)
+}
+
+/// Wakes the session when it asks to: to send a heartbeat, or to notice a silent master.
+fn schedule_tick(state: &Rc<RefCell<State>>) {
+    let s = state.borrow();
+    let Some(session) = s.session.as_ref() else { return };
+    let wait = session.poll_timeout().saturating_sub(session_time(&s));
+    let generation = s.generation;
+    drop(s);
+    let state = Rc::clone(state);
+    set_timeout(wait.as_millis().min(i32::MAX as u128) as i32, move || tick(&state, generation));
+}
+
+fn tick(state: &Rc<RefCell<State>>, generation: u32) {
+    let mut s = state.borrow_mut();
+    if s.generation != generation {
+        return;
+    }
+    let now = session_time(&s);
+    let Some(session) = s.session.as_mut() else { return };
+    if let Err(e) = session.handle_timeout(now) {
+        // The close handler reconnects.
+        report(&s, "reconnecting", &[("reason", e.to_string().into())]);
+        if let Some(socket) = s.socket.as_ref() {
+            let _ = socket.close();
+        }
+        return;
+    }
+    flush(&mut s);
+    drop(s);
+    schedule_tick(state);
 }
 
 fn closed(state: &Rc<RefCell<State>>, reason: String) {

@@ -11,6 +11,11 @@
 //! back or lets the lease expire; at the tail, a straggler's block is given to
 //! an idle worker too, and the first result wins.
 //!
+//! Every worker's liveness is watched: the master sends a heartbeat every few
+//! seconds and gives up on a worker silent for longer than the heartbeat
+//! timeout (or twice its own measured task time, if longer: a browser tab
+//! cannot speak while it computes). Its blocks are re-queued at once.
+//!
 //! With a [`Verifier`], every result is checked before it is assembled. A wrong
 //! one is discarded, its block goes to another worker, and its sender gets a
 //! strike; at `max_strikes` the sender is disconnected for good.
@@ -22,10 +27,11 @@ use bytes::Bytes;
 
 use crate::assembly::{Accepted, Assembly};
 use crate::codec::{self, CodecError};
+use crate::liveness::{Heartbeat, Liveness};
 use crate::matrix::{DenseMatrix, Dtype, ShapeError};
 use crate::payload::{Incoming, PayloadError};
 use crate::plan::Plan;
-use crate::protocol::{chunk_ranges, Frame, JobId, LeaseId, MatrixBytes, Message, WorkerKind, MAX_CHUNK, PROTOCOL_VERSION};
+use crate::protocol::{chunk_ranges, Frame, JobId, LeaseId, MatrixBytes, Message, Token, WorkerKind, MAX_CHUNK, PROTOCOL_VERSION};
 use crate::verify::Verifier;
 
 #[cfg(test)]
@@ -51,6 +57,23 @@ pub struct SchedulerConfig {
     pub max_slots: u32,
     /// Wrong results a worker may send before it is disconnected for good.
     pub max_strikes: u32,
+    pub heartbeat: Heartbeat,
+    pub access: Access,
+}
+
+/// Who may join.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// If set, native workers must present this token.
+    pub token: Option<Token>,
+    /// Whether browser volunteers (who have no token) may join.
+    pub browsers: bool,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Self { token: None, browsers: true }
+    }
 }
 
 impl Default for SchedulerConfig {
@@ -63,6 +86,8 @@ impl Default for SchedulerConfig {
             max_chunk: MAX_CHUNK,
             max_slots: 4,
             max_strikes: 3,
+            heartbeat: Heartbeat::default(),
+            access: Access::default(),
         }
     }
 }
@@ -73,6 +98,9 @@ pub enum Event {
     WorkerJoined { worker: WorkerId, kind: WorkerKind, name: String },
     WorkerLeft { worker: WorkerId, requeued: usize },
     LeaseExpired { worker: WorkerId, block: usize },
+    /// The worker said nothing for `silent_for`: it is dropped (the shell should
+    /// close its connection), and a `WorkerLeft` follows.
+    WorkerSilent { worker: WorkerId, silent_for: Duration },
     Speculated { worker: WorkerId, block: usize },
     BlockDone { worker: WorkerId, block: usize },
     /// A result failed verification and was discarded; its block is re-issued.
@@ -93,6 +121,8 @@ pub enum Violation {
     Version { got: u32 },
     #[error("asked for zero task slots")]
     NoSlots,
+    #[error("refused: {0}")]
+    Refused(&'static str),
     #[error("sent {0}, which only a master sends")]
     Unexpected(&'static str),
     #[error("sent a result for lease {0}, which it does not hold")]
@@ -152,6 +182,19 @@ struct Worker {
     leases: BTreeSet<LeaseId>,
     /// Leases cancelled because another copy won; their late chunks are ignored.
     cancelled: HashSet<LeaseId>,
+    liveness: Liveness,
+    /// Smoothed time from issuing one of its leases to the result.
+    task_time: Option<Duration>,
+}
+
+/// A Hello's fields, as the scheduler needs them.
+#[derive(Debug)]
+struct Hello {
+    protocol: u32,
+    kind: WorkerKind,
+    slots: u32,
+    name: String,
+    token: Token,
 }
 
 #[derive(Debug)]
@@ -255,12 +298,18 @@ impl Scheduler {
         let (message, body) = codec::decode(bytes)?;
         if !self.workers.contains_key(&worker) {
             return match message {
-                Message::Hello { protocol, kind, slots, name, .. } => self.on_hello(worker, protocol, kind, slots, name, now),
+                Message::Hello { protocol, kind, slots, name, token, .. } => {
+                    self.on_hello(worker, Hello { protocol, kind, slots, name, token }, now)
+                }
                 _ => Err(Violation::NoHello),
             };
         }
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.liveness.heard(now);
+        }
         match message {
             Message::Hello { .. } => Err(Violation::DuplicateHello),
+            Message::Heartbeat => Ok(()),
             Message::ResultChunk { lease, offset, compute_us } => {
                 self.on_result_chunk(worker, lease, offset, body, Duration::from_micros(compute_us), now)
             }
@@ -301,8 +350,25 @@ impl Scheduler {
         self.assign(now);
     }
 
-    /// Time has reached `now`: expire overdue leases and give stragglers' blocks to idle workers.
+    /// Time has reached `now`: send heartbeats, drop silent workers, expire
+    /// overdue leases and give stragglers' blocks to idle workers.
     pub fn handle_timeout(&mut self, now: Duration) {
+        let heartbeat = self.config.heartbeat;
+        let mut silent = Vec::new();
+        for (&id, w) in &mut self.workers {
+            if w.liveness.beat_due(now, &heartbeat) && self.result.is_none() {
+                self.outbox.push_back((id, Frame::new(Message::Heartbeat)));
+            }
+        }
+        for (&id, w) in &self.workers {
+            if let Some(silent_for) = w.liveness.silent_past(now, self.silence_limit(w)) {
+                silent.push((id, silent_for));
+            }
+        }
+        for (worker, silent_for) in silent {
+            self.events.push_back(Event::WorkerSilent { worker, silent_for });
+            self.handle_disconnect(worker, now);
+        }
         let overdue: Vec<LeaseId> =
             self.leases.iter().filter(|(_, l)| !l.expired && l.deadline <= now).map(|(&id, _)| id).collect();
         for id in overdue {
@@ -333,6 +399,7 @@ impl Scheduler {
             return None;
         }
         let expiry = self.leases.values().filter(|l| !l.expired).map(|l| l.deadline).min();
+        let liveness = self.workers.values().map(|w| w.liveness.next_wake(self.silence_limit(w))).min();
         let straggler = if self.someone_idle() {
             self.straggler_threshold().and_then(|t| {
                 self.leases
@@ -344,7 +411,7 @@ impl Scheduler {
         } else {
             None
         };
-        expiry.into_iter().chain(straggler).min()
+        expiry.into_iter().chain(liveness).chain(straggler).min()
     }
 
     pub fn is_complete(&self) -> bool {
@@ -385,23 +452,48 @@ impl Scheduler {
 
     // ---- message handlers ----
 
-    fn on_hello(&mut self, worker: WorkerId, protocol: u32, kind: WorkerKind, slots: u32, name: String, now: Duration) -> Result<(), Violation> {
+    fn on_hello(&mut self, worker: WorkerId, hello: Hello, now: Duration) -> Result<(), Violation> {
+        let Hello { protocol, kind, slots, name, token } = hello;
         if protocol != PROTOCOL_VERSION {
             let reason = format!("this master speaks protocol {PROTOCOL_VERSION}, the worker speaks {protocol}; run matching versions");
             self.outbox.push_back((worker, Frame::new(Message::Refused { reason })));
             return Err(Violation::Version { got: protocol });
         }
+        if let Some(why) = self.refusal(kind, &token) {
+            self.outbox.push_back((worker, Frame::new(Message::Refused { reason: why.into() })));
+            return Err(Violation::Refused(why));
+        }
         if slots == 0 {
             return Err(Violation::NoSlots);
         }
         let slots = slots.min(self.config.max_slots) as usize;
-        self.workers.insert(worker, Worker { slots, has_a: false, leases: BTreeSet::new(), cancelled: HashSet::new() });
+        let liveness = Liveness::new(now, &self.config.heartbeat);
+        let w = Worker { slots, has_a: false, leases: BTreeSet::new(), cancelled: HashSet::new(), liveness, task_time: None };
+        self.workers.insert(worker, w);
         let info = WorkerInfo { kind, name: name.clone(), blocks_done: 0, compute: Duration::ZERO, strikes: 0, connected: true };
         self.infos.insert(worker, info);
         self.outbox.push_back((worker, Frame::new(Message::Welcome { worker })));
         self.events.push_back(Event::WorkerJoined { worker, kind, name });
         self.assign(now);
         Ok(())
+    }
+
+    /// Why a worker may not join, if it may not. A token admits anyone; without
+    /// one, only browsers may join (if browsers are allowed) or anyone at all
+    /// (if the master has no token).
+    fn refusal(&self, kind: WorkerKind, token: &Token) -> Option<&'static str> {
+        let access = &self.config.access;
+        let holds_token = access.token.as_ref().is_some_and(|t| t == token);
+        match kind {
+            _ if holds_token => None,
+            WorkerKind::Browser if !access.browsers => Some("this master does not take browser volunteers"),
+            WorkerKind::Browser => None,
+            WorkerKind::Native if access.token.is_none() => None,
+            WorkerKind::Native if token.is_empty() => {
+                Some("this master requires a token: start the worker with --token-file FILE, FILE holding the master's token")
+            }
+            WorkerKind::Native => Some("wrong token: the worker's --token-file does not hold the master's token"),
+        }
     }
 
     fn on_result_chunk(
@@ -444,7 +536,7 @@ impl Scheduler {
             // Sizes were fixed by `Incoming`; a duplicate means another copy won.
             Ok(Accepted::Duplicate) | Err(_) => return Ok(()),
         }
-        self.observe_task_time(now.saturating_sub(l.issued));
+        self.observe_task_time(l.worker, now.saturating_sub(l.issued));
         if let Some(info) = self.infos.get_mut(&l.worker) {
             info.blocks_done += 1;
             info.compute += compute;
@@ -523,18 +615,34 @@ impl Scheduler {
         true
     }
 
-    fn observe_task_time(&mut self, sample: Duration) {
-        self.task_time = Some(match self.task_time {
+    fn observe_task_time(&mut self, worker: WorkerId, sample: Duration) {
+        let smooth = |old: Option<Duration>| match old {
             None => sample,
             Some(t) => t.mul_f64(0.8) + sample.mul_f64(0.2),
-        });
+        };
+        self.task_time = Some(smooth(self.task_time));
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.task_time = Some(smooth(w.task_time));
+        }
     }
 
-    fn lease_length(&self) -> Duration {
-        match self.task_time {
+    /// What a task is expected to take on `w`: its own measured time, else everyone's.
+    fn expected_task_time(&self, w: &Worker) -> Option<Duration> {
+        w.task_time.or(self.task_time)
+    }
+
+    /// A lease lasts `lease_factor` times the worker's expected task time.
+    fn lease_length(&self, w: &Worker) -> Duration {
+        match self.expected_task_time(w) {
             None => self.config.initial_lease,
             Some(t) => t.mul_f64(self.config.lease_factor).max(self.config.min_lease),
         }
+    }
+
+    /// Silence allowed before `w` is given up on: a browser tab says nothing while it computes.
+    fn silence_limit(&self, w: &Worker) -> Duration {
+        let computing = self.expected_task_time(w).unwrap_or_default() * 2;
+        self.config.heartbeat.timeout.max(computing)
     }
 
     fn straggler_threshold(&self) -> Option<Duration> {
@@ -628,7 +736,7 @@ impl Scheduler {
             self.outbox.push_back((worker, Frame::with_body(message, body)));
         }
         self.stats.leases_issued += 1;
-        let deadline = now + self.lease_length();
+        let deadline = now + self.lease_length(&self.workers[&worker]);
         self.leases.insert(lease, Lease { block, worker, issued: now, deadline, expired: false, result: None });
         self.block_leases[block].push(lease);
     }

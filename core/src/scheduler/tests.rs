@@ -54,7 +54,7 @@ impl Sim {
     fn join(&mut self, slots: u32) -> WorkerId {
         let id = self.next_id;
         self.next_id += 1;
-        let mut session = WorkerSession::new(WorkerConfig { slots, ..WorkerConfig::new(WorkerKind::Native, format!("w{id}")) });
+        let mut session = WorkerSession::new(WorkerConfig { slots, ..WorkerConfig::new(WorkerKind::Native, format!("w{id}")) }, self.now);
         let hello = session.poll_transmit().unwrap().encode();
         self.workers.insert(id, SimWorker { session, liar: false, to_worker: VecDeque::new(), to_master: VecDeque::from([hello]) });
         self.deliver_to_master(id, 1);
@@ -69,6 +69,9 @@ impl Sim {
             }
         }
         while let Some(e) = self.sched.poll_event() {
+            if let Event::WorkerSilent { worker, .. } = e {
+                self.workers.remove(&worker); // the shell closes its connection
+            }
             self.events.push(e);
         }
     }
@@ -82,10 +85,11 @@ impl Sim {
     }
 
     fn deliver_to_worker(&mut self, id: WorkerId, count: usize) {
+        let now = self.now;
         let Some(w) = self.workers.get_mut(&id) else { return };
         for _ in 0..count {
             let Some(bytes) = w.to_worker.pop_front() else { break };
-            w.session.handle_message(&bytes).expect("the master breaks no rule");
+            w.session.handle_message(&bytes, now).expect("the master breaks no rule");
         }
         while let Some(f) = w.session.poll_transmit() {
             w.to_master.push_back(f.encode());
@@ -119,6 +123,19 @@ impl Sim {
         if self.sched.poll_timeout().is_some_and(|t| t <= self.now) {
             self.sched.handle_timeout(self.now);
             self.pump();
+        }
+        // Workers beat too; one that hears nothing from the master hangs up.
+        let mut hung_up = Vec::new();
+        for (&id, w) in &mut self.workers {
+            if w.session.poll_timeout() <= self.now {
+                match w.session.handle_timeout(self.now) {
+                    Ok(()) => w.to_master.extend(std::iter::from_fn(|| w.session.poll_transmit()).map(|f| f.encode())),
+                    Err(_) => hung_up.push(id),
+                }
+            }
+        }
+        for id in hung_up {
+            self.leave(id);
         }
     }
 
@@ -294,6 +311,84 @@ fn wrong_results_are_caught_reissued_elsewhere_and_their_sender_is_cut_off() {
 }
 
 #[test]
+fn a_silent_worker_is_dropped_and_its_blocks_reissued() {
+    let patient = SchedulerConfig { initial_lease: ms(600_000), min_lease: ms(600_000), ..quick_config() };
+    let mut sim = Sim::new(4, 4, 12, 2, patient);
+    let frozen = sim.join(2);
+    let alive = sim.join(1);
+    sim.deliver_to_worker(frozen, usize::MAX); // it takes two tasks, then is never heard again
+    sim.deliver_to_worker(alive, usize::MAX);
+    for _ in 0..30 {
+        sim.advance(ms(1000));
+        sim.deliver_to_worker(alive, usize::MAX);
+        sim.deliver_to_master(alive, usize::MAX); // heartbeats only: it computes nothing yet
+    }
+    let silent: Vec<_> = sim.events.iter().filter_map(|e| if let Event::WorkerSilent { worker, silent_for } = e { Some((*worker, *silent_for)) } else { None }).collect();
+    assert_eq!(silent, vec![(frozen, ms(16_000))], "dropped at the first check past 15 s, and only the frozen one");
+    assert!(sim.events.contains(&Event::WorkerLeft { worker: frozen, requeued: 2 }));
+    assert!(sim.count(alive, |m| matches!(m, Message::Heartbeat)) >= 5, "the master beats too");
+    assert_eq!(sim.run_to_completion(), sim.expected);
+}
+
+#[test]
+fn leases_and_patience_follow_each_workers_measured_speed() {
+    let config = SchedulerConfig { min_lease: ms(1000), ..quick_config() };
+    let mut sim = Sim::new(4, 4, 40, 2, config);
+    let slow = sim.join(1);
+    // One task takes the slow worker 12 s (its heartbeats keep arriving meanwhile).
+    sim.deliver_to_worker(slow, usize::MAX);
+    for _ in 0..12 {
+        sim.advance(ms(1000));
+        sim.deliver_to_master(slow, usize::MAX);
+    }
+    sim.compute(slow);
+    sim.deliver_to_master(slow, usize::MAX);
+    let deadline = sim.sched.leases.values().find(|l| l.worker == slow).map(|l| l.deadline - l.issued);
+    assert_eq!(deadline, Some(ms(96_000)), "8 times its own task time");
+    let w = &sim.sched.workers[&slow];
+    assert_eq!(sim.sched.silence_limit(w), ms(24_000), "twice its task time, above the 15 s heartbeat timeout");
+}
+
+fn hello(kind: WorkerKind, token: &str) -> Vec<u8> {
+    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind, threads: 1, slots: 1, name: "w".into(), token: Token::new(token) };
+    codec::encode(&hello, &[])
+}
+
+#[test]
+fn a_token_admits_native_workers_and_browsers_follow_the_setting() {
+    let access = Access { token: Some(Token::new("open sesame")), browsers: false };
+    let mut sim = Sim::new(2, 2, 2, 1, SchedulerConfig { access, ..quick_config() });
+    let mut refusal = |id, bytes: Vec<u8>| match sim.sched.handle_message(id, &bytes, sim.now) {
+        Ok(()) => None,
+        Err(Violation::Refused(why)) => {
+            let sent = std::iter::from_fn(|| sim.sched.poll_transmit()).any(|(to, f)| to == id && matches!(f.message, Message::Refused { .. }));
+            assert!(sent, "the worker is told why");
+            Some(why)
+        }
+        Err(other) => panic!("{other}"),
+    };
+    assert!(refusal(1, hello(WorkerKind::Native, "")).unwrap().contains("requires a token"));
+    assert!(refusal(2, hello(WorkerKind::Native, "open sesamE")).unwrap().starts_with("wrong token"));
+    assert!(refusal(3, hello(WorkerKind::Browser, "")).unwrap().contains("does not take browser volunteers"));
+    assert_eq!(refusal(4, hello(WorkerKind::Native, "open sesame")), None);
+    assert_eq!(refusal(5, hello(WorkerKind::Browser, "open sesame")), None);
+
+    let mut open = Sim::new(2, 2, 2, 1, quick_config());
+    for (id, kind) in [(1, WorkerKind::Native), (2, WorkerKind::Browser)] {
+        open.sched.handle_message(id, &hello(kind, ""), open.now).expect("no token set: anyone may join");
+    }
+}
+
+#[test]
+fn the_token_never_shows_in_debug_output() {
+    let (message, _) = codec::decode(&hello(WorkerKind::Native, "open sesame")).unwrap();
+    let config = SchedulerConfig { access: Access { token: Some(Token::new("open sesame")), browsers: true }, ..quick_config() };
+    for text in [format!("{message:?}"), format!("{config:?}")] {
+        assert!(!text.contains("open sesame") && text.contains("<redacted>"), "{text}");
+    }
+}
+
+#[test]
 fn protocol_violations_are_reported() {
     let mut sim = Sim::new(2, 2, 2, 1, quick_config());
     let junk = codec::encode(&Message::ResultChunk { lease: 999, offset: 0, compute_us: 0 }, &[1]);
@@ -302,7 +397,7 @@ fn protocol_violations_are_reported() {
     assert!(matches!(sim.sched.handle_message(w, &junk, sim.now), Err(Violation::UnknownLease(999))));
     let job = codec::encode(&Message::JobDone { job: 1 }, &[]);
     assert!(matches!(sim.sched.handle_message(w, &job, sim.now), Err(Violation::Unexpected("JobDone"))));
-    let old = codec::encode(&Message::Hello { protocol: 0, kind: WorkerKind::Native, threads: 1, slots: 1, name: String::new() }, &[]);
+    let old = codec::encode(&Message::Hello { protocol: 0, kind: WorkerKind::Native, threads: 1, slots: 1, name: String::new(), token: Token::default() }, &[]);
     assert!(matches!(sim.sched.handle_message(77, &old, sim.now), Err(Violation::Version { got: 0 })));
     assert!(matches!(sim.sched.poll_transmit(), Some((77, Frame { message: Message::Refused { .. }, .. }))));
     // The lease is real but the chunk is out of order.

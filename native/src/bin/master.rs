@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use colonnade_native::cli::{self, BadInput};
 use colonnade_native::master::Limits;
-use colonnade_native::commands::{self, DemoArgs, MultiplyArgs};
+use colonnade_native::commands::{self, DemoArgs, MultiplyArgs, Serving};
+use colonnade_core::scheduler::Access;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Colonnade master: distributed C = A·B over native and browser workers")]
@@ -46,6 +47,12 @@ enum Command {
         /// Seconds a new connection may take to say Hello before it is closed.
         #[arg(long, value_name = "SECS", default_value_t = 10.0)]
         handshake_timeout: f64,
+        /// Native workers must present the secret in FILE (their own --token-file).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Turn browser volunteers away (with --token-file: only token holders may join).
+        #[arg(long)]
+        no_browsers: bool,
     },
     /// Multiply random matrices with local workers and check the result.
     Demo {
@@ -70,17 +77,32 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Multiply { a, b, output, listen, local_workers, block, stats_json, max_connections, handshake_timeout } => {
+            Command::Multiply {
+                a,
+                b,
+                output,
+                listen,
+                local_workers,
+                block,
+                stats_json,
+                max_connections,
+                handshake_timeout,
+                token_file,
+                no_browsers,
+            } => {
                 let block = block.map(|b| b as usize);
                 let Ok(handshake_timeout) = std::time::Duration::try_from_secs_f64(handshake_timeout) else {
                     return Err(BadInput(format!("--handshake-timeout {handshake_timeout}: not a number of seconds")).into());
                 };
                 let limits = Limits { max_connections: max_connections as usize, handshake_timeout };
-                let args = MultiplyArgs { a, b, output, listen, local_workers, block, stats_json, limits };
-                commands::multiply(args).await.map(|()| true)
+                let token = token_file.as_deref().map(cli::read_token).transpose()?;
+                let access = Access { token, browsers: !no_browsers };
+                let serving = Serving { listen, local_workers, limits, access };
+                commands::multiply(MultiplyArgs { a, b, output, block, stats_json, serving }).await.map(|()| true)
             }
             Command::Demo { size, local_workers, listen, block } => {
-                commands::demo(DemoArgs { size, local_workers, listen, block: block.map(|b| b as usize) }).await
+                let serving = Serving { listen, local_workers, limits: Limits::default(), access: Access::default() };
+                commands::demo(DemoArgs { size, block: block.map(|b| b as usize), serving }).await
             }
         }
     });

@@ -20,6 +20,9 @@ struct Args {
     /// A name for the master's logs (default: this host's name).
     #[arg(long)]
     name: Option<String>,
+    /// A file holding the master's token, for a master started with --token-file.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -27,6 +30,10 @@ fn main() -> ExitCode {
     cli::init_tracing("info");
     let url = match normalise_url(&args.url) {
         Ok(url) => url,
+        Err(e) => return cli::fail(e.into()),
+    };
+    let token = match args.token_file.as_deref().map(cli::read_token).transpose() {
+        Ok(token) => token.unwrap_or_default(),
         Err(e) => return cli::fail(e.into()),
     };
     let threads = args.threads.map_or_else(compute::available_cores, |t| t as usize);
@@ -41,7 +48,7 @@ fn main() -> ExitCode {
             cli::stop_requested().await;
             let _ = stop.send(true);
         });
-        worker::run(WorkerOptions::new(url, threads, name), stopped).await
+        worker::run(WorkerOptions { token, ..WorkerOptions::new(url, threads, name) }, stopped).await
     });
     runtime.shutdown_background();
     match result {

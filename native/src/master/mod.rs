@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use colonnade_core::kernel::flops;
 use colonnade_core::plan::Plan;
+use colonnade_core::protocol::Token;
 use colonnade_core::scheduler::{Event, PayloadStats, Scheduler, Violation, WorkerId, WorkerInfo};
 use colonnade_core::DenseMatrix;
 use tokio::net::TcpListener;
@@ -97,14 +98,14 @@ impl Master {
         }
     }
 
-    /// Starts `count` workers inside this process. They connect over loopback
-    /// and speak the same protocol as remote workers.
-    pub fn spawn_local_workers(&self, count: usize, threads_each: usize) -> LocalWorkers {
+    /// Starts `count` workers inside this process. They connect over loopback,
+    /// speak the same protocol as remote workers, and present `token`.
+    pub fn spawn_local_workers(&self, count: usize, threads_each: usize, token: &Token) -> LocalWorkers {
         let (stop, stopped) = watch::channel(false);
         let url = format!("ws://{}/ws", SocketAddr::new(loopback_for(self.addr), self.addr.port()));
         let handles = (1..=count)
             .map(|i| {
-                let options = WorkerOptions::new(url.clone(), threads_each, format!("local-{i}"));
+                let options = WorkerOptions { token: token.clone(), ..WorkerOptions::new(url.clone(), threads_each, format!("local-{i}")) };
                 tokio::spawn(worker::run(options, stopped.clone()))
             })
             .collect();
@@ -138,6 +139,12 @@ impl Master {
             }
             while let Some(event) = scheduler.poll_event() {
                 reporter.event(&event, &addrs);
+                if let Event::WorkerSilent { worker, silent_for } = event {
+                    // The scheduler has dropped it; its connection may be half-open, so close it.
+                    if let Some(tx) = senders.remove(&worker) {
+                        let _ = tx.send(Outgoing::Close(format!("silent for {:.0} s", silent_for.as_secs_f64())));
+                    }
+                }
                 if matches!(event, Event::WorkerLeft { .. }) && scheduler.progress().native_workers + scheduler.progress().browser_workers == 0 {
                     reporter.waiting(&self.worker_url(), &self.page_url());
                 }

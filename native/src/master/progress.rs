@@ -54,6 +54,9 @@ impl Reporter {
             Event::WorkerLeft { worker, requeued } => {
                 self.note(&format!("worker {worker} left; {requeued} of its blocks go back in the queue"));
             }
+            Event::WorkerSilent { worker, silent_for } => {
+                self.note(&format!("worker {worker} ({}) has said nothing for {:.1} s; dropping it", addr(worker), silent_for.as_secs_f64()));
+            }
             Event::LeaseExpired { worker, block } => {
                 self.note(&format!("worker {worker} is overdue with block {block}; re-issuing it"));
             }
