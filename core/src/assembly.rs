@@ -59,6 +59,12 @@ impl Assembly {
         Ok(Accepted::New)
     }
 
+    /// Block `index`'s bytes, once it is in (and C has not been taken).
+    pub fn block(&self, index: usize) -> Option<&[u8]> {
+        let range = self.c.column_byte_range(self.plan.columns(index));
+        self.is_done(index).then(|| self.c.as_bytes().get(range)).flatten()
+    }
+
     pub fn is_done(&self, index: usize) -> bool {
         self.done.get(index).copied().unwrap_or(false)
     }

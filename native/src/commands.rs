@@ -14,6 +14,7 @@ use colonnade_core::verify::Verifier;
 use colonnade_core::{DenseMatrix, Dtype, Matrix};
 use rand::{Rng, SeedableRng};
 
+use crate::checkpoint::{Checkpoint, Inputs};
 use crate::cli::BadInput;
 use crate::compute;
 use crate::io::{self, Format, InputError};
@@ -28,6 +29,8 @@ pub struct MultiplyArgs {
     pub block: Option<usize>,
     /// Where to write the run's figures as JSON, if anywhere.
     pub stats_json: Option<PathBuf>,
+    /// Where to record verified blocks, and resume from.
+    pub checkpoint: Option<PathBuf>,
     pub serving: Serving,
 }
 
@@ -69,7 +72,8 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
     let (a, b) = same_dtype(a.matrix, b.matrix);
     let read_time = started.elapsed();
     let cpu_before = procstats::cpu_time();
-    let report = run(JobSpec { a, b, integer, block: args.block }, &args.serving).await?;
+    let spec = JobSpec { a, b, integer, block: args.block, checkpoint: args.checkpoint.clone() };
+    let report = run(spec, &args.serving).await?;
     let job_cpu = procstats::cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     let write_start = Instant::now();
     io::write_matrix(&args.output, &report.c, integer)?;
@@ -138,7 +142,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0xC0_1055);
     let mut random = || DenseMatrix::F64(Matrix::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0)));
     let (a, b) = (random(), random());
-    let spec = JobSpec { a: a.clone(), b: b.clone(), integer: false, block: args.block };
+    let spec = JobSpec { a: a.clone(), b: b.clone(), integer: false, block: args.block, checkpoint: None };
     let report = run(spec, &args.serving).await?;
     println!(
         "distributed: {:.3} s, {:.1} GFLOP/s ({} blocks of {} columns)",
@@ -177,13 +181,18 @@ struct JobSpec {
     /// Every entry of A and B is an integer: results are checked exactly.
     integer: bool,
     block: Option<usize>,
+    checkpoint: Option<PathBuf>,
 }
 
 /// Listens, starts local workers, and runs the job, checking every result.
 async fn run(spec: JobSpec, serving: &Serving) -> anyhow::Result<JobReport> {
-    let JobSpec { a, b, integer, block } = spec;
-    let (m, k, n) = (a.rows(), a.cols(), b.cols());
-    let width = block.unwrap_or_else(|| CostModel::default().block_width(m, k, n, a.dtype().size()));
+    let JobSpec { a, b, integer, block, checkpoint } = spec;
+    let (m, k, n, elem) = (a.rows(), a.cols(), b.cols(), a.dtype().size());
+    let mut width = block.unwrap_or_else(|| CostModel::default().block_width(m, k, n, a.dtype().size()));
+    let checkpoint = checkpoint.map(|dir| Checkpoint::open(&dir, &Inputs::of(&a, &b), width).map(|cp| (dir, cp))).transpose()?;
+    if let Some((_, cp)) = &checkpoint {
+        width = cp.width; // resume on the checkpoint's own plan
+    }
     let plan = Plan::new(m, k, n, width);
     let mut rng = rand::rng();
     let job = rng.random::<u64>();
@@ -201,7 +210,26 @@ async fn run(spec: JobSpec, serving: &Serving) -> anyhow::Result<JobReport> {
     let prepare = Instant::now();
     let verifier = Verifier::new(a, &b, &plan, weights, integer);
     let verify_prep = prepare.elapsed();
-    let scheduler = scheduler.with_verifier(verifier);
+    let mut scheduler = scheduler.with_verifier(verifier);
+    let mut restored_columns = 0;
+    if let Some((dir, cp)) = &checkpoint {
+        let block_len = |i: usize| (i < plan.blocks()).then(|| plan.columns(i).len() * m * elem);
+        let mut restored = 0;
+        for saved in cp.saved_blocks(block_len) {
+            match scheduler.restore(saved.index, &saved.bytes) {
+                Ok(()) => {
+                    restored += 1;
+                    restored_columns += plan.columns(saved.index).len();
+                }
+                Err(e) => {
+                    tracing::warn!("checkpoint: discarding {e}; it will be computed again");
+                    cp.discard(saved.index);
+                }
+            }
+        }
+        println!("checkpoint {}: {restored} of {} blocks already done ({width} columns each)", dir.display(), plan.blocks());
+    }
+    let writer = checkpoint.as_ref().map(|(_, cp)| cp.writer());
     let mut master = Master::bind(serving.listen, serving.limits).await?;
     println!("master listening on {}", master.local_addr());
     println!("  add a worker:  worker {}", master.worker_url());
@@ -212,13 +240,16 @@ async fn run(spec: JobSpec, serving: &Serving) -> anyhow::Result<JobReport> {
         master.spawn_local_workers(local_workers, threads, serving.access.token.as_ref().unwrap_or(&Default::default()))
     });
     let result = tokio::select! {
-        r = master.run(scheduler, true) => r,
+        r = master.run(scheduler, true, writer.as_ref()) => r,
         _ = crate::cli::stop_requested() => Err(anyhow::anyhow!("interrupted; no output written")),
     };
     if let Some(locals) = locals {
         locals.stop().await;
     }
-    result.map(|report| JobReport { verify_prep, ..report })
+    if let Some(writer) = writer {
+        writer.finish();
+    }
+    result.map(|report| JobReport { verify_prep, restored_columns, ..report })
 }
 
 fn print_workers(report: &JobReport) {

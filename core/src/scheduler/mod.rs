@@ -133,6 +133,17 @@ pub enum Violation {
     TooManyStrikes(u32),
 }
 
+/// Why a block from a checkpoint was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("block {block} does not exist (the plan has {blocks})")]
+    NoSuchBlock { block: usize, blocks: usize },
+    #[error("block {block} has {got} bytes, not {want}")]
+    Length { block: usize, got: usize, want: usize },
+    #[error("block {block} fails verification: {reason}")]
+    Mismatch { block: usize, reason: String },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error("A is {a} but B is {b}: A's columns must equal B's rows")]
@@ -292,6 +303,29 @@ impl Scheduler {
 
     // ---- inputs ----
 
+    /// Puts a block computed earlier (e.g. read from a checkpoint) into C,
+    /// after the same verification a worker's result gets.
+    pub fn restore(&mut self, block: usize, bytes: &[u8]) -> Result<(), RestoreError> {
+        let blocks = self.plan.blocks();
+        if block >= blocks {
+            return Err(RestoreError::NoSuchBlock { block, blocks });
+        }
+        let cols = self.plan.columns(block).len();
+        let mut incoming = Incoming::new(self.dtype, self.plan.m, cols).expect("a block of C is no larger than C");
+        let want = incoming.total();
+        if bytes.len() != want || incoming.add(0, bytes) != Ok(true) {
+            return Err(RestoreError::Length { block, got: bytes.len(), want });
+        }
+        let c = incoming.into_matrix();
+        if let Some(Err(mismatch)) = self.verifier.as_ref().map(|v| v.check(block, &c)) {
+            return Err(RestoreError::Mismatch { block, reason: mismatch.to_string() });
+        }
+        if self.assembly.accept(block, c.as_bytes()) == Ok(Accepted::New) && self.assembly.is_complete() {
+            self.complete();
+        }
+        Ok(())
+    }
+
     /// A message arrived from `worker` (which may be new: its first message must be Hello).
     /// On error the shell must disconnect the worker and call [`Self::handle_disconnect`].
     pub fn handle_message(&mut self, worker: WorkerId, bytes: &[u8], now: Duration) -> Result<(), Violation> {
@@ -441,6 +475,14 @@ impl Scheduler {
     /// Whether block `block` is in C.
     pub fn block_done(&self, block: usize) -> bool {
         self.assembly.is_done(block)
+    }
+
+    /// Block `block`'s bytes in C, once it is in (until C is taken).
+    pub fn block_bytes(&self, block: usize) -> Option<&[u8]> {
+        match &self.result {
+            Some(c) => c.as_bytes().get(c.column_byte_range(self.plan.columns(block))),
+            None => self.assembly.block(block),
+        }
     }
 
     pub fn stats(&self) -> PayloadStats {

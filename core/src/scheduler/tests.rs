@@ -349,6 +349,28 @@ fn leases_and_patience_follow_each_workers_measured_speed() {
     assert_eq!(sim.sched.silence_limit(w), ms(24_000), "twice its task time, above the 15 s heartbeat timeout");
 }
 
+#[test]
+fn restored_blocks_are_verified_and_never_recomputed() {
+    let (m, k, n, width) = (6, 5, 12, 2);
+    let mut sim = Sim::new(m, k, n, width, quick_config());
+    let a = Matrix::from_fn(m, k, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+    let b = Matrix::from_fn(k, n, |i, j| ((i * 5 + j * 13) % 9) as f64 - 4.0);
+    let weights = (0..n).map(|j| [2.0, -3.0][j % 2]).collect();
+    let verifier = Verifier::new(DenseMatrix::from(a), &b.into(), &Plan::new(m, k, n, width), weights, true);
+    sim.sched = std::mem::replace(&mut sim.sched, Sim::new(1, 1, 1, 1, quick_config()).sched).with_verifier(verifier);
+    let block = |j: usize| DenseMatrix::from(sim.expected.clone()).as_bytes()[j * 2 * m * 8..(j + 1) * 2 * m * 8].to_vec();
+    let (good, mut bad) = (block(1), block(4));
+    bad[3] ^= 0x40;
+    sim.sched.restore(1, &good).unwrap();
+    assert_eq!(sim.sched.block_bytes(1), Some(&good[..]));
+    assert!(matches!(sim.sched.restore(4, &bad), Err(RestoreError::Mismatch { block: 4, .. })));
+    assert!(matches!(sim.sched.restore(2, &good[8..]), Err(RestoreError::Length { block: 2, .. })));
+    assert!(matches!(sim.sched.restore(6, &good), Err(RestoreError::NoSuchBlock { .. })));
+    let w = sim.join(2);
+    assert_eq!(sim.run_to_completion(), sim.expected);
+    assert_eq!(sim.count(w, |msg| matches!(msg, Message::Task { .. })), 5, "every block but the restored one");
+}
+
 fn hello(kind: WorkerKind, token: &str) -> Vec<u8> {
     let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind, threads: 1, slots: 1, name: "w".into(), token: Token::new(token) };
     codec::encode(&hello, &[])

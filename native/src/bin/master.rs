@@ -53,6 +53,10 @@ enum Command {
         /// Turn browser volunteers away (with --token-file: only token holders may join).
         #[arg(long)]
         no_browsers: bool,
+        /// Record each verified block in DIR (durably), and resume from it: run
+        /// the same command again after a crash and finished blocks are kept.
+        #[arg(long, value_name = "DIR")]
+        checkpoint: Option<PathBuf>,
     },
     /// Multiply random matrices with local workers and check the result.
     Demo {
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
                 handshake_timeout,
                 token_file,
                 no_browsers,
+                checkpoint,
             } => {
                 let block = block.map(|b| b as usize);
                 let Ok(handshake_timeout) = std::time::Duration::try_from_secs_f64(handshake_timeout) else {
@@ -98,7 +103,7 @@ fn main() -> ExitCode {
                 let token = token_file.as_deref().map(cli::read_token).transpose()?;
                 let access = Access { token, browsers: !no_browsers };
                 let serving = Serving { listen, local_workers, limits, access };
-                commands::multiply(MultiplyArgs { a, b, output, block, stats_json, serving }).await.map(|()| true)
+                commands::multiply(MultiplyArgs { a, b, output, block, stats_json, checkpoint, serving }).await.map(|()| true)
             }
             Command::Demo { size, local_workers, listen, block } => {
                 let serving = Serving { listen, local_workers, limits: Limits::default(), access: Access::default() };

@@ -25,6 +25,7 @@ use progress::Reporter;
 pub use server::Limits;
 use server::{Input, Outgoing, Traffic};
 
+use crate::checkpoint;
 use crate::worker::{self, WorkerOptions};
 
 /// A listening master, ready to run a job.
@@ -54,11 +55,18 @@ pub struct JobReport {
     pub scheduler_time: Duration,
     /// Time to precompute the verification products (before the job starts).
     pub verify_prep: Duration,
+    /// Columns of C taken from a checkpoint rather than computed.
+    pub restored_columns: usize,
 }
 
 impl JobReport {
+    /// The speed of what was computed in this run (restored blocks excluded).
     pub fn gflops(&self) -> f64 {
-        flops(self.plan.m, self.plan.k, self.plan.n) / self.elapsed.as_secs_f64().max(1e-9) / 1e9
+        let computed = flops(self.plan.m, self.plan.k, self.plan.n - self.restored_columns);
+        if self.elapsed.is_zero() {
+            return 0.0;
+        }
+        computed / self.elapsed.as_secs_f64() / 1e9
     }
 }
 
@@ -112,8 +120,8 @@ impl Master {
         LocalWorkers { stop, handles }
     }
 
-    /// Runs one job to completion.
-    pub async fn run(&mut self, mut scheduler: Scheduler, show_progress: bool) -> anyhow::Result<JobReport> {
+    /// Runs one job to completion, recording each verified block in `checkpoint` if given.
+    pub async fn run(&mut self, mut scheduler: Scheduler, show_progress: bool, checkpoint: Option<&checkpoint::Writer>) -> anyhow::Result<JobReport> {
         let plan = scheduler.plan().clone();
         let reporter = Reporter::new(plan.blocks(), show_progress);
         self.status.send_modify(|s| {
@@ -139,6 +147,9 @@ impl Master {
             }
             while let Some(event) = scheduler.poll_event() {
                 reporter.event(&event, &addrs);
+                if let (Event::BlockDone { block, .. }, Some(writer)) = (&event, checkpoint) {
+                    writer.save(*block, scheduler.block_bytes(*block).expect("a done block is in C"));
+                }
                 if let Event::WorkerSilent { worker, silent_for } = event {
                     // The scheduler has dropped it; its connection may be half-open, so close it.
                     if let Some(tx) = senders.remove(&worker) {
@@ -238,6 +249,7 @@ impl Master {
             encode_time: Duration::from_nanos(self.traffic.encode_nanos.load(Ordering::Relaxed)),
             scheduler_time,
             verify_prep: Duration::ZERO,
+            restored_columns: 0,
         })
     }
 }
