@@ -15,6 +15,10 @@ struct Run {
 
 /// Runs `master multiply` with one local worker and no network set-up.
 fn multiply(a: &Path, b: &Path, c: &Path) -> Run {
+    multiply_with(a, b, c, &[])
+}
+
+fn multiply_with(a: &Path, b: &Path, c: &Path, extra: &[&str]) -> Run {
     let out = Command::new(MASTER)
         .arg("multiply")
         .arg(a)
@@ -22,6 +26,7 @@ fn multiply(a: &Path, b: &Path, c: &Path) -> Run {
         .arg("-o")
         .arg(c)
         .args(["--listen", "127.0.0.1:0", "--local-workers", "1"])
+        .args(extra)
         .output()
         .unwrap();
     Run { code: out.status.code(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
@@ -29,9 +34,13 @@ fn multiply(a: &Path, b: &Path, c: &Path) -> Run {
 
 /// A bad input: exit 2, one line naming `file` and containing `problem`, and no output.
 fn assert_rejected(a: &Path, b: &Path, file: &Path, problem: &str) {
+    assert_rejected_with(a, b, file, problem, &[]);
+}
+
+fn assert_rejected_with(a: &Path, b: &Path, file: &Path, problem: &str, extra: &[&str]) {
     let dir = temp_dir();
     let c = path(&dir, "c.csv");
-    let run = multiply(a, b, &c);
+    let run = multiply_with(a, b, &c, extra);
     assert_eq!(run.code, Some(2), "exit code; stderr:\n{}", run.stderr);
     let errors: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "one error line:\n{}", run.stderr);
@@ -74,6 +83,24 @@ fn bad_inputs_get_one_line_and_exit_2() {
     assert_rejected(&a34, &b52, &a34, "A is 3x4 but B is 5x2");
     let bad_mtx = file("bad.mtx", b"%%MatrixMarket matrix coordinate real general\n3 3 1\n4 1 1.0\n");
     assert_rejected(&bad_mtx, &good, &bad_mtx, "index '4' is outside 1..=3");
+}
+
+#[test]
+fn inputs_over_the_memory_limit_are_refused_before_they_are_allocated() {
+    let dir = temp_dir();
+    let (a, b) = (path(&dir, "a.npy"), path(&dir, "b.npy"));
+    write_npy(&a, &Dense::random_ints(40, 40, 3)); // 12.5 KiB of data
+    write_npy(&b, &Dense::random_ints(40, 400, 4)); // 125 KiB, and so is C
+    assert_rejected_with(&a, &b, &a, "more than the 8.0 KiB memory limit", &["--max-memory", "8K"]);
+    // A file within the limit, but the matrix it claims is not.
+    let claims = path(&dir, "claims.mtx");
+    std::fs::write(&claims, "%%MatrixMarket matrix coordinate real general\n100000 100000 1\n1 1 1\n").unwrap();
+    assert_rejected(&claims, &b, &claims, "a dense 100000x100000 matrix needs 74.5 GiB, more than the");
+    // A and B fit, but not with C: refused before C is allocated, naming the output.
+    assert_rejected_with(&a, &b, Path::new("c.csv"), "C = A·B is 40x400 and needs 125.0 KiB; with A and B (137.5 KiB)", &["--max-memory", "200K"]);
+    let c = path(&dir, "c.csv");
+    let run = multiply_with(&a, &b, &c, &["--max-memory", "300K"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
 }
 
 #[test]

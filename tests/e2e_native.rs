@@ -40,13 +40,7 @@ fn three_workers_share_a_job() {
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     let (descr, c) = read_npy(&c_path);
     assert_eq!(descr, "<f8", "float inputs give a float result");
-    assert_eq!((c.rows, c.cols), (1500, 1500));
-    // Every column (so every block), at three rows each, against the textbook sum.
-    for j in 0..c.cols {
-        for i in [j % 1500, (j * 7 + 3) % 1500, 1499 - j % 1500] {
-            assert_eq!(c.at(i, j), naive_entry(&a, &b, i, j), "C[{i}][{j}]");
-        }
-    }
+    assert_product_sampled(&c, &a, &b);
     let done = blocks_done(&master.output());
     assert_eq!(done.len(), 3, "three workers joined:\n{}", master.output());
     assert_eq!(done.iter().sum::<usize>(), 125, "each block counted once");
@@ -283,4 +277,36 @@ fn a_frozen_worker_is_dropped_by_its_silence_and_its_blocks_reissued() {
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_csv(&c_path), naive(&a, &a));
     frozen.wait_for("the thawed worker reconnecting", LONG, |l| l.contains("reconnecting"));
+}
+
+#[test]
+fn chunk_and_credit_limits_hold() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, c_path) = (path(&dir, "a.npy"), path(&dir, "c.npy"));
+    let a = Dense::random_ints(100, 100, 12);
+    write_npy(&a_path, &a);
+    // A (80 KB) and every block of C (8 KB) must travel in 4 KiB chunks; a worker holds one task.
+    let (mut master, addr) = start_master(&a_path, &a_path, &c_path, &["--max-chunk", "4K", "--max-slots", "1", "--block", "10"]);
+    send_oversized_message(&addr, 80_000); // over 4 KiB plus the 64 KiB allowed for a header
+    let line = master.wait_for("the oversized message refused", LONG, |l| l.contains("closed a connection"));
+    assert!(line.contains("too long") && line.contains("80000"), "{line}");
+    let worker = start_worker("w", &addr, &[]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_npy(&c_path).1, naive(&a, &a));
+    assert!(worker.output().contains("slots=1"), "the worker was granted one task:\n{}", worker.output());
+    let bad = std::process::Command::new(MASTER).args(["multiply", "a.npy", "b.npy", "-o", "c.npy", "--max-chunk", "1K"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("must be between 4K and 8M"));
+}
+
+/// Joins, then sends a message of `size` bytes and reads until the master hangs up.
+fn send_oversized_message(addr: &str, size: usize) {
+    use colonnade_core::protocol::{Message, Token, WorkerKind, PROTOCOL_VERSION};
+    use tokio_tungstenite::tungstenite;
+    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/ws")).expect("WebSocket handshake");
+    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Native, threads: 1, slots: 1, name: "big".into(), token: Token::default() };
+    ws.send(tungstenite::Message::Binary(colonnade_core::codec::encode(&hello, &[]).into())).unwrap();
+    let _ = ws.send(tungstenite::Message::Binary(vec![0u8; size].into()));
+    while ws.read().is_ok() {}
 }

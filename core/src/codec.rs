@@ -49,6 +49,16 @@ pub fn decode(bytes: &[u8]) -> Result<(Message, &[u8]), CodecError> {
     Ok((message, body))
 }
 
+/// The fuzz target's check (also replayed over its corpus by `cargo test`):
+/// decoding any bytes never panics, and what decodes re-encodes to the same message.
+pub fn check_decode(bytes: &[u8]) -> bool {
+    let Ok((message, body)) = decode(bytes) else { return false };
+    let again = encode(&message, body);
+    let (message2, body2) = decode(&again).expect("a re-encoded message decodes");
+    assert_eq!((&message2, body2), (&message, body), "re-encoding changed the message");
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +103,16 @@ mod tests {
         assert!(decode(&long).is_err());
         assert!(matches!(decode(&encode(&Message::JobDone { job: 1 }, &[]).into_iter().chain([0]).collect::<Vec<_>>()), Err(CodecError::UnexpectedBody(1))));
         assert!(matches!(decode(&vec![0; MAX_MESSAGE + 1]), Err(CodecError::TooLarge(_))));
+    }
+
+    /// Replays the fuzzer's corpus (core/fuzz/corpus/decode), so CI checks it on every run.
+    #[test]
+    fn the_fuzz_corpus_replays_cleanly() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode");
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let decoded = files.iter().filter(|f| check_decode(&std::fs::read(f).unwrap())).count();
+        assert!(files.len() >= 20, "{} holds {} inputs", dir.display(), files.len());
+        assert!(decoded > 0 && decoded < files.len(), "the corpus covers both good and bad messages: {decoded} of {}", files.len());
     }
 
     proptest! {

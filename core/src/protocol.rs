@@ -42,8 +42,9 @@ pub enum Message {
         /// The master's shared secret, if the worker was given one.
         token: Token,
     },
-    /// Master → worker: accepted.
-    Welcome { worker: u64 },
+    /// Master → worker: accepted, with the tasks it may hold at once (its
+    /// credit) and the largest body the master accepts per message.
+    Welcome { worker: u64, slots: u32, max_chunk: u64 },
     /// Master → worker: not accepted, and why. The master closes the connection.
     Refused { reason: String },
     /// Master → worker: a new job, carrying the first chunk of A; the rest follows

@@ -50,7 +50,8 @@ impl WorkerConfig {
 /// What happened, for logs and the volunteer page.
 #[derive(Clone, Debug, PartialEq)]
 pub enum WorkerEvent {
-    Welcomed { worker: u64 },
+    /// Accepted, with `slots` tasks of credit.
+    Welcomed { worker: u64, slots: u32 },
     JobStarted { job: JobId, m: usize, k: usize, n: usize, dtype: Dtype },
     TaskCancelled { lease: LeaseId },
     JobDone { job: JobId },
@@ -141,6 +142,8 @@ pub struct WorkerSession {
     computing: BTreeSet<LeaseId>,
     outbox: VecDeque<Frame>,
     master: Liveness,
+    /// Largest result chunk the master accepts, from its Welcome.
+    max_chunk: usize,
 }
 
 impl WorkerSession {
@@ -156,7 +159,7 @@ impl WorkerSession {
         };
         let master = Liveness::new(now, &config.heartbeat);
         let outbox = VecDeque::from([Frame::new(hello)]);
-        Self { config, job: None, tasks: BTreeMap::new(), computing: BTreeSet::new(), outbox, master }
+        Self { config, job: None, tasks: BTreeMap::new(), computing: BTreeSet::new(), outbox, master, max_chunk: MAX_CHUNK }
     }
 
     /// Time has reached `now`: queues a heartbeat if one is due, and fails if
@@ -183,7 +186,11 @@ impl WorkerSession {
         self.master.heard(now);
         match message {
             Message::Heartbeat => Ok(None),
-            Message::Welcome { worker } => Ok(Some(WorkerEvent::Welcomed { worker })),
+            Message::Welcome { worker, slots, max_chunk } => {
+                // Results go out in chunks the master accepts (never more than the protocol's).
+                self.max_chunk = usize::try_from(max_chunk).unwrap_or(MAX_CHUNK).clamp(1, MAX_CHUNK);
+                Ok(Some(WorkerEvent::Welcomed { worker, slots }))
+            }
             Message::Refused { reason } => Err(WorkerError::Refused(reason)),
             Message::Job { job, m, k, n, dtype } => {
                 let event = self.on_job(job, m, k, n, dtype)?;
@@ -306,7 +313,7 @@ impl WorkerSession {
             return false;
         }
         let bytes = MatrixBytes::into_bytes(c);
-        for range in chunk_ranges(bytes.len(), MAX_CHUNK) {
+        for range in chunk_ranges(bytes.len(), self.max_chunk) {
             let compute_us = u64::try_from(compute.as_micros()).unwrap_or(u64::MAX);
             let message = Message::ResultChunk { lease, offset: range.start as u64, compute_us };
             self.outbox.push_back(Frame::with_body(message, bytes.slice(range)));
@@ -396,6 +403,19 @@ mod tests {
         assert!(!s.complete(t.lease, t.compute(), Duration::ZERO));
         s.release_all();
         assert_eq!(s.poll_transmit().unwrap().message, Message::Release { leases: vec![8] });
+    }
+
+    #[test]
+    fn results_are_chunked_as_the_master_asks() {
+        let mut s = WorkerSession::new(WorkerConfig::new(WorkerKind::Native, "t"), T0);
+        let welcome = s.handle_message(&frame(Message::Welcome { worker: 3, slots: 1, max_chunk: 16 }, &[]), T0).unwrap();
+        assert_eq!(welcome, Some(WorkerEvent::Welcomed { worker: 3, slots: 1 }));
+        s.handle_message(&frame(Message::Job { job: 1, m: 5, k: 1, n: 1, dtype: Dtype::F64 }, &[1; 40]), T0).unwrap();
+        s.handle_message(&frame(Message::Task { job: 1, lease: 2, first_col: 0, cols: 1 }, &[2; 8]), T0).unwrap();
+        let task = s.next_task().unwrap();
+        assert!(s.complete(task.lease, task.compute(), Duration::ZERO));
+        let sizes: Vec<usize> = std::iter::from_fn(|| s.poll_transmit()).filter(|f| f.message != Message::Heartbeat).skip(1).map(|f| f.body.len()).collect();
+        assert_eq!(sizes, [16, 16, 8], "40 bytes of C in chunks of at most 16");
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct MultiplyArgs {
     pub stats_json: Option<PathBuf>,
     /// Where to record verified blocks, and resume from.
     pub checkpoint: Option<PathBuf>,
+    /// Memory for A, B and C; by default what the system has available.
+    pub max_memory: Option<u64>,
     pub serving: Serving,
 }
 
@@ -56,8 +58,10 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
     // Refuse a bad output path before doing any work.
     Format::of(&args.output)?;
     check_output_dir(&args.output)?;
-    let a = io::read_matrix(&args.a)?;
-    let b = io::read_matrix(&args.b)?;
+    // One memory budget for A, B and C, each checked before it is allocated.
+    let budget = args.max_memory.or_else(io::available_memory).unwrap_or(u64::MAX);
+    let a = io::read_matrix(&args.a, budget)?;
+    let b = io::read_matrix(&args.b, budget.saturating_sub(a.matrix.as_bytes().len() as u64))?;
     if a.matrix.cols() != b.matrix.rows() {
         return Err(BadInput(format!(
             "cannot multiply {} by {}: A is {} but B is {}: A's columns must equal B's rows",
@@ -68,6 +72,7 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    check_job_memory(&a.matrix, &b.matrix, &args.output, budget)?;
     let integer = a.integer && b.integer;
     let (a, b) = same_dtype(a.matrix, b.matrix);
     let read_time = started.elapsed();
@@ -205,7 +210,13 @@ async fn run(spec: JobSpec, serving: &Serving) -> anyhow::Result<JobReport> {
         .collect();
     // Shared by the scheduler (their bytes) and the verifier; the scheduler checks the shapes.
     let (a, b) = (Arc::new(a), Arc::new(b));
-    let config = SchedulerConfig { access: serving.access.clone(), ..SchedulerConfig::default() };
+    let limits = &serving.limits;
+    let config = SchedulerConfig {
+        access: serving.access.clone(),
+        max_chunk: limits.max_chunk,
+        max_slots: limits.max_slots,
+        ..SchedulerConfig::default()
+    };
     let scheduler = Scheduler::new(config, job, Arc::clone(&a), Arc::clone(&b), plan.clone())?;
     let prepare = Instant::now();
     let verifier = Verifier::new(a, &b, &plan, weights, integer);
@@ -266,6 +277,18 @@ fn same_dtype(a: DenseMatrix, b: DenseMatrix) -> (DenseMatrix, DenseMatrix) {
     } else {
         (DenseMatrix::F64(a.into_f64()), DenseMatrix::F64(b.into_f64()))
     }
+}
+
+/// A, B (in the job's element type) and C must fit in `budget` together.
+fn check_job_memory(a: &DenseMatrix, b: &DenseMatrix, output: &Path, budget: u64) -> Result<(), InputError> {
+    let elem = if a.dtype() == Dtype::F32 && b.dtype() == Dtype::F32 { 4 } else { 8 };
+    let (ab, c) = ((a.rows() * a.cols() + b.rows() * b.cols()) as u128 * elem, (a.rows() * b.cols()) as u128 * elem);
+    if ab + c > u128::from(budget) {
+        let (shape, both) = (format!("{}x{}", a.rows(), b.cols()), crate::cli::human_bytes(ab));
+        let problem = format!("C = A·B is {shape} and needs {}; with A and B ({both}) that is {}", crate::cli::human_bytes(c), io::over_limit(budget));
+        return Err(InputError::new(output, problem));
+    }
+    Ok(())
 }
 
 fn check_output_dir(output: &Path) -> Result<(), InputError> {

@@ -185,7 +185,7 @@ async fn flush(session: &mut WorkerSession, sink: &mut (impl SinkExt<Message, Er
 
 fn log_event(event: Option<WorkerEvent>) {
     match event {
-        Some(WorkerEvent::Welcomed { worker }) => tracing::info!(worker, "joined"),
+        Some(WorkerEvent::Welcomed { worker, slots }) => tracing::info!(worker, slots, "joined"),
         Some(WorkerEvent::JobStarted { job, m, k, n, dtype }) => {
             tracing::info!(job, "job: A is {m}x{k}, C is {m}x{n}, {dtype}");
         }

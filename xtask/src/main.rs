@@ -10,8 +10,8 @@ Commands:
   demo [ARGS...]   build the browser worker and the master (release), then
                    run `master demo ARGS...`
   test             install what the tests need (wasm target, wasm-bindgen,
-                   numpy, Chromium), build the browser worker, then run clippy
-                   and the whole test suite
+                   numpy, Chromium, iproute2 and iptables), build the browser
+                   worker, then run clippy and the whole test suite
   web              build the browser worker into web/pkg (the master embeds it)
   bench [--smoke]  the distributed benchmark (release): a table on stdout and
                    target/bench/bench.json; --smoke runs it tiny, as CI does
@@ -58,7 +58,7 @@ fn bench(args: &[String]) -> Result<(), String> {
 
 fn test() -> Result<(), String> {
     ensure_numpy()?;
-    ensure_chromium()?;
+    ensure_debian_tools()?;
     web()?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     let wasm_crates = ["-p", "colonnade-core", "-p", "colonnade-web", "--target", "wasm32-unknown-unknown"];
@@ -139,14 +139,23 @@ fn ensure_wasm_bindgen() -> Result<std::path::PathBuf, String> {
     Ok(bin)
 }
 
-/// The browser tests drive Debian's Chromium through chromedriver.
-fn ensure_chromium() -> Result<(), String> {
-    let present = |b: &str| std::path::Path::new(b).is_file();
-    if present("/usr/bin/chromium") && present("/usr/bin/chromedriver") {
+/// Debian packages the tests use: Chromium and chromedriver (the browser
+/// tests), iproute2 and iptables (the network fault tests, in namespaces).
+fn ensure_debian_tools() -> Result<(), String> {
+    let needed = [
+        ("/usr/bin/chromium", "chromium"),
+        ("/usr/bin/chromedriver", "chromium-driver"),
+        ("/usr/sbin/ip", "iproute2"),
+        ("/usr/sbin/tc", "iproute2"),
+        ("/usr/sbin/iptables", "iptables"),
+    ];
+    let mut missing: Vec<&str> = needed.iter().filter(|(bin, _)| !std::path::Path::new(bin).is_file()).map(|&(_, pkg)| pkg).collect();
+    missing.dedup();
+    if missing.is_empty() {
         return Ok(());
     }
     run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get").args(["install", "-y", "-qq", "chromium", "chromium-driver"]).env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// Core must build for the browser.

@@ -34,6 +34,7 @@ use crate::plan::Plan;
 use crate::protocol::{chunk_ranges, Frame, JobId, LeaseId, MatrixBytes, Message, Token, WorkerKind, MAX_CHUNK, PROTOCOL_VERSION};
 use crate::verify::Verifier;
 
+pub mod fuzz;
 #[cfg(test)]
 mod tests;
 
@@ -514,7 +515,8 @@ impl Scheduler {
         self.workers.insert(worker, w);
         let info = WorkerInfo { kind, name: name.clone(), blocks_done: 0, compute: Duration::ZERO, strikes: 0, connected: true };
         self.infos.insert(worker, info);
-        self.outbox.push_back((worker, Frame::new(Message::Welcome { worker })));
+        let welcome = Message::Welcome { worker, slots: slots as u32, max_chunk: self.config.max_chunk as u64 };
+        self.outbox.push_back((worker, Frame::new(welcome)));
         self.events.push_back(Event::WorkerJoined { worker, kind, name });
         self.assign(now);
         Ok(())

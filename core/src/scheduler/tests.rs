@@ -190,6 +190,16 @@ fn a_worker_never_holds_more_than_its_slots() {
 }
 
 #[test]
+fn a_worker_gets_no_more_credit_than_the_master_grants() {
+    let mut sim = Sim::new(4, 4, 40, 2, SchedulerConfig { max_slots: 3, ..quick_config() });
+    let greedy = sim.join(1000);
+    sim.deliver_to_worker(greedy, usize::MAX);
+    assert_eq!(sim.count(greedy, |m| matches!(m, Message::Welcome { slots: 3, .. })), 1, "told its credit");
+    assert_eq!(sim.count(greedy, |m| matches!(m, Message::Task { .. })), 3);
+    assert_eq!(sim.workers[&greedy].session.in_flight(), 3);
+}
+
+#[test]
 fn fast_workers_take_more() {
     let mut sim = Sim::new(4, 4, 60, 2, quick_config());
     let fast = sim.join(1);
@@ -369,6 +379,16 @@ fn restored_blocks_are_verified_and_never_recomputed() {
     let w = sim.join(2);
     assert_eq!(sim.run_to_completion(), sim.expected);
     assert_eq!(sim.count(w, |msg| matches!(msg, Message::Task { .. })), 5, "every block but the restored one");
+}
+
+/// Replays the hostile_worker fuzzer's corpus (core/fuzz/corpus/hostile_worker).
+#[test]
+fn the_hostile_worker_corpus_replays_cleanly() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/hostile_worker");
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let outcomes: Vec<_> = files.iter().map(|f| fuzz::check_hostile_worker(&std::fs::read(f).unwrap())).collect();
+    assert!(files.len() >= 20, "{} holds {} inputs", dir.display(), files.len());
+    assert!(outcomes.iter().any(|&(_, cut)| cut) && outcomes.iter().any(|&(n, cut)| n > 0 && !cut), "both rule-breakers and survivors: {outcomes:?}");
 }
 
 fn hello(kind: WorkerKind, token: &str) -> Vec<u8> {

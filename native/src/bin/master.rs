@@ -47,6 +47,17 @@ enum Command {
         /// Seconds a new connection may take to say Hello before it is closed.
         #[arg(long, value_name = "SECS", default_value_t = 10.0)]
         handshake_timeout: f64,
+        /// Largest message body, either way (e.g. 64K; at most 8M). A worker
+        /// sending more is cut off; results come back in chunks this size.
+        #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_chunk)]
+        max_chunk: u64,
+        /// Tasks one worker may hold at once, whatever it asks for.
+        #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+        max_slots: u32,
+        /// Memory for A, B and C (e.g. 16G); bigger inputs are refused before
+        /// they are read. Default: the memory available now.
+        #[arg(long, value_name = "BYTES", value_parser = cli::parse_bytes)]
+        max_memory: Option<u64>,
         /// Native workers must present the secret in FILE (their own --token-file).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
@@ -75,6 +86,16 @@ enum Command {
     },
 }
 
+/// A chunk limit: between 4 KiB and the protocol's 8 MiB.
+fn parse_chunk(text: &str) -> Result<u64, String> {
+    let bytes = cli::parse_bytes(text)?;
+    let max = colonnade_core::protocol::MAX_CHUNK as u64;
+    if !(4096..=max).contains(&bytes) {
+        return Err(format!("must be between 4K and 8M ({max} bytes)"));
+    }
+    Ok(bytes)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing("warn");
@@ -94,16 +115,19 @@ fn main() -> ExitCode {
                 token_file,
                 no_browsers,
                 checkpoint,
+                max_chunk,
+                max_slots,
+                max_memory,
             } => {
                 let block = block.map(|b| b as usize);
                 let Ok(handshake_timeout) = std::time::Duration::try_from_secs_f64(handshake_timeout) else {
                     return Err(BadInput(format!("--handshake-timeout {handshake_timeout}: not a number of seconds")).into());
                 };
-                let limits = Limits { max_connections: max_connections as usize, handshake_timeout };
+                let limits = Limits { max_connections: max_connections as usize, handshake_timeout, max_chunk: max_chunk as usize, max_slots };
                 let token = token_file.as_deref().map(cli::read_token).transpose()?;
                 let access = Access { token, browsers: !no_browsers };
                 let serving = Serving { listen, local_workers, limits, access };
-                commands::multiply(MultiplyArgs { a, b, output, block, stats_json, checkpoint, serving }).await.map(|()| true)
+                commands::multiply(MultiplyArgs { a, b, output, block, stats_json, checkpoint, max_memory, serving }).await.map(|()| true)
             }
             Command::Demo { size, local_workers, listen, block } => {
                 let serving = Serving { listen, local_workers, limits: Limits::default(), access: Access::default() };

@@ -4,9 +4,9 @@ use std::io::Write;
 
 use colonnade_core::{DenseMatrix, Matrix};
 
-use super::{check_dense_size, format_value, Loaded};
+use super::{check_dense_size, format_value, over_limit, Loaded};
 
-pub(super) fn parse(bytes: &[u8]) -> Result<Loaded, String> {
+pub(super) fn parse(bytes: &[u8], limit: u64) -> Result<Loaded, String> {
     let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).trim(csv::Trim::All).from_reader(bytes);
     let mut values: Vec<f64> = Vec::new();
     let mut cols = None;
@@ -39,10 +39,14 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Loaded, String> {
             };
             values.push(value);
         }
+        // The values so far, and the matrix they will become, must fit.
+        if values.len() as u128 * 16 > u128::from(limit) {
+            return Err(format!("row {line}: the values so far need {}, {}", crate::cli::human_bytes(values.len() as u128 * 16), over_limit(limit)));
+        }
         rows += 1;
     }
     let cols = cols.unwrap_or(0);
-    check_dense_size(rows, cols)?;
+    check_dense_size(rows, cols, 8, limit)?;
     // Row-major in the file; column-major in memory.
     let matrix = Matrix::from_fn(rows, cols, |i, j| values[i * cols + j]);
     Ok(Loaded { matrix: DenseMatrix::F64(matrix), integer })
@@ -68,20 +72,20 @@ mod tests {
 
     #[test]
     fn reads_rows_into_columns() {
-        let l = parse(b"1,2,3\n4, 5 ,6\n\n").unwrap();
+        let l = parse(b"1,2,3\n4, 5 ,6\n\n", u64::MAX).unwrap();
         assert!(l.integer);
         assert_eq!(l.matrix.shape_string(), "2x3");
         assert_eq!(l.matrix.into_f64().into_vec(), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
-        let f = parse(b"1.5,-2e3\n").unwrap();
+        let f = parse(b"1.5,-2e3\n", u64::MAX).unwrap();
         assert!(!f.integer);
         assert_eq!(f.matrix.into_f64().into_vec(), vec![1.5, -2000.0]);
     }
 
     #[test]
     fn names_the_bad_cell_and_the_ragged_row() {
-        assert_eq!(parse(b"1,2\n3,x\n").unwrap_err(), "row 2, column 2: 'x' is not a number");
-        assert_eq!(parse(b"1,2\n3,\n").unwrap_err(), "row 2, column 2: '' is not a number");
-        assert_eq!(parse(b"1,2\n3\n").unwrap_err(), "row 2 has 1 columns, but row 1 has 2");
-        assert_eq!(parse(b"").unwrap().matrix.shape_string(), "0x0");
+        assert_eq!(parse(b"1,2\n3,x\n", u64::MAX).unwrap_err(), "row 2, column 2: 'x' is not a number");
+        assert_eq!(parse(b"1,2\n3,\n", u64::MAX).unwrap_err(), "row 2, column 2: '' is not a number");
+        assert_eq!(parse(b"1,2\n3\n", u64::MAX).unwrap_err(), "row 2 has 1 columns, but row 1 has 2");
+        assert_eq!(parse(b"", u64::MAX).unwrap().matrix.shape_string(), "0x0");
     }
 }

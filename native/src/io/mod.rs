@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use colonnade_core::DenseMatrix;
 
+use crate::cli::human_bytes;
+
 /// A bad input file: exit code 2, one line naming the file.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {problem}", path.display())]
@@ -57,20 +59,61 @@ impl Format {
     }
 }
 
-/// Reads a matrix, choosing the format by extension.
-pub fn read_matrix(path: &Path) -> Result<Loaded, InputError> {
+/// Reads a matrix, choosing the format by extension. Neither the file nor the
+/// matrix may take more than `limit` bytes of memory; both are checked before
+/// they are allocated.
+pub fn read_matrix(path: &Path, limit: u64) -> Result<Loaded, InputError> {
     let format = Format::of(path)?;
+    let size = std::fs::metadata(path).map_err(|e| InputError::new(path, describe_io(&e)))?.len();
+    if size > limit {
+        return Err(InputError::new(path, format!("the file is {}, {}", human_bytes(size.into()), over_limit(limit))));
+    }
     let bytes = std::fs::read(path).map_err(|e| InputError::new(path, describe_io(&e)))?;
-    let err = |problem: String| InputError::new(path, problem);
+    parse(format, &bytes, limit).map_err(|problem| InputError::new(path, problem))
+}
+
+/// Parses a file's untrusted bytes into a matrix of at most `limit` bytes.
+/// Never panics; the error says what is wrong and where (the caller adds the
+/// file's name). The fuzz targets call this.
+pub fn parse(format: Format, bytes: &[u8], limit: u64) -> Result<Loaded, String> {
     let loaded = match format {
-        Format::Npy => npy::parse(&bytes).map_err(err)?,
-        Format::Csv => csv::parse(&bytes).map_err(err)?,
-        Format::Mtx => mtx::parse(&bytes).map_err(err)?,
+        Format::Npy => npy::parse(bytes, limit)?,
+        Format::Csv => csv::parse(bytes, limit)?,
+        Format::Mtx => mtx::parse(bytes, limit)?,
     };
     if loaded.matrix.rows() == 0 || loaded.matrix.cols() == 0 {
-        return Err(InputError::new(path, format!("the matrix is empty ({})", loaded.matrix.shape_string())));
+        return Err(format!("the matrix is empty ({})", loaded.matrix.shape_string()));
     }
     Ok(loaded)
+}
+
+/// The fuzz targets' check (also replayed over their corpus by `cargo test`):
+/// parsing any bytes never panics, and a matrix that parses has the shape it
+/// claims and survives a write and a re-read unchanged.
+pub fn check_parse(format: Format, bytes: &[u8]) -> bool {
+    // Within libFuzzer's default 2 GiB memory limit, with room for the copies.
+    const LIMIT: u64 = 256 << 20;
+    let Ok(loaded) = parse(format, bytes, LIMIT) else { return false };
+    let m = &loaded.matrix;
+    assert_eq!(m.as_bytes().len(), m.rows() * m.cols() * m.dtype().size(), "shape and data disagree");
+    let mut out = Vec::new();
+    match format {
+        Format::Npy => npy::write(&mut out, m, false),
+        Format::Csv => csv::write(&mut out, m, false),
+        Format::Mtx => mtx::write(&mut out, m, false),
+    }
+    .expect("writing to memory");
+    let again = parse(format, &out, u64::MAX).expect("what we write, we read");
+    let same = |x: &DenseMatrix, y: &DenseMatrix| {
+        x.rows() == y.rows() && x.cols() == y.cols() && (0..x.cols()).all(|j| {
+            (0..x.rows()).all(|i| {
+                let (p, q) = (x.get_f64(i, j), y.get_f64(i, j));
+                p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan())
+            })
+        })
+    };
+    assert!(same(m, &again.matrix), "a write and a re-read changed the matrix");
+    true
 }
 
 /// Writes `matrix` in the format `path`'s extension names, as integers if `integer`
@@ -118,17 +161,23 @@ fn describe_io(e: &std::io::Error) -> String {
     }
 }
 
-/// Fails if a dense rows×cols matrix of f64 would not fit in memory, before allocating it.
-pub(crate) fn check_dense_size(rows: usize, cols: usize) -> Result<(), String> {
-    let bytes = (rows as u128) * (cols as u128) * 8;
-    let limit = available_memory().unwrap_or(u64::MAX) as u128;
-    if bytes > limit {
-        return Err(format!("a dense {rows}x{cols} matrix needs {} GiB, more than the {} GiB available", bytes >> 30, limit >> 30));
+/// Fails if a dense rows×cols matrix of `elem`-byte values would take more
+/// than `limit` bytes, before it is allocated.
+pub(crate) fn check_dense_size(rows: usize, cols: usize, elem: usize, limit: u64) -> Result<(), String> {
+    let bytes = (rows as u128) * (cols as u128) * elem as u128;
+    if bytes > u128::from(limit) {
+        return Err(format!("a dense {rows}x{cols} matrix needs {}, {}", human_bytes(bytes), over_limit(limit)));
     }
     Ok(())
 }
 
-fn available_memory() -> Option<u64> {
+/// "more than the … memory limit", saying where the limit comes from.
+pub fn over_limit(limit: u64) -> String {
+    format!("more than the {} memory limit (set by --max-memory, by default the memory available)", human_bytes(limit.into()))
+}
+
+/// Memory the system could give this process now, if it says.
+pub fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -161,14 +210,14 @@ mod tests {
         for ext in ["npy", "csv", "mtx"] {
             let path = dir.path().join(format!("m.{ext}"));
             write_matrix(&path, &m, false).unwrap();
-            assert_eq!(read_matrix(&path).unwrap().matrix, m, "{ext}");
+            assert_eq!(read_matrix(&path, u64::MAX).unwrap().matrix, m, "{ext}");
             write_matrix(&path, &ints, true).unwrap();
-            let back = read_matrix(&path).unwrap();
+            let back = read_matrix(&path, u64::MAX).unwrap();
             assert!(back.integer, "{ext}");
             assert_eq!(back.matrix, ints, "{ext}");
             write_matrix(&path, &single, false).unwrap();
             // Text formats read back as f64; the f32 values survive the trip.
-            let back = read_matrix(&path).unwrap().matrix;
+            let back = read_matrix(&path, u64::MAX).unwrap().matrix;
             assert_eq!(back.dtype(), if ext == "npy" { Dtype::F32 } else { Dtype::F64 }, "{ext}");
             assert_eq!(back.into_f32(), single.clone().into_f32(), "{ext}");
         }
@@ -176,10 +225,22 @@ mod tests {
         assert_eq!(leftovers.len(), 3, "no temporary files left: {leftovers:?}");
     }
 
+    /// Replays the fuzzers' corpora (native/fuzz/corpus/{npy,csv,mtx}), so CI checks them on every run.
+    #[test]
+    fn the_fuzz_corpora_replay_cleanly() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+        for (name, format) in [("npy", Format::Npy), ("csv", Format::Csv), ("mtx", Format::Mtx)] {
+            let files: Vec<_> = std::fs::read_dir(root.join(name)).unwrap().map(|e| e.unwrap().path()).collect();
+            let parsed = files.iter().filter(|f| check_parse(format, &std::fs::read(f).unwrap())).count();
+            assert!(files.len() >= 10, "{name}: only {} inputs", files.len());
+            assert!(parsed > 0 && parsed < files.len(), "{name}: the corpus covers good and bad files: {parsed} of {}", files.len());
+        }
+    }
+
     #[test]
     fn bad_names_are_input_errors() {
         assert_eq!(Format::of(Path::new("x.txt")).unwrap_err().to_string(), "x.txt: unknown extension '.txt' (use .npy, .csv or .mtx)");
-        assert_eq!(read_matrix(Path::new("/nonexistent/a.npy")).unwrap_err().to_string(), "/nonexistent/a.npy: no such file");
+        assert_eq!(read_matrix(Path::new("/nonexistent/a.npy"), u64::MAX).unwrap_err().to_string(), "/nonexistent/a.npy: no such file");
     }
 
     #[test]

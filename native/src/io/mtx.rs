@@ -14,7 +14,7 @@ enum Symmetry {
     Skew,
 }
 
-pub(super) fn parse(bytes: &[u8]) -> Result<Loaded, String> {
+pub(super) fn parse(bytes: &[u8], limit: u64) -> Result<Loaded, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not a text file")?;
     let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim()));
     let (_, banner) = lines.next().ok_or("empty file")?;
@@ -60,7 +60,7 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Loaded, String> {
             return Err(format!("truncated: a {rows}x{cols} array needs {stored} values"));
         }
     }
-    check_dense_size(rows, cols)?;
+    check_dense_size(rows, cols, 8, limit)?;
     let mut m = Matrix::<f64>::zeros(rows, cols).map_err(|e| e.to_string())?;
     let number = |line: usize, w: &str| -> Result<f64, String> {
         w.parse::<f64>().map_err(|_| format!("line {line}: '{w}' is not a number"))
@@ -141,7 +141,7 @@ mod tests {
     use super::*;
 
     fn dense(text: &str) -> Vec<f64> {
-        parse(text.as_bytes()).unwrap().matrix.into_f64().into_vec()
+        parse(text.as_bytes(), u64::MAX).unwrap().matrix.into_f64().into_vec()
     }
 
     #[test]
@@ -151,12 +151,12 @@ mod tests {
         assert_eq!(dense("%%MatrixMarket matrix coordinate real general\n2 3 2\n1 3 5.5\n2 1 -1\n"), vec![0.0, -1.0, 0.0, 0.0, 5.5, 0.0]);
         assert_eq!(dense("%%MatrixMarket matrix coordinate pattern symmetric\n2 2 1\n2 1\n"), vec![0.0, 1.0, 1.0, 0.0]);
         assert_eq!(dense("%%MatrixMarket matrix coordinate real skew-symmetric\n2 2 1\n2 1 3\n"), vec![0.0, 3.0, -3.0, 0.0]);
-        assert!(parse(b"%%MatrixMarket matrix coordinate integer general\n1 1 1\n1 1 7\n").unwrap().integer);
+        assert!(parse(b"%%MatrixMarket matrix coordinate integer general\n1 1 1\n1 1 7\n", u64::MAX).unwrap().integer);
     }
 
     #[test]
     fn names_the_problem() {
-        let err = |t: &str| parse(t.as_bytes()).unwrap_err();
+        let err = |t: &str| parse(t.as_bytes(), u64::MAX).unwrap_err();
         assert!(err("hello\n").starts_with("not a Matrix Market file"));
         assert!(err("%%MatrixMarket matrix array complex general\n").starts_with("unsupported field 'complex'"));
         assert_eq!(err("%%MatrixMarket matrix coordinate real general\n2 2 1\n3 1 1\n"), "line 3: index '3' is outside 1..=2");

@@ -181,7 +181,7 @@ impl Parser<'_> {
     }
 }
 
-pub(super) fn parse(bytes: &[u8]) -> Result<Loaded, String> {
+pub(super) fn parse(bytes: &[u8], limit: u64) -> Result<Loaded, String> {
     if bytes.len() < 10 || !bytes.starts_with(MAGIC) {
         return Err("not a .npy file (bad magic bytes)".into());
     }
@@ -228,10 +228,12 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Loaded, String> {
     if (data.len() as u128) > need {
         return Err(format!("corrupt: {} bytes after the {rows}x{cols} array's data", data.len() as u128 - need));
     }
+    let single = descr.kind == Kind::Float && descr.size == 4;
+    super::check_dense_size(rows, cols, if single { 4 } else { 8 }, limit)?;
     // Index of the element at (i, j) in the file's order.
     let at = |i: usize, j: usize| if fortran { j * rows + i } else { i * cols + j };
     let integer = descr.kind != Kind::Float;
-    let matrix = if descr.kind == Kind::Float && descr.size == 4 {
+    let matrix = if single {
         let e = |i, j| descr.read(&data[at(i, j) * 4..at(i, j) * 4 + 4]) as f32;
         DenseMatrix::F32(Matrix::from_fn(rows, cols, e))
     } else if fortran && descr.kind == Kind::Float && !descr.big_endian {
@@ -317,18 +319,18 @@ mod tests {
             (">u2", false, &u16be, true),
             ("<f4", false, &f32s, false),
         ] {
-            let loaded = parse(&npy(descr, f, "(2, 3)", data)).unwrap();
+            let loaded = parse(&npy(descr, f, "(2, 3)", data), u64::MAX).unwrap();
             assert_eq!((values(&loaded), loaded.integer), (want.clone(), integer), "{descr} fortran={f}");
             assert_eq!(loaded.matrix.shape_string(), "2x3");
         }
-        let neg = parse(&npy("|i1", false, "(1, 2)", &[0xff, 0x80])).unwrap();
+        let neg = parse(&npy("|i1", false, "(1, 2)", &[0xff, 0x80]), u64::MAX).unwrap();
         assert_eq!(values(&neg), vec![-1.0, -128.0]);
-        assert!(matches!(parse(&npy("<f4", false, "(1, 1)", &[0; 4])).unwrap().matrix, DenseMatrix::F32(_)));
+        assert!(matches!(parse(&npy("<f4", false, "(1, 1)", &[0; 4]), u64::MAX).unwrap().matrix, DenseMatrix::F32(_)));
     }
 
     #[test]
     fn names_the_problem() {
-        let err = |bytes: &[u8]| parse(bytes).unwrap_err();
+        let err = |bytes: &[u8]| parse(bytes, u64::MAX).unwrap_err();
         assert_eq!(err(b"hello, world"), "not a .npy file (bad magic bytes)");
         assert!(err(&npy("<f8", false, "(2, 3)", &[0; 40])).starts_with("truncated: a 2x3 array needs 48 bytes"));
         assert!(err(&npy("<c16", false, "(1, 1)", &[0; 16])).starts_with("unsupported dtype '<c16'"));
@@ -346,7 +348,7 @@ mod tests {
             let mut bytes = npy("<f8", false, "(2, 2)", &[]);
             bytes.truncate(10 + (tail.len() % 60));
             bytes.extend_from_slice(&tail);
-            let _ = parse(&bytes);
+            let _ = parse(&bytes, u64::MAX);
         }
     }
 }

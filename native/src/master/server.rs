@@ -16,7 +16,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use colonnade_core::codec::MAX_MESSAGE;
+use colonnade_core::codec::MAX_HEADER;
+use colonnade_core::protocol::MAX_CHUNK;
 use colonnade_core::protocol::Frame;
 use colonnade_core::scheduler::WorkerId;
 use futures_util::{SinkExt, StreamExt};
@@ -50,7 +51,7 @@ pub struct Traffic {
     pub encode_nanos: AtomicU64,
 }
 
-/// Who may connect, and how long a new connection may stay silent.
+/// How much the master lets connections and workers take.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Open WebSocket connections; more are refused with 503.
@@ -58,11 +59,22 @@ pub struct Limits {
     /// Time for a new WebSocket to send its Hello before it is closed
     /// (so idle and slowloris sockets cannot pile up).
     pub handshake_timeout: Duration,
+    /// Largest body of one message, either way; a larger message closes the connection.
+    pub max_chunk: usize,
+    /// Tasks one worker may hold at once, whatever it asks for (its credit).
+    pub max_slots: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_connections: 1024, handshake_timeout: Duration::from_secs(10) }
+        Self { max_connections: 1024, handshake_timeout: Duration::from_secs(10), max_chunk: MAX_CHUNK, max_slots: 4 }
+    }
+}
+
+impl Limits {
+    /// Largest WebSocket message: a header and one chunk.
+    pub fn max_message(&self) -> usize {
+        self.max_chunk + MAX_HEADER
     }
 }
 
@@ -153,8 +165,8 @@ async fn upgrade(ws: WebSocketUpgrade, ConnectInfo(addr): ConnectInfo<SocketAddr
         tracing::warn!(%addr, "refused a connection: {} are open already", state.limits.max_connections);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections to this master; try again later").into_response();
     };
-    ws.max_message_size(MAX_MESSAGE)
-        .max_frame_size(MAX_MESSAGE)
+    ws.max_message_size(state.limits.max_message())
+        .max_frame_size(state.limits.max_message())
         .on_upgrade(move |socket| connection(socket, addr, state, open))
         .into_response()
 }
@@ -204,7 +216,14 @@ async fn connection(socket: WebSocket, addr: SocketAddr, state: AppState, _open:
                 }
             }
         };
-        let Some(Ok(message)) = next else { break };
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => {
+                tracing::warn!(%addr, "closed a connection: {e}");
+                break;
+            }
+            None => break,
+        };
         heard = true;
         let bytes = match message {
             Message::Binary(bytes) => {

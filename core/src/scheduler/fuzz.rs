@@ -1,0 +1,35 @@
+//! The `hostile_worker` fuzz target's harness (core/fuzz), also replayed over
+//! its corpus by `cargo test`: whatever a worker sends after a valid Hello,
+//! the scheduler never panics.
+
+use std::time::Duration;
+
+use super::{Scheduler, SchedulerConfig};
+use crate::codec;
+use crate::matrix::{DenseMatrix, Matrix};
+use crate::plan::Plan;
+use crate::protocol::{Message, Token, WorkerKind, PROTOCOL_VERSION};
+
+/// Feeds `data` to a small job as one worker's messages, each prefixed by a
+/// one-byte length. Returns how many it accepted, and whether it then broke a rule.
+pub fn check_hostile_worker(data: &[u8]) -> (usize, bool) {
+    let a = DenseMatrix::F64(Matrix::from_fn(3, 2, |i, j| (i + j) as f64));
+    let b = DenseMatrix::F64(Matrix::from_fn(2, 4, |i, j| (i * j) as f64));
+    let mut sched = Scheduler::new(SchedulerConfig::default(), 1, a, b, Plan::new(3, 2, 4, 1)).expect("a valid job");
+    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Native, threads: 1, slots: 2, name: "f".into(), token: Token::default() };
+    sched.handle_message(1, &codec::encode(&hello, &[]), Duration::ZERO).expect("a valid Hello");
+    let (mut rest, mut now, mut accepted) = (data, Duration::ZERO, 0);
+    while let Some((&len, tail)) = rest.split_first() {
+        let (message, tail) = tail.split_at((len as usize).min(tail.len()));
+        rest = tail;
+        now += Duration::from_millis(u64::from(len));
+        if sched.handle_message(1, message, now).is_err() {
+            sched.handle_disconnect(1, now);
+            return (accepted, true);
+        }
+        accepted += 1;
+        sched.handle_timeout(now);
+        while sched.poll_transmit().is_some() {}
+    }
+    (accepted, false)
+}
