@@ -20,6 +20,7 @@ use crate::compute;
 use crate::io::{self, Format, InputError};
 use crate::master::{JobReport, Limits, Master};
 use crate::procstats;
+use crate::tls::ServerTls;
 
 #[derive(Clone, Debug)]
 pub struct MultiplyArgs {
@@ -51,6 +52,8 @@ pub struct Serving {
     pub local_workers: usize,
     pub limits: Limits,
     pub access: Access,
+    /// Serve https and wss with this certificate.
+    pub tls: Option<ServerTls>,
 }
 
 pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
@@ -241,7 +244,7 @@ async fn run(spec: JobSpec, serving: &Serving) -> anyhow::Result<JobReport> {
         println!("checkpoint {}: {restored} of {} blocks already done ({width} columns each)", dir.display(), plan.blocks());
     }
     let writer = checkpoint.as_ref().map(|(_, cp)| cp.writer());
-    let mut master = Master::bind(serving.listen, serving.limits).await?;
+    let mut master = Master::bind(serving.listen, serving.limits, serving.tls.as_ref()).await?;
     println!("master listening on {}", master.local_addr());
     println!("  add a worker:  worker {}", master.worker_url());
     println!("  or a browser:  {}", master.page_url());

@@ -8,4 +8,5 @@ pub mod compute;
 pub mod io;
 pub mod master;
 pub mod procstats;
+pub mod tls;
 pub mod worker;

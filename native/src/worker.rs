@@ -4,6 +4,7 @@
 //! a master restart), computes on blocking threads while the socket keeps
 //! receiving the next task, and on shutdown hands back what it holds.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
@@ -29,11 +30,17 @@ pub struct WorkerOptions {
     pub max_backoff: Duration,
     /// Sent in Hello to a master that requires it; never logged.
     pub token: Token,
+    /// Whom to trust for wss:// URLs.
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 impl WorkerOptions {
     pub fn new(url: impl Into<String>, threads: usize, name: impl Into<String>) -> Self {
-        Self { url: url.into(), threads: threads.max(1), name: name.into(), slots: 2, max_backoff: Duration::from_secs(5), token: Token::default() }
+        Self { url: url.into(), threads: threads.max(1), name: name.into(), slots: 2,
+            max_backoff: Duration::from_secs(5),
+            token: Token::default(),
+            tls: crate::tls::client_config(None).expect("the built-in roots need no file"),
+        }
     }
 }
 
@@ -63,7 +70,8 @@ pub async fn run(options: WorkerOptions, mut shutdown: watch::Receiver<bool>) ->
         if *shutdown.borrow() {
             return Ok(());
         }
-        let connect = tokio_tungstenite::connect_async_with_config(&options.url, Some(config), true);
+        let connector = tokio_tungstenite::Connector::Rustls(Arc::clone(&options.tls));
+        let connect = tokio_tungstenite::connect_async_tls_with_config(&options.url, Some(config), true, Some(connector));
         let outcome = tokio::select! {
             c = connect => c,
             _ = shutdown.changed() => return Ok(()),
@@ -85,13 +93,30 @@ pub async fn run(options: WorkerOptions, mut shutdown: watch::Receiver<bool>) ->
             Err(tokio_tungstenite::tungstenite::Error::Url(e)) => {
                 return Err(anyhow!("{}: not a usable WebSocket URL: {e}", options.url));
             }
-            Err(e) => tracing::info!(url = %options.url, "cannot reach the master ({e}); retrying in {backoff:?}"),
+            Err(e) => match tls_failure(&e) {
+                Some(why) => tracing::warn!(
+                    url = %options.url,
+                    "TLS with the master failed ({why}); for a master with a private certificate, pass its CA with --ca FILE; retrying in {backoff:?}"
+                ),
+                None => tracing::info!(url = %options.url, "cannot reach the master ({e}); retrying in {backoff:?}"),
+            },
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.changed() => return Ok(()),
         }
         backoff = (backoff * 2).min(options.max_backoff);
+    }
+}
+
+/// The TLS problem behind a failed connection, if that is what it was (rustls
+/// reports through the IO error it returns).
+fn tls_failure(e: &tokio_tungstenite::tungstenite::Error) -> Option<String> {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Tls(tls) => Some(tls.to_string()),
+        Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>().map(ToString::to_string),
+        _ => None,
     }
 }
 

@@ -10,6 +10,7 @@ use colonnade_native::cli::{self, BadInput};
 use colonnade_native::master::Limits;
 use colonnade_native::commands::{self, DemoArgs, MultiplyArgs, Serving};
 use colonnade_core::scheduler::Access;
+use colonnade_native::tls::ServerTls;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Colonnade master: distributed C = A·B over native and browser workers")]
@@ -19,6 +20,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once at start; boxing would buy nothing
 enum Command {
     /// Multiply two matrix files (.npy, .csv or .mtx) and write C.
     Multiply {
@@ -64,6 +66,12 @@ enum Command {
         /// Turn browser volunteers away (with --token-file: only token holders may join).
         #[arg(long)]
         no_browsers: bool,
+        /// Serve https and wss with this PEM certificate (chain); needs --tls-key.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key for --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// Record each verified block in DIR (durably), and resume from it: run
         /// the same command again after a crash and finished blocks are kept.
         #[arg(long, value_name = "DIR")]
@@ -118,6 +126,8 @@ fn main() -> ExitCode {
                 max_chunk,
                 max_slots,
                 max_memory,
+                tls_cert,
+                tls_key,
             } => {
                 let block = block.map(|b| b as usize);
                 let Ok(handshake_timeout) = std::time::Duration::try_from_secs_f64(handshake_timeout) else {
@@ -126,11 +136,15 @@ fn main() -> ExitCode {
                 let limits = Limits { max_connections: max_connections as usize, handshake_timeout, max_chunk: max_chunk as usize, max_slots };
                 let token = token_file.as_deref().map(cli::read_token).transpose()?;
                 let access = Access { token, browsers: !no_browsers };
-                let serving = Serving { listen, local_workers, limits, access };
+                let tls = match (tls_cert, tls_key) {
+                    (Some(cert), Some(key)) => Some(ServerTls::load(&cert, &key)?),
+                    _ => None,
+                };
+                let serving = Serving { listen, local_workers, limits, access, tls };
                 commands::multiply(MultiplyArgs { a, b, output, block, stats_json, checkpoint, max_memory, serving }).await.map(|()| true)
             }
             Command::Demo { size, local_workers, listen, block } => {
-                let serving = Serving { listen, local_workers, limits: Limits::default(), access: Access::default() };
+                let serving = Serving { listen, local_workers, limits: Limits::default(), access: Access::default(), tls: None };
                 commands::demo(DemoArgs { size, block: block.map(|b| b as usize), serving }).await
             }
         }

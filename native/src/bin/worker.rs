@@ -23,6 +23,10 @@ struct Args {
     /// A file holding the master's token, for a master started with --token-file.
     #[arg(long, value_name = "FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// PEM certificates of the CA that signed the master's (for wss:// with a
+    /// private CA); the public web's roots are always trusted.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -34,6 +38,10 @@ fn main() -> ExitCode {
     };
     let token = match args.token_file.as_deref().map(cli::read_token).transpose() {
         Ok(token) => token.unwrap_or_default(),
+        Err(e) => return cli::fail(e.into()),
+    };
+    let tls = match colonnade_native::tls::client_config(args.ca.as_deref()) {
+        Ok(tls) => tls,
         Err(e) => return cli::fail(e.into()),
     };
     let threads = args.threads.map_or_else(compute::available_cores, |t| t as usize);
@@ -48,7 +56,7 @@ fn main() -> ExitCode {
             cli::stop_requested().await;
             let _ = stop.send(true);
         });
-        worker::run(WorkerOptions { token, ..WorkerOptions::new(url, threads, name) }, stopped).await
+        worker::run(WorkerOptions { token, tls, ..WorkerOptions::new(url, threads, name) }, stopped).await
     });
     runtime.shutdown_background();
     match result {

@@ -26,6 +26,7 @@ pub use server::Limits;
 use server::{Input, Outgoing, Traffic};
 
 use crate::checkpoint;
+use crate::tls::ServerTls;
 use crate::worker::{self, WorkerOptions};
 
 /// A listening master, ready to run a job.
@@ -35,6 +36,8 @@ pub struct Master {
     inputs: mpsc::Receiver<Input>,
     status: watch::Sender<Status>,
     traffic: Arc<Traffic>,
+    /// The certificate it serves, if it speaks TLS.
+    certificate: Option<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// What a finished job produced, and how it went.
@@ -71,15 +74,15 @@ impl JobReport {
 }
 
 impl Master {
-    /// Binds `listen` and starts serving, within `limits`.
-    pub async fn bind(listen: SocketAddr, limits: Limits) -> anyhow::Result<Self> {
+    /// Binds `listen` and starts serving, within `limits`, over TLS if `tls` is given.
+    pub async fn bind(listen: SocketAddr, limits: Limits, tls: Option<&ServerTls>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         let (tx, inputs) = mpsc::channel(64);
         let (status, status_rx) = watch::channel(Status::default());
         let traffic = Arc::new(Traffic::default());
-        server::spawn(listener, tx, status_rx, Arc::clone(&traffic), limits);
-        Ok(Self { addr, inputs, status, traffic })
+        server::spawn(listener, tx, status_rx, Arc::clone(&traffic), limits, tls.map(|t| Arc::clone(&t.config)))?;
+        Ok(Self { addr, inputs, status, traffic, certificate: tls.map(|t| t.certificate.clone()) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -89,11 +92,13 @@ impl Master {
     /// The URL workers connect to. An unspecified address (0.0.0.0) is shown as
     /// this host's name, which is what a remote worker needs.
     pub fn worker_url(&self) -> String {
-        format!("ws://{}/ws", self.public_host())
+        let scheme = if self.certificate.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}/ws", self.public_host())
     }
 
     pub fn page_url(&self) -> String {
-        format!("http://{}/", self.public_host())
+        let scheme = if self.certificate.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/", self.public_host())
     }
 
     fn public_host(&self) -> String {
@@ -110,10 +115,14 @@ impl Master {
     /// speak the same protocol as remote workers, and present `token`.
     pub fn spawn_local_workers(&self, count: usize, threads_each: usize, token: &Token) -> LocalWorkers {
         let (stop, stopped) = watch::channel(false);
-        let url = format!("ws://{}/ws", SocketAddr::new(loopback_for(self.addr), self.addr.port()));
+        let scheme = if self.certificate.is_some() { "wss" } else { "ws" };
+        let url = format!("{scheme}://{}/ws", SocketAddr::new(loopback_for(self.addr), self.addr.port()));
+        // Over TLS they trust exactly this master's certificate, whatever names it holds.
+        let tls = self.certificate.clone().map(crate::tls::pinned_client_config);
         let handles = (1..=count)
             .map(|i| {
-                let options = WorkerOptions { token: token.clone(), ..WorkerOptions::new(url.clone(), threads_each, format!("local-{i}")) };
+                let defaults = WorkerOptions::new(url.clone(), threads_each, format!("local-{i}"));
+                let options = WorkerOptions { token: token.clone(), tls: tls.clone().unwrap_or(defaults.tls.clone()), ..defaults };
                 tokio::spawn(worker::run(options, stopped.clone()))
             })
             .collect();

@@ -107,14 +107,15 @@ struct AppState {
     open: Arc<AtomicUsize>,
 }
 
-/// Serves on `listener` until the process ends.
+/// Serves on `listener` until the process ends: https and wss if `tls` is given.
 pub fn spawn(
     listener: tokio::net::TcpListener,
     inputs: mpsc::Sender<Input>,
     status: watch::Receiver<Status>,
     traffic: Arc<Traffic>,
     limits: Limits,
-) {
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
     let open = Arc::new(AtomicUsize::new(0));
     let state = AppState { inputs, next_worker: Arc::new(AtomicU64::new(1)), status, traffic, limits, open };
     let app = Router::new()
@@ -123,18 +124,31 @@ pub fn spawn(
         .route("/pkg/{file}", get(web_asset))
         .route("/ws", get(upgrade))
         .with_state(state);
-    // Small frames (a task's header, then its first chunk) must not wait for
-    // delayed ACKs: without TCP_NODELAY each task costs tens of milliseconds.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!("cannot set TCP_NODELAY: {e}");
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    use axum::serve::ListenerExt;
+    match tls {
+        None => {
+            // Small frames (a task's header, then its first chunk) must not wait for
+            // delayed ACKs: without TCP_NODELAY each task costs tens of milliseconds.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!("cannot set TCP_NODELAY: {e}");
+                }
+            });
+            tokio::spawn(async move { report_end(axum::serve(listener, app).await) });
         }
-    });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
-            tracing::error!("the HTTP server stopped: {e}");
+        Some(config) => {
+            let listener = crate::tls::TlsListener::new(listener, config, limits.handshake_timeout)?.tap_io(|_| {});
+            tokio::spawn(async move { report_end(axum::serve(listener, app).await) });
         }
-    });
+    }
+    Ok(())
+}
+
+fn report_end(result: std::io::Result<()>) {
+    if let Err(e) = result {
+        tracing::error!("the HTTP server stopped: {e}");
+    }
 }
 
 async fn index(State(state): State<AppState>) -> Html<String> {

@@ -1,0 +1,76 @@
+//! The master over https and wss, with a certificate from a private CA.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// Writes a private CA (ca.pem) and a certificate it signed for localhost and
+/// 127.0.0.1 (cert.pem, key.pem) into `dir`.
+fn make_certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "Colonnade test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+}
+
+fn wss_worker(name: &str, addr: &str, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(WORKER);
+    cmd.arg(format!("wss://{addr}/ws")).args(["--threads", "1", "--name", name]).args(extra).env("RUST_LOG", "debug");
+    Proc::spawn(name, &mut cmd)
+}
+
+#[test]
+fn a_job_runs_over_wss_and_only_trusting_workers_get_in() {
+    let _serial = serial();
+    let dir = temp_dir();
+    make_certificates(dir.path());
+    let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
+    let a = Dense::random_ints(40, 40, 41);
+    write_csv(&a_path, &a);
+    let (cert, key, ca) = (path(&dir, "cert.pem"), path(&dir, "key.pem"), path(&dir, "ca.pem"));
+    let tls = ["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+    let (mut master, addr) = start_master(&a_path, &a_path, &c_path, &[&tls[..], &["--block", "5"]].concat());
+    master.wait_for("the wss URL", LONG, |l| l.contains(&format!("worker wss://{addr}/ws")));
+
+    let stranger = wss_worker("stranger", &addr, &[]);
+    let line = stranger.wait_for("the TLS failure", LONG, |l| l.contains("TLS with the master failed"));
+    assert!(line.contains("UnknownIssuer") && line.contains("--ca FILE"), "{line}");
+    let plain = start_worker("plain", &addr, &[]); // ws:// to a TLS port
+    plain.wait_for("a failed plain connection", LONG, |l| l.contains("cannot reach the master"));
+    drop((stranger, plain));
+
+    let trusting = wss_worker("trusting", &addr, &["--ca", ca.to_str().unwrap()]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_csv(&c_path), naive(&a, &a));
+    assert_eq!(worker_blocks(&master.output()), vec![("native".to_owned(), 8)], "only the trusting worker joined");
+    assert!(master.output().contains("TLS handshake failed"), "{}", master.output());
+    drop(trusting);
+}
+
+#[test]
+fn local_workers_trust_their_masters_own_certificate() {
+    let _serial = serial();
+    let dir = temp_dir();
+    make_certificates(dir.path());
+    let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
+    let a = Dense::random_ints(12, 12, 42);
+    write_csv(&a_path, &a);
+    let (cert, key) = (path(&dir, "cert.pem"), path(&dir, "key.pem"));
+    let args = ["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--local-workers", "1"];
+    let (mut master, _) = start_master(&a_path, &a_path, &c_path, &args);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_csv(&c_path), naive(&a, &a));
+}
