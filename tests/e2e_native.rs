@@ -4,7 +4,9 @@ mod common;
 
 use std::time::Duration;
 
+use colonnade_core::protocol::{Message, Token, WorkerKind, PROTOCOL_VERSION};
 use common::*;
+use tokio_tungstenite::tungstenite;
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -233,13 +235,19 @@ fn a_token_keeps_strangers_out_and_lets_its_holders_in() {
     }
 }
 
+type RawSocket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+
+/// A WebSocket to the master, opened by hand, that has said Hello as `kind` with no token.
+fn raw_hello(addr: &str, kind: WorkerKind) -> RawSocket {
+    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/ws")).expect("WebSocket handshake");
+    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind, threads: 1, slots: 1, name: "raw".into(), token: Token::default() };
+    ws.send(tungstenite::Message::Binary(colonnade_core::codec::encode(&hello, &[]).into())).unwrap();
+    ws
+}
+
 /// Says Hello as a browser tab with no token; returns why the master refused it.
 fn hello_as_browser(addr: &str) -> String {
-    use colonnade_core::protocol::{Message, Token, WorkerKind, PROTOCOL_VERSION};
-    use tokio_tungstenite::tungstenite;
-    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/ws")).expect("WebSocket handshake");
-    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Browser, threads: 1, slots: 1, name: "tab".into(), token: Token::default() };
-    ws.send(tungstenite::Message::Binary(colonnade_core::codec::encode(&hello, &[]).into())).unwrap();
+    let mut ws = raw_hello(addr, WorkerKind::Browser);
     loop {
         match ws.read().expect("the master answers before closing") {
             tungstenite::Message::Binary(bytes) => match colonnade_core::codec::decode(&bytes).unwrap().0 {
@@ -302,11 +310,7 @@ fn chunk_and_credit_limits_hold() {
 
 /// Joins, then sends a message of `size` bytes and reads until the master hangs up.
 fn send_oversized_message(addr: &str, size: usize) {
-    use colonnade_core::protocol::{Message, Token, WorkerKind, PROTOCOL_VERSION};
-    use tokio_tungstenite::tungstenite;
-    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/ws")).expect("WebSocket handshake");
-    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Native, threads: 1, slots: 1, name: "big".into(), token: Token::default() };
-    ws.send(tungstenite::Message::Binary(colonnade_core::codec::encode(&hello, &[]).into())).unwrap();
+    let mut ws = raw_hello(addr, WorkerKind::Native);
     let _ = ws.send(tungstenite::Message::Binary(vec![0u8; size].into()));
     while ws.read().is_ok() {}
 }
