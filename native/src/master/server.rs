@@ -145,6 +145,14 @@ pub fn spawn(
     Ok(())
 }
 
+/// Whether a read failed only because the peer went away (a worker stopped,
+/// a tab closed), which needs no warning, rather than because it broke a rule.
+fn hung_up(e: &axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::{error::ProtocolError, Error};
+    let inner = std::error::Error::source(e).and_then(|s| s.downcast_ref::<Error>());
+    matches!(inner, Some(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) | Error::ConnectionClosed | Error::AlreadyClosed | Error::Io(_)))
+}
+
 fn report_end(result: std::io::Result<()>) {
     if let Err(e) = result {
         tracing::error!("the HTTP server stopped: {e}");
@@ -232,6 +240,7 @@ async fn connection(socket: WebSocket, addr: SocketAddr, state: AppState, _open:
         };
         let message = match next {
             Some(Ok(message)) => message,
+            Some(Err(e)) if hung_up(&e) => break,
             Some(Err(e)) => {
                 tracing::warn!(%addr, "closed a connection: {e}");
                 break;
