@@ -74,3 +74,22 @@ fn local_workers_trust_their_masters_own_certificate() {
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_csv(&c_path), naive(&a, &a));
 }
+
+#[test]
+fn a_self_signed_certificate_works_when_the_worker_is_given_it() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap().self_signed(&key).unwrap();
+    let (cert_path, key_path) = (path(&dir, "self.pem"), path(&dir, "self-key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
+    let a = Dense::random_ints(20, 20, 43);
+    write_csv(&a_path, &a);
+    let tls = ["--tls-cert", cert_path.to_str().unwrap(), "--tls-key", key_path.to_str().unwrap(), "--block", "5"];
+    let (mut master, addr) = start_master(&a_path, &a_path, &c_path, &tls);
+    let _worker = wss_worker("w", &addr, &["--ca", cert_path.to_str().unwrap()]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_csv(&c_path), naive(&a, &a));
+}
