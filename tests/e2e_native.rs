@@ -314,3 +314,24 @@ fn send_oversized_message(addr: &str, size: usize) {
     let _ = ws.send(tungstenite::Message::Binary(vec![0u8; size].into()));
     while ws.read().is_ok() {}
 }
+
+#[test]
+fn slow_http_requests_are_dropped() {
+    use std::io::{Read, Write};
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
+    write_csv(&a_path, &Dense::random_ints(4, 4, 13));
+    let (_master, addr) = start_master(&a_path, &a_path, &c_path, &["--handshake-timeout", "0.5"]);
+    // Half a request head, then silence (slowloris); and a connection that says nothing.
+    for opening in [&b"GET / HTTP/1.1\r\nHost: x\r\n"[..], b""] {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(opening).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let start = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let closed = s.read_to_end(&mut rest).is_ok();
+        let waited = start.elapsed();
+        assert!(closed && waited >= Duration::from_millis(400) && waited < Duration::from_secs(8), "{opening:?}: closed={closed} after {waited:?}");
+    }
+}

@@ -93,3 +93,28 @@ fn a_self_signed_certificate_works_when_the_worker_is_given_it() {
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_csv(&c_path), naive(&a, &a));
 }
+
+#[test]
+fn a_tls_connection_that_says_nothing_after_its_handshake_is_dropped() {
+    use std::io::Read;
+    let _serial = serial();
+    let dir = temp_dir();
+    make_certificates(dir.path());
+    let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
+    write_csv(&a_path, &Dense::random_ints(4, 4, 44));
+    let (cert, key, ca) = (path(&dir, "cert.pem"), path(&dir, "key.pem"), path(&dir, "ca.pem"));
+    let args = ["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--handshake-timeout", "0.5"];
+    let (master, addr) = start_master(&a_path, &a_path, &c_path, &args);
+    let config = colonnade_native::tls::client_config(Some(&ca)).unwrap();
+    let mut conn = rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).expect("the handshake completes");
+    }
+    let start = std::time::Instant::now();
+    let _ = rustls::Stream::new(&mut conn, &mut sock).read_to_end(&mut Vec::new()); // returns when the master hangs up
+    let waited = start.elapsed();
+    assert!(waited < Duration::from_secs(8), "still open after {waited:?}");
+    master.wait_for("the drop logged", LONG, |l| l.contains("said nothing within"));
+}

@@ -1,6 +1,7 @@
 //! The master: serves workers and drives core's scheduler from a `select!` loop.
 
 mod assets;
+mod gate;
 mod page;
 mod progress;
 mod server;

@@ -24,6 +24,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 use super::assets;
+use super::gate::GatedListener;
 use super::page::{self, Status};
 
 /// What the connections tell the driver.
@@ -124,25 +125,36 @@ pub fn spawn(
         .route("/pkg/{file}", get(web_asset))
         .route("/ws", get(upgrade))
         .with_state(state);
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    use axum::serve::ListenerExt;
+    let timeout = limits.handshake_timeout;
     match tls {
-        None => {
-            // Small frames (a task's header, then its first chunk) must not wait for
-            // delayed ACKs: without TCP_NODELAY each task costs tens of milliseconds.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::warn!("cannot set TCP_NODELAY: {e}");
-                }
-            });
-            tokio::spawn(async move { report_end(axum::serve(listener, app).await) });
-        }
-        Some(config) => {
-            let listener = crate::tls::TlsListener::new(listener, config, limits.handshake_timeout)?.tap_io(|_| {});
-            tokio::spawn(async move { report_end(axum::serve(listener, app).await) });
-        }
-    }
+        None => tokio::spawn(serve(GatedListener::plain(listener, timeout)?, app, timeout)),
+        Some(config) => tokio::spawn(serve(GatedListener::tls(listener, config, timeout)?, app, timeout)),
+    };
     Ok(())
+}
+
+/// Serves `app` on every connection `listener` yields. Unlike `axum::serve`, it
+/// gives hyper a timer, so a client that has not sent a whole request head
+/// within `header_timeout` is dropped: slow HTTP (slowloris) holds nothing open.
+async fn serve<L: axum::serve::Listener<Addr = SocketAddr>>(mut listener: L, app: Router, header_timeout: Duration) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::Service;
+    loop {
+        let (io, addr) = listener.accept().await;
+        let app = app.clone();
+        tokio::spawn(async move {
+            // Handlers read the peer's address as `ConnectInfo`, as under axum::serve.
+            let service = hyper::service::service_fn(move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(addr));
+                app.clone().call(request.map(axum::body::Body::new))
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
+                tracing::debug!(%addr, "connection ended: {e}");
+            }
+        });
+    }
 }
 
 /// Whether a read failed only because the peer went away (a worker stopped,
@@ -151,12 +163,6 @@ fn hung_up(e: &axum::Error) -> bool {
     use tokio_tungstenite::tungstenite::{error::ProtocolError, Error};
     let inner = std::error::Error::source(e).and_then(|s| s.downcast_ref::<Error>());
     matches!(inner, Some(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) | Error::ConnectionClosed | Error::AlreadyClosed | Error::Io(_)))
-}
-
-fn report_end(result: std::io::Result<()>) {
-    if let Err(e) = result {
-        tracing::error!("the HTTP server stopped: {e}");
-    }
 }
 
 async fn index(State(state): State<AppState>) -> Html<String> {
