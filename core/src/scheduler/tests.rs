@@ -381,16 +381,6 @@ fn restored_blocks_are_verified_and_never_recomputed() {
     assert_eq!(sim.count(w, |msg| matches!(msg, Message::Task { .. })), 5, "every block but the restored one");
 }
 
-/// Replays the hostile_worker fuzzer's corpus (core/fuzz/corpus/hostile_worker).
-#[test]
-fn the_hostile_worker_corpus_replays_cleanly() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/hostile_worker");
-    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    let outcomes: Vec<_> = files.iter().map(|f| fuzz::check_hostile_worker(&std::fs::read(f).unwrap())).collect();
-    assert!(files.len() >= 20, "{} holds {} inputs", dir.display(), files.len());
-    assert!(outcomes.iter().any(|&(_, cut)| cut) && outcomes.iter().any(|&(n, cut)| n > 0 && !cut), "both rule-breakers and survivors: {outcomes:?}");
-}
-
 fn hello(kind: WorkerKind, token: &str) -> Vec<u8> {
     let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind, threads: 1, slots: 1, name: "w".into(), token: Token::new(token) };
     codec::encode(&hello, &[])
