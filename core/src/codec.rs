@@ -3,7 +3,7 @@
 
 use bincode::config::{self, Config};
 
-use crate::protocol::{Message, MAX_CHUNK};
+use crate::protocol::{Frame, Message, MAX_CHUNK};
 
 /// Largest header we decode; bounds what a hostile peer can make us allocate.
 pub const MAX_HEADER: usize = 64 * 1024;
@@ -34,6 +34,11 @@ pub fn encode(message: &Message, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The bytes of one WebSocket binary message carrying `frame`.
+pub fn encode_frame(frame: &Frame) -> Vec<u8> {
+    encode(&frame.message, &frame.body)
+}
+
 /// Decodes untrusted bytes into a header and its body. Never panics, and
 /// allocates at most `MAX_HEADER` bytes for the header.
 pub fn decode(bytes: &[u8]) -> Result<(Message, &[u8]), CodecError> {
@@ -49,6 +54,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Message, &[u8]), CodecError> {
     Ok((message, body))
 }
 
+#[cfg(feature = "fuzzing")]
 /// The fuzz target's check (also replayed over its corpus by `cargo test`):
 /// decoding any bytes never panics, and what decodes re-encodes to the same message.
 pub fn check_decode(bytes: &[u8]) -> bool {

@@ -8,11 +8,13 @@ compile_error!("Colonnade's wire format is raw little-endian; big-endian hosts a
 
 pub mod assembly;
 pub mod codec;
+pub mod job;
 pub mod kernel;
 pub mod liveness;
 pub mod matrix;
 pub mod payload;
 pub mod plan;
+pub mod pool;
 pub mod protocol;
 pub mod scheduler;
 pub mod verify;

@@ -137,10 +137,6 @@ impl Frame {
     pub fn with_body(message: Message, body: bytes::Bytes) -> Self {
         Self { message, body }
     }
-    /// The bytes of one WebSocket binary message.
-    pub fn encode(&self) -> Vec<u8> {
-        crate::codec::encode(&self.message, &self.body)
-    }
 }
 
 /// Lets a matrix's bytes be shared as `Bytes` without copying them.

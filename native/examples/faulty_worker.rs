@@ -53,7 +53,7 @@ async fn serve(url: &str, mode: &str, bind: Option<IpAddr>) -> Result<(), Box<dy
     let mut previous: Option<DenseMatrix> = None;
     loop {
         while let Some(frame) = session.poll_transmit() {
-            sink.send(WsMessage::Binary(frame.encode().into())).await?;
+            sink.send(WsMessage::Binary(colonnade_core::codec::encode_frame(&frame).into())).await?;
         }
         let Some(message) = stream.next().await else { return Ok(()) };
         let WsMessage::Binary(bytes) = message? else { continue };

@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use colonnade_core::kernel::flops;
 use colonnade_core::plan::{CostModel, Plan};
+use colonnade_core::job::Job;
 use colonnade_core::scheduler::{Access, Scheduler, SchedulerConfig};
 use colonnade_core::verify::Verifier;
 use colonnade_core::{DenseMatrix, Dtype, Matrix};
@@ -181,7 +182,6 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
-/// Listens, starts local workers, and runs the job.
 /// A job's inputs and how to split and check it.
 struct JobSpec {
     a: DenseMatrix,
@@ -192,18 +192,68 @@ struct JobSpec {
     checkpoint: Option<PathBuf>,
 }
 
+/// A job ready to run, and what preparing it took.
+struct Prepared {
+    job: Job,
+    verify_prep: Duration,
+    restored_columns: usize,
+}
+
 /// Listens, starts local workers, and runs the job, checking every result.
 async fn run(spec: JobSpec, serving: &Serving) -> anyhow::Result<JobReport> {
-    let JobSpec { a, b, integer, block, checkpoint } = spec;
-    let (m, k, n, elem) = (a.rows(), a.cols(), b.cols(), a.dtype().size());
-    let mut width = block.unwrap_or_else(|| CostModel::default().block_width(m, k, n, a.dtype().size()));
-    let checkpoint = checkpoint.map(|dir| Checkpoint::open(&dir, &Inputs::of(&a, &b), width).map(|cp| (dir, cp))).transpose()?;
-    if let Some((_, cp)) = &checkpoint {
-        width = cp.width; // resume on the checkpoint's own plan
+    let checkpoint = match &spec.checkpoint {
+        Some(dir) => {
+            let width = spec.block.unwrap_or_else(|| default_width(&spec.a, &spec.b));
+            Some((dir.clone(), Checkpoint::open(dir, &Inputs::of(&spec.a, &spec.b), width)?))
+        }
+        None => None,
+    };
+    let mut config = SchedulerConfig { access: serving.access.clone(), ..SchedulerConfig::default() };
+    (config.max_chunk, config.max_slots) = (serving.limits.max_chunk, serving.limits.max_slots);
+    let prepared = prepare(spec, &config, checkpoint.as_ref())?;
+    let writer = checkpoint.as_ref().map(|(_, cp)| cp.writer());
+    let job_id = prepared.job.id();
+    let mut scheduler = Scheduler::new(config);
+    let mut master = Master::bind(serving.listen, serving.limits, serving.tls.as_ref()).await?;
+    println!("master listening on {}", master.local_addr());
+    println!("  add a worker:  worker {}", master.worker_url());
+    println!("  or a browser:  {}", master.page_url());
+    let local_workers = serving.local_workers;
+    let locals = (local_workers > 0).then(|| {
+        let threads = (compute::available_cores() / local_workers).max(1);
+        master.spawn_local_workers(local_workers, threads, serving.access.token.as_ref().unwrap_or(&Default::default()))
+    });
+    scheduler.add_job(prepared.job, Duration::ZERO);
+    let result = tokio::select! {
+        r = master.run(&mut scheduler, job_id, true, writer.as_ref()) => r,
+        _ = crate::cli::stop_requested() => Err(anyhow::anyhow!("interrupted; no output written")),
+    };
+    if let Some(locals) = locals {
+        locals.stop().await;
     }
+    if let Some(writer) = writer {
+        writer.finish();
+    }
+    let Prepared { verify_prep, restored_columns, .. } = prepared;
+    result.map(|report| JobReport { verify_prep, restored_columns, ..report })
+}
+
+/// The cost model's block width for A·B.
+fn default_width(a: &DenseMatrix, b: &DenseMatrix) -> usize {
+    CostModel::default().block_width(a.rows(), a.cols(), b.cols(), a.dtype().size())
+}
+
+/// Plans the job (on the checkpoint's own plan when resuming), draws the
+/// secret weights for Freivalds' check, and restores checkpointed blocks.
+fn prepare(spec: JobSpec, config: &SchedulerConfig, checkpoint: Option<&(PathBuf, Checkpoint)>) -> anyhow::Result<Prepared> {
+    let JobSpec { a, b, integer, block, .. } = spec;
+    let (m, k, n, elem) = (a.rows(), a.cols(), b.cols(), a.dtype().size());
+    let width = match checkpoint {
+        Some((_, cp)) => cp.width,
+        None => block.unwrap_or_else(|| default_width(&a, &b)),
+    };
     let plan = Plan::new(m, k, n, width);
     let mut rng = rand::rng();
-    let job = rng.random::<u64>();
     // Secret weights for Freivalds' check: workers never see them.
     let weights = (0..n)
         .map(|_| {
@@ -211,26 +261,19 @@ async fn run(spec: JobSpec, serving: &Serving) -> anyhow::Result<JobReport> {
             sign * if integer { f64::from(rng.random_range(1u8..=8)) } else { rng.random_range(1.0..2.0) }
         })
         .collect();
-    // Shared by the scheduler (their bytes) and the verifier; the scheduler checks the shapes.
+    // Shared by the job (their bytes) and the verifier; the job checks the shapes.
     let (a, b) = (Arc::new(a), Arc::new(b));
-    let limits = &serving.limits;
-    let config = SchedulerConfig {
-        access: serving.access.clone(),
-        max_chunk: limits.max_chunk,
-        max_slots: limits.max_slots,
-        ..SchedulerConfig::default()
-    };
-    let scheduler = Scheduler::new(config, job, Arc::clone(&a), Arc::clone(&b), plan.clone())?;
-    let prepare = Instant::now();
+    let job = Job::new(rng.random::<u64>(), Arc::clone(&a), Arc::clone(&b), plan.clone(), config.leases.clone(), config.max_chunk)?;
+    let started = Instant::now();
     let verifier = Verifier::new(a, &b, &plan, weights, integer);
-    let verify_prep = prepare.elapsed();
-    let mut scheduler = scheduler.with_verifier(verifier);
+    let verify_prep = started.elapsed();
+    let mut job = job.with_verifier(verifier);
     let mut restored_columns = 0;
-    if let Some((dir, cp)) = &checkpoint {
+    if let Some((dir, cp)) = checkpoint {
         let block_len = |i: usize| (i < plan.blocks()).then(|| plan.columns(i).len() * m * elem);
         let mut restored = 0;
         for saved in cp.saved_blocks(block_len) {
-            match scheduler.restore(saved.index, &saved.bytes) {
+            match job.restore(saved.index, &saved.bytes) {
                 Ok(()) => {
                     restored += 1;
                     restored_columns += plan.columns(saved.index).len();
@@ -243,27 +286,7 @@ async fn run(spec: JobSpec, serving: &Serving) -> anyhow::Result<JobReport> {
         }
         println!("checkpoint {}: {restored} of {} blocks already done ({width} columns each)", dir.display(), plan.blocks());
     }
-    let writer = checkpoint.as_ref().map(|(_, cp)| cp.writer());
-    let mut master = Master::bind(serving.listen, serving.limits, serving.tls.as_ref()).await?;
-    println!("master listening on {}", master.local_addr());
-    println!("  add a worker:  worker {}", master.worker_url());
-    println!("  or a browser:  {}", master.page_url());
-    let local_workers = serving.local_workers;
-    let locals = (local_workers > 0).then(|| {
-        let threads = (compute::available_cores() / local_workers).max(1);
-        master.spawn_local_workers(local_workers, threads, serving.access.token.as_ref().unwrap_or(&Default::default()))
-    });
-    let result = tokio::select! {
-        r = master.run(scheduler, true, writer.as_ref()) => r,
-        _ = crate::cli::stop_requested() => Err(anyhow::anyhow!("interrupted; no output written")),
-    };
-    if let Some(locals) = locals {
-        locals.stop().await;
-    }
-    if let Some(writer) = writer {
-        writer.finish();
-    }
-    result.map(|report| JobReport { verify_prep, restored_columns, ..report })
+    Ok(Prepared { job, verify_prep, restored_columns })
 }
 
 fn print_workers(report: &JobReport) {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use colonnade_core::codec::MAX_MESSAGE;
+use colonnade_core::pool::Refusal;
 use colonnade_core::protocol::{Token, WorkerKind};
 use colonnade_core::worker::{ComputeTask, WorkerConfig, WorkerError, WorkerEvent, WorkerSession};
 use colonnade_core::DenseMatrix;
@@ -81,7 +82,9 @@ pub async fn run(options: WorkerOptions, mut shutdown: watch::Receiver<bool>) ->
                 tracing::info!(url = %options.url, "connected to the master");
                 match serve(socket, &options, &mut shutdown).await {
                     Ended::Shutdown => return Ok(()),
-                    Ended::Refused(reason) => return Err(anyhow!("the master at {} refused this worker: {reason}", options.url)),
+                    Ended::Refused(reason) => {
+                        return Err(anyhow!("the master at {} refused this worker: {reason}{}", options.url, advice(&reason)));
+                    }
                     Ended::Lost { why, welcomed } => {
                         if welcomed {
                             backoff = Duration::from_millis(100);
@@ -189,6 +192,15 @@ async fn serve(socket: Socket, options: &WorkerOptions, shutdown: &mut watch::Re
     ended
 }
 
+/// What to do about a refusal, in this command's own terms.
+fn advice(reason: &str) -> &'static str {
+    match Refusal::recognize(reason) {
+        Some(Refusal::TokenRequired) => "; start the worker with --token-file FILE, FILE holding the master's token",
+        Some(Refusal::WrongToken) => "; check that the worker's --token-file holds the master's token",
+        _ => "",
+    }
+}
+
 fn start(task: ComputeTask, threads: usize) -> (u64, JoinHandle<(DenseMatrix, Duration)>) {
     tracing::debug!(lease = task.lease, first_col = task.first_col, cols = task.cols(), "computing task");
     let lease = task.lease;
@@ -202,7 +214,7 @@ fn start(task: ComputeTask, threads: usize) -> (u64, JoinHandle<(DenseMatrix, Du
 
 async fn flush(session: &mut WorkerSession, sink: &mut (impl SinkExt<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin)) -> anyhow::Result<()> {
     while let Some(frame) = session.poll_transmit() {
-        sink.feed(Message::Binary(frame.encode().into())).await.context("sending to the master")?;
+        sink.feed(Message::Binary(colonnade_core::codec::encode_frame(&frame).into())).await.context("sending to the master")?;
     }
     sink.flush().await.context("sending to the master")?;
     Ok(())

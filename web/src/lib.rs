@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use colonnade_core::codec;
 use colonnade_core::protocol::WorkerKind;
 use colonnade_core::worker::{WorkerConfig, WorkerError, WorkerEvent, WorkerSession};
 use js_sys::{Function, Object, Reflect, Uint8Array};
@@ -294,7 +295,7 @@ fn compute_one(state: &Rc<RefCell<State>>) {
 fn flush(s: &mut State) {
     let (Some(session), Some(socket)) = (s.session.as_mut(), s.socket.as_ref()) else { return };
     while let Some(frame) = session.poll_transmit() {
-        if socket.send_with_u8_array(&frame.encode()).is_err() {
+        if socket.send_with_u8_array(&codec::encode_frame(&frame)).is_err() {
             break; // the close handler reconnects
         }
     }

@@ -60,7 +60,7 @@ fn test() -> Result<(), String> {
     ensure_numpy()?;
     ensure_debian_tools()?;
     web()?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--features", "colonnade-native/fuzzing", "--", "-D", "warnings"]))?;
     let wasm_crates = ["-p", "colonnade-core", "-p", "colonnade-web", "--target", "wasm32-unknown-unknown"];
     run(cargo().arg("clippy").args(wasm_crates).args(["--", "-D", "warnings"]))?;
     // The wasm-only kernel, tested in wasm (Node.js runs wasm-bindgen-test by default).
@@ -74,7 +74,8 @@ fn test() -> Result<(), String> {
     )?;
     // The benchmark's pipeline, tiny and in the test profile: figures, not speed.
     run(cargo().args(["test", "-p", "colonnade-native", "--bench", "distributed", "--", "--smoke"]))?;
-    run_tests(cargo().args(["test", "--workspace"]), &mut totals)?;
+    // The fuzz corpora replay through hooks behind the `fuzzing` feature.
+    run_tests(cargo().args(["test", "--workspace", "--features", "colonnade-native/fuzzing"]), &mut totals)?;
     println!("tests: {} passed, {} failed", totals.passed, totals.failed);
     Ok(())
 }

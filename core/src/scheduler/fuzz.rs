@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use super::{Scheduler, SchedulerConfig};
+use super::{Input, Output, Scheduler, SchedulerConfig};
 use crate::codec;
+use crate::job::Job;
 use crate::matrix::{DenseMatrix, Matrix};
 use crate::plan::Plan;
 use crate::protocol::{Message, Token, WorkerKind, PROTOCOL_VERSION};
@@ -15,21 +16,35 @@ use crate::protocol::{Message, Token, WorkerKind, PROTOCOL_VERSION};
 pub fn check_hostile_worker(data: &[u8]) -> (usize, bool) {
     let a = DenseMatrix::F64(Matrix::from_fn(3, 2, |i, j| (i + j) as f64));
     let b = DenseMatrix::F64(Matrix::from_fn(2, 4, |i, j| (i * j) as f64));
-    let mut sched = Scheduler::new(SchedulerConfig::default(), 1, a, b, Plan::new(3, 2, 4, 1)).expect("a valid job");
+    let config = SchedulerConfig::default();
+    let job = Job::new(1, a, b, Plan::new(3, 2, 4, 1), config.leases.clone(), config.max_chunk).expect("a valid job");
+    let mut sched = Scheduler::new(config);
+    sched.add_job(job, Duration::ZERO);
     let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Native, threads: 1, slots: 2, name: "f".into(), token: Token::default() };
-    sched.handle_message(1, &codec::encode(&hello, &[]), Duration::ZERO).expect("a valid Hello");
+    sched.handle_input(Input::Connected { worker: 1, addr: None }, Duration::ZERO);
+    sched.handle_input(Input::Message { worker: 1, bytes: &codec::encode(&hello, &[]) }, Duration::ZERO);
     let (mut rest, mut now, mut accepted) = (data, Duration::ZERO, 0);
+    let closed = |sched: &mut Scheduler| loop {
+        match sched.poll_output() {
+            Output::Close { .. } => return true,
+            Output::Wake(_) => return false,
+            _ => {}
+        }
+    };
+    assert!(!closed(&mut sched), "a valid Hello is welcomed");
     while let Some((&len, tail)) = rest.split_first() {
         let (message, tail) = tail.split_at((len as usize).min(tail.len()));
         rest = tail;
         now += Duration::from_millis(u64::from(len));
-        if sched.handle_message(1, message, now).is_err() {
-            sched.handle_disconnect(1, now);
+        sched.handle_input(Input::Message { worker: 1, bytes: message }, now);
+        if closed(&mut sched) {
             return (accepted, true);
         }
         accepted += 1;
-        sched.handle_timeout(now);
-        while sched.poll_transmit().is_some() {}
+        sched.handle_input(Input::Timeout, now);
+        if closed(&mut sched) {
+            return (accepted, true);
+        }
     }
     (accepted, false)
 }

@@ -1,91 +1,71 @@
-//! The master's scheduler: a sans-IO state machine.
+//! The master's state machine: a [`Pool`] of workers and the [`Job`]s it runs.
 //!
-//! Inputs are `handle_*(…, now)`; outputs are frames to send ([`Scheduler::poll_transmit`]),
-//! things that happened ([`Scheduler::poll_event`]) and when to wake it next
-//! ([`Scheduler::poll_timeout`]). It never reads a clock or touches a socket,
-//! so tests drive it on a virtual clock.
+//! One input type goes in ([`Scheduler::handle_input`], with `now`), one
+//! output type comes out ([`Scheduler::poll_output`]): a frame to send, a
+//! connection to close (with the reason, and whether to ban its address), an
+//! event, or, once nothing else is pending, when to wake it next. It never
+//! reads a clock or touches a socket, so tests drive it on a virtual clock; the
+//! shell only carries out its verdicts. (The shape follows quinn-proto's
+//! Endpoint and Connection, and str0m's `handle_input`/`poll_output`.)
 //!
-//! Work is pull-based: a worker holds up to `slots` tasks, and gets a new one
-//! each time it returns a result, so fast workers take more. Every task is a
-//! lease with a deadline. A block is re-queued when its worker leaves, hands it
-//! back or lets the lease expire; at the tail, a straggler's block is given to
-//! an idle worker too, and the first result wins.
+//! Work is pull-based: a worker holds up to its slots in tasks, and gets a new
+//! one each time it returns a result, so fast workers take more. Every task is
+//! a lease with a deadline. A block is re-queued when its worker leaves, hands
+//! it back or lets the lease expire; at the tail, a straggler's block is given
+//! to an idle worker too, and the first result wins.
 //!
 //! Every worker's liveness is watched: the master sends a heartbeat every few
 //! seconds and gives up on a worker silent for longer than the heartbeat
 //! timeout (or twice its own measured task time, if longer: a browser tab
-//! cannot speak while it computes). Its blocks are re-queued at once.
+//! cannot speak while it computes). Silence and rule-breaking end the same way:
+//! an [`Output::Close`], with the worker's blocks re-queued at once.
 //!
-//! With a [`Verifier`], every result is checked before it is assembled. A wrong
-//! one is discarded, its block goes to another worker, and its sender gets a
-//! strike; at `max_strikes` the sender is disconnected for good.
+//! With a [`Verifier`](crate::verify::Verifier), every result is checked before
+//! it is assembled. A wrong one is discarded, its block goes to another worker,
+//! and its sender gets a strike; at `max_strikes` the sender is closed and its
+//! address banned.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-
-use crate::assembly::{Accepted, Assembly};
 use crate::codec::{self, CodecError};
-use crate::liveness::{Heartbeat, Liveness};
-use crate::matrix::{DenseMatrix, Dtype, ShapeError};
-use crate::payload::{Incoming, PayloadError};
-use crate::plan::Plan;
-use crate::protocol::{chunk_ranges, Frame, JobId, LeaseId, MatrixBytes, Message, Token, WorkerKind, MAX_CHUNK, PROTOCOL_VERSION};
-use crate::verify::Verifier;
+use crate::job::{Finished, Job, LeaseConfig, Taker};
+use crate::liveness::Heartbeat;
+use crate::payload::PayloadError;
+use crate::pool::{Hello, Pool};
+use crate::protocol::{Frame, JobId, LeaseId, Message, WorkerKind, MAX_CHUNK};
 
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
 #[cfg(test)]
 mod tests;
 
-/// The shell's name for a connection.
-pub type WorkerId = u64;
+pub use crate::job::{JobError, PayloadStats, RestoreError};
+pub use crate::pool::{Access, Refusal, WorkerId, WorkerInfo};
+
+/// Default tasks one worker may hold, whatever it asks for.
+pub const DEFAULT_MAX_SLOTS: u32 = 4;
 
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
-    /// Lease length before any task has finished, when there is nothing to go by.
-    pub initial_lease: Duration,
-    /// Later leases last this many times the typical task time…
-    pub lease_factor: f64,
-    /// …but never less than this.
-    pub min_lease: Duration,
-    /// At the tail, a block whose only lease has run this many times the
-    /// typical task time is also given to an idle worker.
-    pub straggler_factor: f64,
+    pub leases: LeaseConfig,
     /// Largest body per message.
     pub max_chunk: usize,
     /// Cap on the tasks one worker may hold, whatever it asks for.
     pub max_slots: u32,
-    /// Wrong results a worker may send before it is disconnected for good.
+    /// Wrong results a worker may send before it is closed and its address banned.
     pub max_strikes: u32,
     pub heartbeat: Heartbeat,
     pub access: Access,
 }
 
-/// Who may join.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Access {
-    /// If set, native workers must present this token.
-    pub token: Option<Token>,
-    /// Whether browser volunteers (who have no token) may join.
-    pub browsers: bool,
-}
-
-impl Default for Access {
-    fn default() -> Self {
-        Self { token: None, browsers: true }
-    }
-}
-
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
-            initial_lease: Duration::from_secs(300),
-            lease_factor: 8.0,
-            min_lease: Duration::from_secs(20),
-            straggler_factor: 2.0,
+            leases: LeaseConfig::default(),
             max_chunk: MAX_CHUNK,
-            max_slots: 4,
+            max_slots: DEFAULT_MAX_SLOTS,
             max_strikes: 3,
             heartbeat: Heartbeat::default(),
             access: Access::default(),
@@ -93,23 +73,46 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// What the shell tells the scheduler.
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// A connection opened (from `addr`, if known); its first message must be Hello.
+    Connected { worker: WorkerId, addr: Option<IpAddr> },
+    /// A WebSocket binary message arrived.
+    Message { worker: WorkerId, bytes: &'a [u8] },
+    /// The connection is gone.
+    Disconnected { worker: WorkerId },
+    /// The time asked for by [`Output::Wake`] has come.
+    Timeout,
+}
+
+/// What the scheduler tells the shell.
+#[derive(Debug)]
+pub enum Output {
+    Send { to: WorkerId, frame: Frame },
+    /// Close this connection (after sending what is queued for it). The
+    /// scheduler has already forgotten the worker and re-queued its blocks;
+    /// with `ban`, its address is refused from now on.
+    Close { worker: WorkerId, reason: CloseReason, ban: bool },
+    Event(Event),
+    /// Nothing else to do until this time (or an input); `None`: until an input.
+    Wake(Option<Duration>),
+}
+
 /// Something the shell may want to log or show.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     WorkerJoined { worker: WorkerId, kind: WorkerKind, name: String },
     WorkerLeft { worker: WorkerId, requeued: usize },
-    LeaseExpired { worker: WorkerId, block: usize },
-    /// The worker said nothing for `silent_for`: it is dropped (the shell should
-    /// close its connection), and a `WorkerLeft` follows.
-    WorkerSilent { worker: WorkerId, silent_for: Duration },
-    Speculated { worker: WorkerId, block: usize },
-    BlockDone { worker: WorkerId, block: usize },
+    LeaseExpired { job: JobId, worker: WorkerId, block: usize },
+    Speculated { job: JobId, worker: WorkerId, block: usize },
+    BlockDone { job: JobId, worker: WorkerId, block: usize },
     /// A result failed verification and was discarded; its block is re-issued.
-    Rejected { worker: WorkerId, block: usize, reason: String, strikes: u32 },
-    JobComplete,
+    Rejected { job: JobId, worker: WorkerId, block: usize, reason: String, strikes: u32 },
+    JobComplete { job: JobId },
 }
 
-/// A worker broke the protocol; the shell should disconnect it.
+/// A worker broke the protocol.
 #[derive(Debug, thiserror::Error)]
 pub enum Violation {
     #[error(transparent)]
@@ -118,601 +121,310 @@ pub enum Violation {
     NoHello,
     #[error("sent Hello twice")]
     DuplicateHello,
-    #[error("speaks protocol {got}, this master speaks {PROTOCOL_VERSION}")]
-    Version { got: u32 },
     #[error("asked for zero task slots")]
     NoSlots,
-    #[error("refused: {0}")]
-    Refused(&'static str),
     #[error("sent {0}, which only a master sends")]
     Unexpected(&'static str),
     #[error("sent a result for lease {0}, which it does not hold")]
     UnknownLease(LeaseId),
     #[error("result for lease {lease}: {source}")]
     Payload { lease: LeaseId, source: PayloadError },
+}
+
+/// Why the scheduler closes a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseReason {
+    #[error(transparent)]
+    Violation(#[from] Violation),
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    #[error("silent for {:.0} s", .0.as_secs_f64())]
+    Silent(Duration),
     #[error("sent {0} wrong results")]
     TooManyStrikes(u32),
 }
 
-/// Why a block from a checkpoint was not taken.
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    #[error("block {block} does not exist (the plan has {blocks})")]
-    NoSuchBlock { block: usize, blocks: usize },
-    #[error("block {block} has {got} bytes, not {want}")]
-    Length { block: usize, got: usize, want: usize },
-    #[error("block {block} fails verification: {reason}")]
-    Mismatch { block: usize, reason: String },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("A is {a} but B is {b}: A's columns must equal B's rows")]
-    InnerDimension { a: String, b: String },
-    #[error("A and B must have the same element type (A is {a}, B is {b})")]
-    Dtype { a: Dtype, b: Dtype },
-    #[error("the plan is for {plan}, but A·B is {actual}")]
-    PlanMismatch { plan: String, actual: String },
-    #[error(transparent)]
-    Shape(#[from] ShapeError),
-}
-
-/// What is known of a worker, kept after it leaves.
-#[derive(Clone, Debug, PartialEq)]
-pub struct WorkerInfo {
-    pub kind: WorkerKind,
-    pub name: String,
-    pub blocks_done: usize,
-    /// Compute time the worker reported for its accepted blocks.
-    pub compute: Duration,
-    /// Results that failed verification.
-    pub strikes: u32,
-    pub connected: bool,
-}
-
+/// Workers connected, by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Progress {
-    pub blocks_done: usize,
-    pub blocks_total: usize,
-    pub native_workers: usize,
-    pub browser_workers: usize,
+pub struct Headcount {
+    pub native: usize,
+    pub browser: usize,
 }
 
-/// Payload bytes moved, by kind (headers excluded).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PayloadStats {
-    pub operand_bytes: u64,
-    pub task_bytes: u64,
-    pub result_bytes: u64,
-    pub leases_issued: u64,
-}
-
-#[derive(Debug)]
-struct Worker {
-    slots: usize,
-    has_a: bool,
-    leases: BTreeSet<LeaseId>,
-    /// Leases cancelled because another copy won; their late chunks are ignored.
-    cancelled: HashSet<LeaseId>,
-    liveness: Liveness,
-    /// Smoothed time from issuing one of its leases to the result.
-    task_time: Option<Duration>,
-}
-
-/// A Hello's fields, as the scheduler needs them.
-#[derive(Debug)]
-struct Hello {
-    protocol: u32,
-    kind: WorkerKind,
-    slots: u32,
-    name: String,
-    token: Token,
-}
-
-#[derive(Debug)]
-struct Lease {
-    block: usize,
-    worker: WorkerId,
-    issued: Duration,
-    deadline: Duration,
-    expired: bool,
-    result: Option<Incoming>,
+impl Headcount {
+    pub fn total(&self) -> usize {
+        self.native + self.browser
+    }
 }
 
 #[derive(Debug)]
 pub struct Scheduler {
     config: SchedulerConfig,
-    job: JobId,
-    dtype: Dtype,
-    plan: Plan,
-    a: Bytes,
-    b: Bytes,
-    assembly: Assembly,
-    result: Option<DenseMatrix>,
-    workers: BTreeMap<WorkerId, Worker>,
-    infos: BTreeMap<WorkerId, WorkerInfo>,
-    leases: BTreeMap<LeaseId, Lease>,
-    block_leases: Vec<Vec<LeaseId>>,
-    queued: Vec<bool>,
-    pending: VecDeque<usize>,
+    pool: Pool,
+    jobs: BTreeMap<JobId, Job>,
     next_lease: LeaseId,
-    /// Smoothed time from issuing a lease to its result.
-    task_time: Option<Duration>,
-    outbox: VecDeque<(WorkerId, Frame)>,
-    events: VecDeque<Event>,
-    stats: PayloadStats,
-    verifier: Option<Verifier>,
-    /// Workers whose result for a block was wrong: they do not get it again.
-    rejected_by: Vec<Vec<WorkerId>>,
+    outputs: VecDeque<Output>,
 }
 
 impl Scheduler {
-    /// A scheduler for one job: C = A·B split as `plan` says. A and B may be
-    /// shared (with a [`Verifier`]); the scheduler only reads their bytes.
-    pub fn new(
-        config: SchedulerConfig,
-        job: JobId,
-        a: impl Into<std::sync::Arc<DenseMatrix>>,
-        b: impl Into<std::sync::Arc<DenseMatrix>>,
-        plan: Plan,
-    ) -> Result<Self, JobError> {
-        let (a, b) = (a.into(), b.into());
-        if a.cols() != b.rows() {
-            return Err(JobError::InnerDimension { a: a.shape_string(), b: b.shape_string() });
-        }
-        if a.dtype() != b.dtype() {
-            return Err(JobError::Dtype { a: a.dtype(), b: b.dtype() });
-        }
-        if (plan.m, plan.k, plan.n) != (a.rows(), a.cols(), b.cols()) {
-            return Err(JobError::PlanMismatch {
-                plan: format!("{}x{} by {}x{}", plan.m, plan.k, plan.k, plan.n),
-                actual: format!("{} by {}", a.shape_string(), b.shape_string()),
-            });
-        }
-        let dtype = a.dtype();
-        let blocks = plan.blocks();
-        Ok(Self {
-            assembly: Assembly::new(plan.clone(), dtype)?,
-            config,
-            job,
-            dtype,
-            plan,
-            a: MatrixBytes::into_bytes(a),
-            b: MatrixBytes::into_bytes(b),
-            result: None,
-            workers: BTreeMap::new(),
-            infos: BTreeMap::new(),
-            leases: BTreeMap::new(),
-            block_leases: vec![Vec::new(); blocks],
-            queued: vec![true; blocks],
-            pending: (0..blocks).collect(),
-            next_lease: 1,
-            task_time: None,
-            outbox: VecDeque::new(),
-            events: VecDeque::new(),
-            stats: PayloadStats::default(),
-            verifier: None,
-            rejected_by: vec![Vec::new(); blocks],
-        })
+    pub fn new(config: SchedulerConfig) -> Self {
+        let pool = Pool::new(config.access.clone(), config.heartbeat, config.max_slots, config.max_strikes);
+        Self { config, pool, jobs: BTreeMap::new(), next_lease: 1, outputs: VecDeque::new() }
     }
 
-    /// Checks every result with `verifier` before assembling it.
-    pub fn with_verifier(mut self, verifier: Verifier) -> Self {
-        self.verifier = Some(verifier);
-        self
+    /// The chunk size jobs should be built with.
+    pub fn max_chunk(&self) -> usize {
+        self.config.max_chunk
+    }
+
+    pub fn lease_config(&self) -> LeaseConfig {
+        self.config.leases.clone()
+    }
+
+    /// Starts running `job` on the pool.
+    pub fn add_job(&mut self, job: Job, now: Duration) {
+        let id = job.id();
+        let complete = job.is_complete();
+        self.jobs.insert(id, job);
+        if complete {
+            self.job_complete(id);
+        }
+        self.assign(now);
+    }
+
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    /// Removes a job, complete or not, withdrawing its tasks from the workers.
+    pub fn remove_job(&mut self, id: JobId, now: Duration) -> Option<Job> {
+        let job = self.jobs.remove(&id)?;
+        for (&worker, w) in &mut self.pool.workers {
+            let leases: Vec<LeaseId> = w.leases.iter().filter(|(_, &j)| j == id).map(|(&l, _)| l).collect();
+            for lease in leases {
+                w.leases.remove(&lease);
+                w.cancelled.insert(lease);
+                self.outputs.push_back(Output::Send { to: worker, frame: Frame::new(Message::Cancel { lease }) });
+            }
+            w.holds.remove(&id);
+        }
+        self.assign(now);
+        Some(job)
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn headcount(&self) -> Headcount {
+        Headcount { native: self.pool.connected(WorkerKind::Native), browser: self.pool.connected(WorkerKind::Browser) }
     }
 
     // ---- inputs ----
 
-    /// Puts a block computed earlier (e.g. read from a checkpoint) into C,
-    /// after the same verification a worker's result gets.
-    pub fn restore(&mut self, block: usize, bytes: &[u8]) -> Result<(), RestoreError> {
-        let blocks = self.plan.blocks();
-        if block >= blocks {
-            return Err(RestoreError::NoSuchBlock { block, blocks });
+    pub fn handle_input(&mut self, input: Input<'_>, now: Duration) {
+        match input {
+            Input::Connected { worker, addr } => {
+                if let Err(refusal) = self.pool.connect(worker, addr) {
+                    self.refuse(worker, refusal);
+                }
+            }
+            Input::Message { worker, bytes } => {
+                if let Err(reason) = self.on_message(worker, bytes, now) {
+                    self.close(worker, reason, false, now);
+                }
+            }
+            Input::Disconnected { worker } => self.leave(worker, now),
+            Input::Timeout => self.on_timeout(now),
         }
-        let cols = self.plan.columns(block).len();
-        let mut incoming = Incoming::new(self.dtype, self.plan.m, cols).expect("a block of C is no larger than C");
-        let want = incoming.total();
-        if bytes.len() != want || incoming.add(0, bytes) != Ok(true) {
-            return Err(RestoreError::Length { block, got: bytes.len(), want });
-        }
-        let c = incoming.into_matrix();
-        if let Some(Err(mismatch)) = self.verifier.as_ref().map(|v| v.check(block, &c)) {
-            return Err(RestoreError::Mismatch { block, reason: mismatch.to_string() });
-        }
-        if self.assembly.accept(block, c.as_bytes()) == Ok(Accepted::New) && self.assembly.is_complete() {
-            self.complete();
-        }
-        Ok(())
     }
 
-    /// A message arrived from `worker` (which may be new: its first message must be Hello).
-    /// On error the shell must disconnect the worker and call [`Self::handle_disconnect`].
-    pub fn handle_message(&mut self, worker: WorkerId, bytes: &[u8], now: Duration) -> Result<(), Violation> {
-        let (message, body) = codec::decode(bytes)?;
-        if !self.workers.contains_key(&worker) {
+    fn on_message(&mut self, worker: WorkerId, bytes: &[u8], now: Duration) -> Result<(), CloseReason> {
+        if !self.pool.is_member(worker) && !self.pool.is_connecting(worker) {
+            return Ok(()); // closed already: its last words are ignored
+        }
+        let (message, body) = codec::decode(bytes).map_err(Violation::from)?;
+        if !self.pool.is_member(worker) {
             return match message {
-                Message::Hello { protocol, kind, slots, name, token, .. } => {
-                    self.on_hello(worker, Hello { protocol, kind, slots, name, token }, now)
-                }
-                _ => Err(Violation::NoHello),
+                Message::Hello { protocol, kind, slots, name, token, .. } => self.on_hello(worker, Hello { protocol, kind, slots, name, token }, now),
+                _ => Err(Violation::NoHello.into()),
             };
         }
-        if let Some(w) = self.workers.get_mut(&worker) {
-            w.liveness.heard(now);
-        }
+        self.pool.heard(worker, now);
         match message {
-            Message::Hello { .. } => Err(Violation::DuplicateHello),
+            Message::Hello { .. } => Err(Violation::DuplicateHello.into()),
             Message::Heartbeat => Ok(()),
             Message::ResultChunk { lease, offset, compute_us } => {
                 self.on_result_chunk(worker, lease, offset, body, Duration::from_micros(compute_us), now)
             }
             Message::Release { leases } => {
                 for lease in leases {
-                    if self.workers[&worker].leases.contains(&lease) {
-                        self.drop_lease(lease);
+                    let job = self.pool.workers.get_mut(&worker).and_then(|w| w.leases.remove(&lease));
+                    if let Some(job) = job.and_then(|j| self.jobs.get_mut(&j)) {
+                        job.drop_lease(lease);
                     }
                 }
                 self.assign(now);
                 Ok(())
             }
-            Message::Welcome { .. } => Err(Violation::Unexpected("Welcome")),
-            Message::Refused { .. } => Err(Violation::Unexpected("Refused")),
-            Message::Job { .. } => Err(Violation::Unexpected("Job")),
-            Message::OperandChunk { .. } => Err(Violation::Unexpected("OperandChunk")),
-            Message::Task { .. } => Err(Violation::Unexpected("Task")),
-            Message::TaskChunk { .. } => Err(Violation::Unexpected("TaskChunk")),
-            Message::Cancel { .. } => Err(Violation::Unexpected("Cancel")),
-            Message::JobDone { .. } => Err(Violation::Unexpected("JobDone")),
+            Message::Welcome { .. } => Err(Violation::Unexpected("Welcome").into()),
+            Message::Refused { .. } => Err(Violation::Unexpected("Refused").into()),
+            Message::Job { .. } => Err(Violation::Unexpected("Job").into()),
+            Message::OperandChunk { .. } => Err(Violation::Unexpected("OperandChunk").into()),
+            Message::Task { .. } => Err(Violation::Unexpected("Task").into()),
+            Message::TaskChunk { .. } => Err(Violation::Unexpected("TaskChunk").into()),
+            Message::Cancel { .. } => Err(Violation::Unexpected("Cancel").into()),
+            Message::JobDone { .. } => Err(Violation::Unexpected("JobDone").into()),
         }
     }
 
-    /// The connection to `worker` is gone; its unfinished blocks go back in the queue.
-    pub fn handle_disconnect(&mut self, worker: WorkerId, now: Duration) {
-        let Some(w) = self.workers.remove(&worker) else { return };
+    fn on_hello(&mut self, worker: WorkerId, hello: Hello, now: Duration) -> Result<(), CloseReason> {
+        if hello.slots == 0 {
+            return Err(Violation::NoSlots.into());
+        }
+        let (kind, name) = (hello.kind, hello.name.clone());
+        match self.pool.admit(worker, hello, now) {
+            Ok(slots) => {
+                let welcome = Message::Welcome { worker, slots, max_chunk: self.config.max_chunk as u64 };
+                self.send(worker, Frame::new(welcome));
+                self.outputs.push_back(Output::Event(Event::WorkerJoined { worker, kind, name }));
+                self.assign(now);
+                Ok(())
+            }
+            Err(refusal) => {
+                self.refuse(worker, refusal);
+                Ok(())
+            }
+        }
+    }
+
+    /// Tells a connection why it may not join, and closes it.
+    fn refuse(&mut self, worker: WorkerId, refusal: Refusal) {
+        self.send(worker, Frame::new(Message::Refused { reason: refusal.to_string() }));
+        self.outputs.push_back(Output::Close { worker, reason: CloseReason::Refused(refusal), ban: false });
+    }
+
+    fn on_result_chunk(&mut self, worker: WorkerId, lease: LeaseId, offset: u64, body: &[u8], compute: Duration, now: Duration) -> Result<(), CloseReason> {
+        let w = self.pool.workers.get(&worker).expect("a member");
+        let Some(&job_id) = w.leases.get(&lease) else {
+            if w.cancelled.contains(&lease) {
+                return Ok(()); // another copy already won
+            }
+            return Err(Violation::UnknownLease(lease).into());
+        };
+        let job = self.jobs.get_mut(&job_id).expect("leases of removed jobs are withdrawn");
+        let finished = job.result_chunk(worker, lease, offset, body, now).map_err(|source| Violation::Payload { lease, source })?;
+        let Some(finished) = finished else { return Ok(()) };
+        if let Some(w) = self.pool.workers.get_mut(&worker) {
+            w.leases.remove(&lease);
+        }
+        match finished {
+            Finished::Accepted { block, took, losers } => {
+                self.pool.credit(worker, compute, took);
+                self.outputs.push_back(Output::Event(Event::BlockDone { job: job_id, worker, block }));
+                for (loser, lease) in losers {
+                    if let Some(w) = self.pool.workers.get_mut(&loser) {
+                        w.leases.remove(&lease);
+                        w.cancelled.insert(lease);
+                    }
+                    self.send(loser, Frame::new(Message::Cancel { lease }));
+                }
+                if self.jobs[&job_id].is_complete() {
+                    self.job_complete(job_id);
+                }
+            }
+            Finished::Rejected { block, reason } => {
+                let (strikes, out) = self.pool.strike(worker);
+                self.outputs.push_back(Output::Event(Event::Rejected { job: job_id, worker, block, reason, strikes }));
+                if out {
+                    return Err(CloseReason::TooManyStrikes(strikes));
+                }
+            }
+            Finished::Duplicate => {}
+        }
+        self.assign(now);
+        Ok(())
+    }
+
+    /// Tells the workers holding the job's operands that it is over.
+    fn job_complete(&mut self, job: JobId) {
+        self.outputs.push_back(Output::Event(Event::JobComplete { job }));
+        for (&id, w) in &mut self.pool.workers {
+            if w.holds.remove(&job) {
+                self.outputs.push_back(Output::Send { to: id, frame: Frame::new(Message::JobDone { job }) });
+            }
+        }
+    }
+
+    /// The worker is gone: its blocks go back in the queue.
+    fn leave(&mut self, worker: WorkerId, now: Duration) {
+        let Some(w) = self.pool.leave(worker) else { return };
         let mut requeued = 0;
-        for lease in w.leases {
-            if let Some(l) = self.leases.remove(&lease) {
-                self.block_leases[l.block].retain(|&x| x != lease);
-                requeued += usize::from(self.requeue(l.block));
+        for (lease, job) in w.leases {
+            if let Some(job) = self.jobs.get_mut(&job) {
+                requeued += usize::from(job.drop_lease(lease));
             }
         }
-        if let Some(info) = self.infos.get_mut(&worker) {
-            info.connected = false;
-        }
-        self.events.push_back(Event::WorkerLeft { worker, requeued });
+        self.outputs.push_back(Output::Event(Event::WorkerLeft { worker, requeued }));
         self.assign(now);
     }
 
-    /// Time has reached `now`: send heartbeats, drop silent workers, expire
+    /// Closes `worker` for `reason`: its blocks are re-queued now, and the
+    /// shell is told to close the connection (banning its address if `ban`).
+    fn close(&mut self, worker: WorkerId, reason: CloseReason, ban: bool, now: Duration) {
+        let ban = ban || matches!(reason, CloseReason::TooManyStrikes(_));
+        self.outputs.push_back(Output::Close { worker, reason, ban });
+        self.leave(worker, now);
+    }
+
+    /// Time has reached `now`: send heartbeats, close silent workers, expire
     /// overdue leases and give stragglers' blocks to idle workers.
-    pub fn handle_timeout(&mut self, now: Duration) {
-        let heartbeat = self.config.heartbeat;
-        let mut silent = Vec::new();
-        for (&id, w) in &mut self.workers {
-            if w.liveness.beat_due(now, &heartbeat) && self.result.is_none() {
-                self.outbox.push_back((id, Frame::new(Message::Heartbeat)));
+    fn on_timeout(&mut self, now: Duration) {
+        for worker in self.pool.beats_due(now) {
+            self.send(worker, Frame::new(Message::Heartbeat));
+        }
+        for (worker, silent_for) in self.pool.silent(now, self.typical_task_time()) {
+            self.close(worker, CloseReason::Silent(silent_for), false, now);
+        }
+        for (&id, job) in &mut self.jobs {
+            for (worker, block) in job.expire(now) {
+                self.outputs.push_back(Output::Event(Event::LeaseExpired { job: id, worker, block }));
             }
-        }
-        for (&id, w) in &self.workers {
-            if let Some(silent_for) = w.liveness.silent_past(now, self.silence_limit(w)) {
-                silent.push((id, silent_for));
-            }
-        }
-        for (worker, silent_for) in silent {
-            self.events.push_back(Event::WorkerSilent { worker, silent_for });
-            self.handle_disconnect(worker, now);
-        }
-        let overdue: Vec<LeaseId> =
-            self.leases.iter().filter(|(_, l)| !l.expired && l.deadline <= now).map(|(&id, _)| id).collect();
-        for id in overdue {
-            let l = self.leases.get_mut(&id).expect("collected above");
-            // The worker may still answer, so the lease stays and its result still
-            // counts; but the block goes back in the queue for someone else.
-            l.expired = true;
-            let (worker, block) = (l.worker, l.block);
-            self.events.push_back(Event::LeaseExpired { worker, block });
-            self.requeue(block);
         }
         self.assign(now);
+    }
+
+    /// The longest typical task time among running jobs.
+    fn typical_task_time(&self) -> Option<Duration> {
+        self.jobs.values().filter_map(Job::task_time).max()
     }
 
     // ---- outputs ----
 
-    pub fn poll_transmit(&mut self) -> Option<(WorkerId, Frame)> {
-        self.outbox.pop_front()
+    /// The next thing for the shell to do; [`Output::Wake`] once there is nothing else.
+    pub fn poll_output(&mut self) -> Output {
+        self.outputs.pop_front().unwrap_or_else(|| Output::Wake(self.next_wake()))
     }
 
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+    fn next_wake(&self) -> Option<Duration> {
+        let idle = self.pool.workers.values().any(|w| w.has_room());
+        let jobs = self.jobs.values().filter_map(|j| j.next_wake(idle));
+        jobs.chain(self.pool.next_wake(self.typical_task_time())).min()
     }
 
-    /// When to call [`Self::handle_timeout`] next, if anything is waiting on time.
-    pub fn poll_timeout(&self) -> Option<Duration> {
-        if self.result.is_some() {
-            return None;
-        }
-        let expiry = self.leases.values().filter(|l| !l.expired).map(|l| l.deadline).min();
-        let liveness = self.workers.values().map(|w| w.liveness.next_wake(self.silence_limit(w))).min();
-        let straggler = if self.someone_idle() {
-            self.straggler_threshold().and_then(|t| {
-                self.leases
-                    .values()
-                    .filter(|l| self.block_leases[l.block].len() == 1)
-                    .map(|l| l.issued + t)
-                    .min()
-            })
-        } else {
-            None
-        };
-        expiry.into_iter().chain(liveness).chain(straggler).min()
-    }
-
-    pub fn is_complete(&self) -> bool {
-        self.result.is_some()
-    }
-
-    /// The assembled C, once the job is complete.
-    pub fn take_result(&mut self) -> Option<DenseMatrix> {
-        self.result.take()
-    }
-
-    pub fn progress(&self) -> Progress {
-        let live = |kind| self.infos.values().filter(|i| i.connected && i.kind == kind).count();
-        Progress {
-            blocks_done: self.plan.blocks() - self.assembly.remaining(),
-            blocks_total: self.plan.blocks(),
-            native_workers: live(WorkerKind::Native),
-            browser_workers: live(WorkerKind::Browser),
-        }
-    }
-
-    /// Every worker that ever joined, connected or not.
-    pub fn workers(&self) -> impl Iterator<Item = (WorkerId, &WorkerInfo)> {
-        self.infos.iter().map(|(&id, info)| (id, info))
-    }
-
-    /// Whether block `block` is in C.
-    pub fn block_done(&self, block: usize) -> bool {
-        self.assembly.is_done(block)
-    }
-
-    /// Block `block`'s bytes in C, once it is in (until C is taken).
-    pub fn block_bytes(&self, block: usize) -> Option<&[u8]> {
-        match &self.result {
-            Some(c) => c.as_bytes().get(c.column_byte_range(self.plan.columns(block))),
-            None => self.assembly.block(block),
-        }
-    }
-
-    pub fn stats(&self) -> PayloadStats {
-        self.stats
-    }
-    pub fn plan(&self) -> &Plan {
-        &self.plan
-    }
-
-    // ---- message handlers ----
-
-    fn on_hello(&mut self, worker: WorkerId, hello: Hello, now: Duration) -> Result<(), Violation> {
-        let Hello { protocol, kind, slots, name, token } = hello;
-        if protocol != PROTOCOL_VERSION {
-            let reason = format!("this master speaks protocol {PROTOCOL_VERSION}, the worker speaks {protocol}; run matching versions");
-            self.outbox.push_back((worker, Frame::new(Message::Refused { reason })));
-            return Err(Violation::Version { got: protocol });
-        }
-        if let Some(why) = self.refusal(kind, &token) {
-            self.outbox.push_back((worker, Frame::new(Message::Refused { reason: why.into() })));
-            return Err(Violation::Refused(why));
-        }
-        if slots == 0 {
-            return Err(Violation::NoSlots);
-        }
-        let slots = slots.min(self.config.max_slots) as usize;
-        let liveness = Liveness::new(now, &self.config.heartbeat);
-        let w = Worker { slots, has_a: false, leases: BTreeSet::new(), cancelled: HashSet::new(), liveness, task_time: None };
-        self.workers.insert(worker, w);
-        let info = WorkerInfo { kind, name: name.clone(), blocks_done: 0, compute: Duration::ZERO, strikes: 0, connected: true };
-        self.infos.insert(worker, info);
-        let welcome = Message::Welcome { worker, slots: slots as u32, max_chunk: self.config.max_chunk as u64 };
-        self.outbox.push_back((worker, Frame::new(welcome)));
-        self.events.push_back(Event::WorkerJoined { worker, kind, name });
-        self.assign(now);
-        Ok(())
-    }
-
-    /// Why a worker may not join, if it may not. A token admits anyone; without
-    /// one, only browsers may join (if browsers are allowed) or anyone at all
-    /// (if the master has no token).
-    fn refusal(&self, kind: WorkerKind, token: &Token) -> Option<&'static str> {
-        let access = &self.config.access;
-        let holds_token = access.token.as_ref().is_some_and(|t| t == token);
-        match kind {
-            _ if holds_token => None,
-            WorkerKind::Browser if !access.browsers => Some("this master does not take browser volunteers"),
-            WorkerKind::Browser => None,
-            WorkerKind::Native if access.token.is_none() => None,
-            WorkerKind::Native if token.is_empty() => {
-                Some("this master requires a token: start the worker with --token-file FILE, FILE holding the master's token")
-            }
-            WorkerKind::Native => Some("wrong token: the worker's --token-file does not hold the master's token"),
-        }
-    }
-
-    fn on_result_chunk(
-        &mut self,
-        worker: WorkerId,
-        lease: LeaseId,
-        offset: u64,
-        body: &[u8],
-        compute: Duration,
-        now: Duration,
-    ) -> Result<(), Violation> {
-        if self.workers[&worker].cancelled.contains(&lease) {
-            return Ok(()); // another copy already won
-        }
-        let (m, dtype) = (self.plan.m, self.dtype);
-        let Some(l) = self.leases.get_mut(&lease).filter(|l| l.worker == worker) else {
-            return Err(Violation::UnknownLease(lease));
-        };
-        let cols = self.plan.columns(l.block).len();
-        let incoming = match &mut l.result {
-            Some(incoming) => incoming,
-            None => l.result.insert(Incoming::new(dtype, m, cols).expect("a block of C is no larger than C")),
-        };
-        let complete = incoming.add(offset, body).map_err(|source| Violation::Payload { lease, source })?;
-        self.stats.result_bytes += body.len() as u64;
-        if complete {
-            self.finish_lease(lease, compute, now)?;
-        }
-        Ok(())
-    }
-
-    fn finish_lease(&mut self, lease: LeaseId, compute: Duration, now: Duration) -> Result<(), Violation> {
-        let l = self.remove_lease(lease).expect("caller checked the lease exists");
-        let c = l.result.expect("a finished lease has a result").into_matrix();
-        if let Some(Err(mismatch)) = self.verifier.as_ref().map(|v| v.check(l.block, &c)) {
-            return self.reject(l.worker, l.block, mismatch.to_string(), now);
-        }
-        match self.assembly.accept(l.block, c.as_bytes()) {
-            Ok(Accepted::New) => {}
-            // Sizes were fixed by `Incoming`; a duplicate means another copy won.
-            Ok(Accepted::Duplicate) | Err(_) => return Ok(()),
-        }
-        self.observe_task_time(l.worker, now.saturating_sub(l.issued));
-        if let Some(info) = self.infos.get_mut(&l.worker) {
-            info.blocks_done += 1;
-            info.compute += compute;
-        }
-        self.events.push_back(Event::BlockDone { worker: l.worker, block: l.block });
-        for other in std::mem::take(&mut self.block_leases[l.block]) {
-            if let Some(o) = self.remove_lease(other) {
-                if let Some(w) = self.workers.get_mut(&o.worker) {
-                    w.cancelled.insert(other);
-                }
-                self.outbox.push_back((o.worker, Frame::new(Message::Cancel { lease: other })));
-            }
-        }
-        if self.assembly.is_complete() {
-            self.complete();
-        } else {
-            self.assign(now);
-        }
-        Ok(())
-    }
-
-    /// Discards a wrong result: its block goes to someone else, its sender gets a strike.
-    fn reject(&mut self, worker: WorkerId, block: usize, reason: String, now: Duration) -> Result<(), Violation> {
-        self.rejected_by[block].push(worker);
-        self.requeue(block);
-        let strikes = self.infos.get_mut(&worker).map_or(0, |info| {
-            info.strikes += 1;
-            info.strikes
-        });
-        self.events.push_back(Event::Rejected { worker, block, reason, strikes });
-        if strikes >= self.config.max_strikes {
-            return Err(Violation::TooManyStrikes(strikes));
-        }
-        self.assign(now);
-        Ok(())
-    }
-
-    fn complete(&mut self) {
-        self.result = self.assembly.take();
-        self.pending.clear();
-        self.events.push_back(Event::JobComplete);
-        for (&id, w) in &self.workers {
-            if w.has_a {
-                self.outbox.push_back((id, Frame::new(Message::JobDone { job: self.job })));
-            }
-        }
-    }
-
-    // ---- bookkeeping ----
-
-    fn remove_lease(&mut self, lease: LeaseId) -> Option<Lease> {
-        let l = self.leases.remove(&lease)?;
-        self.block_leases[l.block].retain(|&x| x != lease);
-        if let Some(w) = self.workers.get_mut(&l.worker) {
-            w.leases.remove(&lease);
-        }
-        Some(l)
-    }
-
-    /// Drops a lease whose worker gave it up, and re-queues its block if needed.
-    fn drop_lease(&mut self, lease: LeaseId) {
-        if let Some(l) = self.remove_lease(lease) {
-            self.requeue(l.block);
-        }
-    }
-
-    /// Puts `block` at the front of the queue unless it is done, queued, or
-    /// still held by a lease that has not expired. Returns whether it queued it.
-    fn requeue(&mut self, block: usize) -> bool {
-        let held = self.block_leases[block].iter().any(|id| !self.leases[id].expired);
-        if self.assembly.is_done(block) || self.queued[block] || held || self.result.is_some() {
-            return false;
-        }
-        self.queued[block] = true;
-        self.pending.push_front(block);
-        true
-    }
-
-    fn observe_task_time(&mut self, worker: WorkerId, sample: Duration) {
-        let smooth = |old: Option<Duration>| match old {
-            None => sample,
-            Some(t) => t.mul_f64(0.8) + sample.mul_f64(0.2),
-        };
-        self.task_time = Some(smooth(self.task_time));
-        if let Some(w) = self.workers.get_mut(&worker) {
-            w.task_time = Some(smooth(w.task_time));
-        }
-    }
-
-    /// What a task is expected to take on `w`: its own measured time, else everyone's.
-    fn expected_task_time(&self, w: &Worker) -> Option<Duration> {
-        w.task_time.or(self.task_time)
-    }
-
-    /// A lease lasts `lease_factor` times the worker's expected task time.
-    fn lease_length(&self, w: &Worker) -> Duration {
-        match self.expected_task_time(w) {
-            None => self.config.initial_lease,
-            Some(t) => t.mul_f64(self.config.lease_factor).max(self.config.min_lease),
-        }
-    }
-
-    /// Silence allowed before `w` is given up on: a browser tab says nothing while it computes.
-    fn silence_limit(&self, w: &Worker) -> Duration {
-        let computing = self.expected_task_time(w).unwrap_or_default() * 2;
-        self.config.heartbeat.timeout.max(computing)
-    }
-
-    fn straggler_threshold(&self) -> Option<Duration> {
-        self.task_time.map(|t| t.mul_f64(self.config.straggler_factor))
-    }
-
-    fn someone_idle(&self) -> bool {
-        self.workers.values().any(|w| w.leases.len() < w.slots)
+    fn send(&mut self, to: WorkerId, frame: Frame) {
+        self.outputs.push_back(Output::Send { to, frame });
     }
 
     // ---- assignment ----
 
     /// Fills free slots, one task per worker per round, so work spreads evenly.
     fn assign(&mut self, now: Duration) {
-        if self.result.is_some() {
-            return;
-        }
         loop {
             let mut gave = false;
-            let hungry: Vec<WorkerId> =
-                self.workers.iter().filter(|(_, w)| w.leases.len() < w.slots).map(|(&id, _)| id).collect();
+            let hungry: Vec<WorkerId> = self.pool.workers.iter().filter(|(_, w)| w.has_room()).map(|(&id, _)| id).collect();
             for worker in hungry {
-                if let Some(block) = self.next_block(worker, now) {
-                    self.issue(worker, block, now);
-                    gave = true;
-                }
+                gave |= self.offer(worker, now);
             }
             if !gave {
                 return;
@@ -720,68 +432,29 @@ impl Scheduler {
         }
     }
 
-    /// The next block for `worker`: a queued one, or at the tail a straggler's;
-    /// never one whose result from this worker was wrong.
-    fn next_block(&mut self, worker: WorkerId, now: Duration) -> Option<usize> {
-        // Usually the front block; skipping only past blocks this worker got wrong.
-        let mut at = 0;
-        while let Some(&block) = self.pending.get(at) {
-            let done = self.assembly.is_done(block);
-            if done || !self.rejected_by[block].contains(&worker) {
-                self.pending.remove(at);
-                self.queued[block] = false;
-                if !done {
-                    return Some(block);
-                }
-            } else {
-                at += 1;
+    /// Gives `worker` one task, from the running job it holds the fewest
+    /// leases of (so jobs share the pool). Returns whether it got one.
+    fn offer(&mut self, worker: WorkerId, now: Duration) -> bool {
+        let w = &self.pool.workers[&worker];
+        let held = |job: JobId| w.leases.values().filter(|&&j| j == job).count();
+        let mut order: Vec<JobId> = self.jobs.iter().filter(|(_, j)| !j.is_complete()).map(|(&id, _)| id).collect();
+        order.sort_by_key(|&id| held(id));
+        for id in order {
+            let job = self.jobs.get_mut(&id).expect("listed above");
+            let Some((block, speculative)) = job.next_block(worker, now) else { continue };
+            let w = self.pool.workers.get_mut(&worker).expect("a member");
+            let taker = Taker { id: worker, holds_a: !w.holds.insert(id), task_time: w.task_time };
+            let lease = self.next_lease;
+            self.next_lease += 1;
+            w.leases.insert(lease, id);
+            if speculative {
+                self.outputs.push_back(Output::Event(Event::Speculated { job: id, worker, block }));
             }
-        }
-        let threshold = self.straggler_threshold()?;
-        let block = self
-            .leases
-            .values()
-            .filter(|l| l.worker != worker && self.block_leases[l.block].len() == 1 && now >= l.issued + threshold)
-            .filter(|l| !self.rejected_by[l.block].contains(&worker))
-            .min_by_key(|l| l.issued)?
-            .block;
-        self.events.push_back(Event::Speculated { worker, block });
-        Some(block)
-    }
-
-    fn issue(&mut self, worker: WorkerId, block: usize, now: Duration) {
-        let lease = self.next_lease;
-        self.next_lease += 1;
-        let columns = self.plan.columns(block);
-        let max_chunk = self.config.max_chunk;
-        let w = self.workers.get_mut(&worker).expect("assign picks live workers");
-        if !w.has_a {
-            w.has_a = true;
-            let (m, k, n) = (self.plan.m as u64, self.plan.k as u64, self.plan.n as u64);
-            for range in chunk_ranges(self.a.len(), max_chunk) {
-                self.stats.operand_bytes += range.len() as u64;
-                let message = match range.start {
-                    0 => Message::Job { job: self.job, m, k, n, dtype: self.dtype },
-                    offset => Message::OperandChunk { job: self.job, offset: offset as u64 },
-                };
-                self.outbox.push_back((worker, Frame::with_body(message, self.a.slice(range))));
+            for frame in job.issue(taker, block, lease, now) {
+                self.outputs.push_back(Output::Send { to: worker, frame });
             }
+            return true;
         }
-        w.leases.insert(lease);
-        let column_bytes = self.plan.k * self.dtype.size();
-        let b_range = columns.start * column_bytes..columns.end * column_bytes;
-        for range in chunk_ranges(b_range.len(), max_chunk) {
-            self.stats.task_bytes += range.len() as u64;
-            let body = self.b.slice(b_range.start + range.start..b_range.start + range.end);
-            let message = match range.start {
-                0 => Message::Task { job: self.job, lease, first_col: columns.start as u64, cols: columns.len() as u64 },
-                offset => Message::TaskChunk { lease, offset: offset as u64 },
-            };
-            self.outbox.push_back((worker, Frame::with_body(message, body)));
-        }
-        self.stats.leases_issued += 1;
-        let deadline = now + self.lease_length(&self.workers[&worker]);
-        self.leases.insert(lease, Lease { block, worker, issued: now, deadline, expired: false, result: None });
-        self.block_leases[block].push(lease);
+        false
     }
 }

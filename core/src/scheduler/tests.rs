@@ -7,9 +7,12 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
+use crate::job::{Job, LeaseConfig};
 use crate::kernel::tests::naive;
-use crate::matrix::Matrix;
-use crate::protocol::WorkerKind;
+use crate::matrix::{DenseMatrix, Matrix};
+use crate::plan::Plan;
+use crate::protocol::{Token, WorkerKind, PROTOCOL_VERSION};
+use crate::verify::Verifier;
 use crate::worker::{WorkerConfig, WorkerSession};
 
 #[derive(Debug)]
@@ -21,14 +24,20 @@ struct SimWorker {
     to_master: VecDeque<Vec<u8>>,
 }
 
+const JOB: JobId = 42;
+
 #[derive(Debug)]
 struct Sim {
     sched: Scheduler,
     workers: BTreeMap<WorkerId, SimWorker>,
     now: Duration,
+    /// When the scheduler last asked to be woken.
+    wake: Option<Duration>,
     next_id: WorkerId,
     expected: Matrix<f64>,
     events: Vec<Event>,
+    /// Connections the scheduler closed: (worker, reason, ban).
+    closed: Vec<(WorkerId, String, bool)>,
     /// Frames each worker received, by kind, for counting.
     received: BTreeMap<WorkerId, Vec<Message>>,
 }
@@ -38,50 +47,89 @@ fn ms(x: u64) -> Duration {
 }
 
 fn quick_config() -> SchedulerConfig {
-    SchedulerConfig { initial_lease: ms(1000), min_lease: ms(1000), max_chunk: 64, ..SchedulerConfig::default() }
+    let leases = LeaseConfig { initial: ms(1000), min: ms(1000), ..LeaseConfig::default() };
+    SchedulerConfig { leases, max_chunk: 64, ..SchedulerConfig::default() }
+}
+
+/// Small integers: every blocked product is exact, so equality is exact.
+fn operands(m: usize, k: usize, n: usize) -> (Matrix<f64>, Matrix<f64>) {
+    let a = Matrix::from_fn(m, k, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+    let b = Matrix::from_fn(k, n, |i, j| ((i * 5 + j * 13) % 9) as f64 - 4.0);
+    (a, b)
 }
 
 impl Sim {
     fn new(m: usize, k: usize, n: usize, width: usize, config: SchedulerConfig) -> Self {
-        // Small integers: every blocked product is exact, so equality is exact.
-        let a = Matrix::from_fn(m, k, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
-        let b = Matrix::from_fn(k, n, |i, j| ((i * 5 + j * 13) % 9) as f64 - 4.0);
+        Self::with_job(m, k, n, width, config, |job| job)
+    }
+
+    /// A sim whose job is first passed through `prepare` (to add a verifier, restore blocks).
+    fn with_job(m: usize, k: usize, n: usize, width: usize, config: SchedulerConfig, prepare: impl FnOnce(Job) -> Job) -> Self {
+        let (a, b) = operands(m, k, n);
         let expected = naive(&a, &b);
-        let sched = Scheduler::new(config, 42, DenseMatrix::from(a), DenseMatrix::from(b), Plan::new(m, k, n, width)).unwrap();
-        Self { sched, workers: BTreeMap::new(), now: Duration::ZERO, next_id: 1, expected, events: Vec::new(), received: BTreeMap::new() }
+        let job = Job::new(JOB, DenseMatrix::from(a), DenseMatrix::from(b), Plan::new(m, k, n, width), config.leases.clone(), config.max_chunk).unwrap();
+        let mut sched = Scheduler::new(config);
+        sched.add_job(prepare(job), Duration::ZERO);
+        let mut sim = Self {
+            sched,
+            workers: BTreeMap::new(),
+            now: Duration::ZERO,
+            wake: None,
+            next_id: 1,
+            expected,
+            events: Vec::new(),
+            closed: Vec::new(),
+            received: BTreeMap::new(),
+        };
+        sim.pump();
+        sim
     }
 
     fn join(&mut self, slots: u32) -> WorkerId {
         let id = self.next_id;
         self.next_id += 1;
         let mut session = WorkerSession::new(WorkerConfig { slots, ..WorkerConfig::new(WorkerKind::Native, format!("w{id}")) }, self.now);
-        let hello = session.poll_transmit().unwrap().encode();
+        let hello = codec::encode_frame(&session.poll_transmit().unwrap());
         self.workers.insert(id, SimWorker { session, liar: false, to_worker: VecDeque::new(), to_master: VecDeque::from([hello]) });
+        self.sched.handle_input(Input::Connected { worker: id, addr: None }, self.now);
         self.deliver_to_master(id, 1);
         id
     }
 
+    /// Carries out every output, as the shell would.
     fn pump(&mut self) {
-        while let Some((to, frame)) = self.sched.poll_transmit() {
-            if let Some(w) = self.workers.get_mut(&to) {
-                self.received.entry(to).or_default().push(frame.message.clone());
-                w.to_worker.push_back(frame.encode());
+        loop {
+            match self.sched.poll_output() {
+                Output::Send { to, frame } => {
+                    if let Some(w) = self.workers.get_mut(&to) {
+                        self.received.entry(to).or_default().push(frame.message.clone());
+                        w.to_worker.push_back(codec::encode_frame(&frame));
+                    }
+                }
+                Output::Close { worker, reason, ban } => {
+                    self.workers.remove(&worker);
+                    self.closed.push((worker, reason.to_string(), ban));
+                }
+                Output::Event(e) => self.events.push(e),
+                Output::Wake(at) => {
+                    self.wake = at;
+                    return;
+                }
             }
         }
-        while let Some(e) = self.sched.poll_event() {
-            if let Event::WorkerSilent { worker, .. } = e {
-                self.workers.remove(&worker); // the shell closes its connection
-            }
-            self.events.push(e);
-        }
+    }
+
+    fn closed_reason(&self, worker: WorkerId) -> Option<&str> {
+        self.closed.iter().find(|(w, ..)| *w == worker).map(|(_, reason, _)| reason.as_str())
     }
 
     fn deliver_to_master(&mut self, id: WorkerId, count: usize) {
         for _ in 0..count {
             let Some(bytes) = self.workers.get_mut(&id).and_then(|w| w.to_master.pop_front()) else { break };
-            self.sched.handle_message(id, &bytes, self.now).expect("honest workers break no rule");
+            self.sched.handle_input(Input::Message { worker: id, bytes: &bytes }, self.now);
+            self.pump();
+            assert_eq!(self.closed_reason(id), None, "honest workers break no rule");
         }
-        self.pump();
     }
 
     fn deliver_to_worker(&mut self, id: WorkerId, count: usize) {
@@ -92,7 +140,7 @@ impl Sim {
             w.session.handle_message(&bytes, now).expect("the master breaks no rule");
         }
         while let Some(f) = w.session.poll_transmit() {
-            w.to_master.push_back(f.encode());
+            w.to_master.push_back(codec::encode_frame(&f));
         }
     }
 
@@ -106,22 +154,22 @@ impl Sim {
         }
         w.session.complete(task.lease, c, ms(1));
         while let Some(f) = w.session.poll_transmit() {
-            w.to_master.push_back(f.encode());
+            w.to_master.push_back(codec::encode_frame(&f));
         }
         true
     }
 
     fn leave(&mut self, id: WorkerId) {
         if self.workers.remove(&id).is_some() {
-            self.sched.handle_disconnect(id, self.now);
+            self.sched.handle_input(Input::Disconnected { worker: id }, self.now);
             self.pump();
         }
     }
 
     fn advance(&mut self, by: Duration) {
         self.now += by;
-        if self.sched.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.sched.handle_timeout(self.now);
+        if self.wake.is_some_and(|t| t <= self.now) {
+            self.sched.handle_input(Input::Timeout, self.now);
             self.pump();
         }
         // Workers beat too; one that hears nothing from the master hangs up.
@@ -129,7 +177,7 @@ impl Sim {
         for (&id, w) in &mut self.workers {
             if w.session.poll_timeout() <= self.now {
                 match w.session.handle_timeout(self.now) {
-                    Ok(()) => w.to_master.extend(std::iter::from_fn(|| w.session.poll_transmit()).map(|f| f.encode())),
+                    Ok(()) => w.to_master.extend(std::iter::from_fn(|| w.session.poll_transmit()).map(|f| codec::encode_frame(&f))),
                     Err(_) => hung_up.push(id),
                 }
             }
@@ -139,10 +187,22 @@ impl Sim {
         }
     }
 
+    fn job(&self) -> &Job {
+        self.sched.job(JOB).expect("the sim's job")
+    }
+
+    fn is_complete(&self) -> bool {
+        self.job().is_complete()
+    }
+
+    fn blocks_done(&self, worker: WorkerId) -> usize {
+        self.sched.pool().info(worker).map_or(0, |i| i.blocks_done)
+    }
+
     /// Every worker serves everything it can, round after round, while time passes.
     fn run_to_completion(&mut self) -> Matrix<f64> {
         for _ in 0..10_000 {
-            if self.sched.is_complete() {
+            if self.is_complete() {
                 break;
             }
             let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
@@ -153,7 +213,9 @@ impl Sim {
             }
             self.advance(ms(10));
         }
-        match self.sched.take_result().expect("the job completes") {
+        let mut job = self.sched.remove_job(JOB, self.now).expect("the sim's job");
+        self.pump();
+        match job.take_result().expect("the job completes") {
             DenseMatrix::F64(c) => c,
             DenseMatrix::F32(_) => unreachable!(),
         }
@@ -175,8 +237,8 @@ fn one_worker_computes_everything_and_gets_a_once() {
     assert_eq!(sim.count(w, |m| matches!(m, Message::OperandChunk { .. })), 3);
     assert_eq!(sim.count(w, |m| matches!(m, Message::Task { .. })), 6);
     assert_eq!(sim.count(w, |m| matches!(m, Message::JobDone { .. })), 1);
-    assert!(sim.events.contains(&Event::JobComplete));
-    assert_eq!(sim.sched.workers().next().unwrap().1.blocks_done, 6);
+    assert!(sim.events.contains(&Event::JobComplete { job: JOB }));
+    assert_eq!(sim.blocks_done(w), 6);
 }
 
 #[test]
@@ -186,7 +248,7 @@ fn a_worker_never_holds_more_than_its_slots() {
     sim.deliver_to_worker(w, usize::MAX);
     assert_eq!(sim.workers[&w].session.in_flight(), 2);
     assert_eq!(sim.count(w, |m| matches!(m, Message::Task { .. })), 2);
-    assert_eq!(sim.sched.poll_timeout(), Some(ms(1000)), "the leases' deadline");
+    assert_eq!(sim.wake, Some(ms(1000)), "the leases' deadline");
 }
 
 #[test]
@@ -205,7 +267,7 @@ fn fast_workers_take_more() {
     let fast = sim.join(1);
     let slow = sim.join(1);
     for _ in 0..200 {
-        if sim.sched.is_complete() {
+        if sim.is_complete() {
             break;
         }
         for _ in 0..3 {
@@ -218,8 +280,8 @@ fn fast_workers_take_more() {
         sim.deliver_to_master(slow, usize::MAX);
         sim.advance(ms(1));
     }
-    let done: BTreeMap<_, _> = sim.sched.workers().map(|(id, i)| (id, i.blocks_done)).collect();
-    assert!(done[&fast] >= 2 * done[&slow], "{done:?}");
+    let (fast_done, slow_done) = (sim.blocks_done(fast), sim.blocks_done(slow));
+    assert!(fast_done >= 2 * slow_done, "{fast_done} vs {slow_done}");
     assert_eq!(sim.run_to_completion(), sim.expected);
 }
 
@@ -233,7 +295,7 @@ fn a_vanished_workers_blocks_are_requeued() {
     let heir = sim.join(2);
     let c = sim.run_to_completion();
     assert_eq!(c, sim.expected);
-    assert_eq!(sim.sched.workers().find(|(id, _)| *id == heir).unwrap().1.blocks_done, 5);
+    assert_eq!(sim.blocks_done(heir), 5);
 }
 
 #[test]
@@ -258,7 +320,9 @@ fn an_expired_lease_is_reissued_and_the_late_result_is_harmless() {
 
 #[test]
 fn a_straggler_is_duplicated_at_the_tail_and_the_first_result_wins() {
-    let mut sim = Sim::new(4, 4, 8, 2, SchedulerConfig { initial_lease: ms(60_000), ..quick_config() });
+    let mut config = quick_config();
+    config.leases.initial = ms(60_000);
+    let mut sim = Sim::new(4, 4, 8, 2, config);
     let fast = sim.join(1);
     let slow = sim.join(1);
     sim.deliver_to_worker(slow, usize::MAX); // the slow worker holds one block and never answers
@@ -269,60 +333,51 @@ fn a_straggler_is_duplicated_at_the_tail_and_the_first_result_wins() {
         sim.advance(ms(10));
     }
     assert!(sim.events.iter().any(|e| matches!(e, Event::Speculated { worker, .. } if *worker == fast)));
-    assert!(sim.sched.is_complete(), "the fast worker finished the straggler's block");
+    assert!(sim.is_complete(), "the fast worker finished the straggler's block");
     assert_eq!(sim.count(slow, |m| matches!(m, Message::Cancel { .. })), 1, "the losing copy is cancelled");
     assert_eq!(sim.run_to_completion(), sim.expected);
 }
 
 #[test]
 fn wrong_results_are_caught_reissued_elsewhere_and_their_sender_is_cut_off() {
-    let mut sim = Sim::new(6, 5, 24, 2, quick_config());
-    let (m, k, n) = (6, 5, 24);
-    let a = Matrix::from_fn(m, k, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
-    let b = Matrix::from_fn(k, n, |i, j| ((i * 5 + j * 13) % 9) as f64 - 4.0);
+    let (m, k, n, width) = (6, 5, 24, 2);
+    let (a, b) = operands(m, k, n);
     let weights = (0..n).map(|j| [3.0, -1.0, 2.0, -5.0][j % 4]).collect();
-    let verifier = Verifier::new(DenseMatrix::from(a), &b.into(), &Plan::new(m, k, n, 2), weights, true);
-    sim.sched = std::mem::replace(&mut sim.sched, Sim::new(1, 1, 1, 1, quick_config()).sched).with_verifier(verifier);
+    let verifier = Verifier::new(DenseMatrix::from(a), &b.into(), &Plan::new(m, k, n, width), weights, true);
+    let mut sim = Sim::with_job(m, k, n, width, quick_config(), |job| job.with_verifier(verifier));
     let liar = sim.join(2);
     sim.workers.get_mut(&liar).unwrap().liar = true;
     let honest = sim.join(2);
-    let mut liar_violation = None;
     for _ in 0..100 {
-        if sim.sched.is_complete() {
+        if sim.is_complete() {
             break;
         }
         for id in [liar, honest] {
             sim.deliver_to_worker(id, usize::MAX);
             while sim.compute(id) {}
             if id == liar {
-                // The liar's results come back through the scheduler directly, to see the violation.
-                let Some(w) = sim.workers.get_mut(&liar) else { continue };
-                while let Some(bytes) = w.to_master.pop_front() {
-                    if let Err(v) = sim.sched.handle_message(liar, &bytes, sim.now) {
-                        liar_violation = Some(v.to_string());
-                        sim.workers.remove(&liar);
-                        sim.sched.handle_disconnect(liar, sim.now);
-                        break;
-                    }
+                // The liar's results go in directly: delivering checks that no rule is broken.
+                while let Some(bytes) = sim.workers.get_mut(&liar).and_then(|w| w.to_master.pop_front()) {
+                    sim.sched.handle_input(Input::Message { worker: liar, bytes: &bytes }, sim.now);
+                    sim.pump();
                 }
-                sim.pump();
             } else {
                 sim.deliver_to_master(id, usize::MAX);
             }
         }
         sim.advance(ms(10));
     }
-    assert_eq!(liar_violation.as_deref(), Some("sent 3 wrong results"));
+    assert_eq!(sim.closed, vec![(liar, "sent 3 wrong results".to_owned(), true)], "closed and banned");
     let rejected = sim.events.iter().filter(|e| matches!(e, Event::Rejected { worker, .. } if *worker == liar)).count();
     assert_eq!(rejected, 3);
     assert_eq!(sim.run_to_completion(), sim.expected, "only verified blocks were assembled");
-    let liar_blocks = sim.sched.workers().find(|(id, _)| *id == liar).unwrap().1.blocks_done;
-    assert_eq!(liar_blocks, 0);
+    assert_eq!(sim.blocks_done(liar), 0);
 }
 
 #[test]
 fn a_silent_worker_is_dropped_and_its_blocks_reissued() {
-    let patient = SchedulerConfig { initial_lease: ms(600_000), min_lease: ms(600_000), ..quick_config() };
+    let mut patient = quick_config();
+    patient.leases = LeaseConfig { initial: ms(600_000), min: ms(600_000), ..LeaseConfig::default() };
     let mut sim = Sim::new(4, 4, 12, 2, patient);
     let frozen = sim.join(2);
     let alive = sim.join(1);
@@ -333,8 +388,7 @@ fn a_silent_worker_is_dropped_and_its_blocks_reissued() {
         sim.deliver_to_worker(alive, usize::MAX);
         sim.deliver_to_master(alive, usize::MAX); // heartbeats only: it computes nothing yet
     }
-    let silent: Vec<_> = sim.events.iter().filter_map(|e| if let Event::WorkerSilent { worker, silent_for } = e { Some((*worker, *silent_for)) } else { None }).collect();
-    assert_eq!(silent, vec![(frozen, ms(16_000))], "dropped at the first check past 15 s, and only the frozen one");
+    assert_eq!(sim.closed, vec![(frozen, "silent for 16 s".to_owned(), false)], "closed at the first check past 15 s, and only the frozen one");
     assert!(sim.events.contains(&Event::WorkerLeft { worker: frozen, requeued: 2 }));
     assert!(sim.count(alive, |m| matches!(m, Message::Heartbeat)) >= 5, "the master beats too");
     assert_eq!(sim.run_to_completion(), sim.expected);
@@ -342,8 +396,7 @@ fn a_silent_worker_is_dropped_and_its_blocks_reissued() {
 
 #[test]
 fn leases_and_patience_follow_each_workers_measured_speed() {
-    let config = SchedulerConfig { min_lease: ms(1000), ..quick_config() };
-    let mut sim = Sim::new(4, 4, 40, 2, config);
+    let mut sim = Sim::new(4, 4, 40, 2, quick_config());
     let slow = sim.join(1);
     // One task takes the slow worker 12 s (its heartbeats keep arriving meanwhile).
     sim.deliver_to_worker(slow, usize::MAX);
@@ -353,29 +406,30 @@ fn leases_and_patience_follow_each_workers_measured_speed() {
     }
     sim.compute(slow);
     sim.deliver_to_master(slow, usize::MAX);
-    let deadline = sim.sched.leases.values().find(|l| l.worker == slow).map(|l| l.deadline - l.issued);
-    assert_eq!(deadline, Some(ms(96_000)), "8 times its own task time");
-    let w = &sim.sched.workers[&slow];
-    assert_eq!(sim.sched.silence_limit(w), ms(24_000), "twice its task time, above the 15 s heartbeat timeout");
+    assert_eq!(sim.job().lease_span(slow), Some(ms(96_000)), "8 times its own task time");
+    let pool = sim.sched.pool();
+    assert_eq!(pool.silence_limit(&pool.workers[&slow], None), ms(24_000), "twice its task time, above the 15 s heartbeat timeout");
 }
 
 #[test]
 fn restored_blocks_are_verified_and_never_recomputed() {
     let (m, k, n, width) = (6, 5, 12, 2);
-    let mut sim = Sim::new(m, k, n, width, quick_config());
-    let a = Matrix::from_fn(m, k, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
-    let b = Matrix::from_fn(k, n, |i, j| ((i * 5 + j * 13) % 9) as f64 - 4.0);
+    let (a, b) = operands(m, k, n);
+    let c = DenseMatrix::from(naive(&a, &b));
     let weights = (0..n).map(|j| [2.0, -3.0][j % 2]).collect();
     let verifier = Verifier::new(DenseMatrix::from(a), &b.into(), &Plan::new(m, k, n, width), weights, true);
-    sim.sched = std::mem::replace(&mut sim.sched, Sim::new(1, 1, 1, 1, quick_config()).sched).with_verifier(verifier);
-    let block = |j: usize| DenseMatrix::from(sim.expected.clone()).as_bytes()[j * 2 * m * 8..(j + 1) * 2 * m * 8].to_vec();
+    let block = |j: usize| c.as_bytes()[j * 2 * m * 8..(j + 1) * 2 * m * 8].to_vec();
     let (good, mut bad) = (block(1), block(4));
     bad[3] ^= 0x40;
-    sim.sched.restore(1, &good).unwrap();
-    assert_eq!(sim.sched.block_bytes(1), Some(&good[..]));
-    assert!(matches!(sim.sched.restore(4, &bad), Err(RestoreError::Mismatch { block: 4, .. })));
-    assert!(matches!(sim.sched.restore(2, &good[8..]), Err(RestoreError::Length { block: 2, .. })));
-    assert!(matches!(sim.sched.restore(6, &good), Err(RestoreError::NoSuchBlock { .. })));
+    let mut sim = Sim::with_job(m, k, n, width, quick_config(), |job| {
+        let mut job = job.with_verifier(verifier);
+        job.restore(1, &good).unwrap();
+        assert_eq!(job.block_bytes(1), Some(&good[..]));
+        assert!(matches!(job.restore(4, &bad), Err(RestoreError::Mismatch { block: 4, .. })));
+        assert!(matches!(job.restore(2, &good[8..]), Err(RestoreError::Length { block: 2, .. })));
+        assert!(matches!(job.restore(6, &good), Err(RestoreError::NoSuchBlock { .. })));
+        job
+    });
     let w = sim.join(2);
     assert_eq!(sim.run_to_completion(), sim.expected);
     assert_eq!(sim.count(w, |msg| matches!(msg, Message::Task { .. })), 5, "every block but the restored one");
@@ -387,28 +441,28 @@ fn hello(kind: WorkerKind, token: &str) -> Vec<u8> {
 }
 
 #[test]
-fn a_token_admits_native_workers_and_browsers_follow_the_setting() {
+fn a_refused_worker_is_told_why_and_closed() {
     let access = Access { token: Some(Token::new("open sesame")), browsers: false };
     let mut sim = Sim::new(2, 2, 2, 1, SchedulerConfig { access, ..quick_config() });
-    let mut refusal = |id, bytes: Vec<u8>| match sim.sched.handle_message(id, &bytes, sim.now) {
-        Ok(()) => None,
-        Err(Violation::Refused(why)) => {
-            let sent = std::iter::from_fn(|| sim.sched.poll_transmit()).any(|(to, f)| to == id && matches!(f.message, Message::Refused { .. }));
-            assert!(sent, "the worker is told why");
-            Some(why)
-        }
-        Err(other) => panic!("{other}"),
-    };
-    assert!(refusal(1, hello(WorkerKind::Native, "")).unwrap().contains("requires a token"));
-    assert!(refusal(2, hello(WorkerKind::Native, "open sesamE")).unwrap().starts_with("wrong token"));
-    assert!(refusal(3, hello(WorkerKind::Browser, "")).unwrap().contains("does not take browser volunteers"));
-    assert_eq!(refusal(4, hello(WorkerKind::Native, "open sesame")), None);
-    assert_eq!(refusal(5, hello(WorkerKind::Browser, "open sesame")), None);
-
-    let mut open = Sim::new(2, 2, 2, 1, quick_config());
-    for (id, kind) in [(1, WorkerKind::Native), (2, WorkerKind::Browser)] {
-        open.sched.handle_message(id, &hello(kind, ""), open.now).expect("no token set: anyone may join");
+    for (id, kind, token) in [(1, WorkerKind::Native, ""), (2, WorkerKind::Browser, ""), (3, WorkerKind::Native, "open sesame")] {
+        sim.sched.handle_input(Input::Connected { worker: id, addr: None }, sim.now);
+        sim.sched.handle_input(Input::Message { worker: id, bytes: &hello(kind, token) }, sim.now);
     }
+    let mut refused = Vec::new();
+    loop {
+        match sim.sched.poll_output() {
+            Output::Send { to, frame: Frame { message: Message::Refused { reason }, .. } } => refused.push((to, reason)),
+            Output::Close { worker, reason, ban } => {
+                assert!(!ban && refused.last().is_some_and(|(to, _)| *to == worker), "told why before the close");
+                assert!(reason.to_string().starts_with("refused: "), "{reason}");
+            }
+            Output::Wake(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[0].1.contains("requires a token") && refused[1].1.contains("browser"), "{refused:?}");
+    assert!(sim.sched.pool().is_member(3));
 }
 
 #[test]
@@ -421,28 +475,41 @@ fn the_token_never_shows_in_debug_output() {
 }
 
 #[test]
-fn protocol_violations_are_reported() {
+fn protocol_violations_close_the_connection() {
     let mut sim = Sim::new(2, 2, 2, 1, quick_config());
+    let close = |sim: &mut Sim, id: WorkerId, bytes: Vec<u8>| {
+        if !sim.sched.pool().is_member(id) {
+            sim.sched.handle_input(Input::Connected { worker: id, addr: None }, sim.now);
+        }
+        sim.sched.handle_input(Input::Message { worker: id, bytes: &bytes }, sim.now);
+        sim.pump();
+        sim.closed_reason(id).map(str::to_owned)
+    };
     let junk = codec::encode(&Message::ResultChunk { lease: 999, offset: 0, compute_us: 0 }, &[1]);
-    assert!(matches!(sim.sched.handle_message(99, &junk, sim.now), Err(Violation::NoHello)));
+    assert_eq!(close(&mut sim, 99, junk.clone()).as_deref(), Some("the first message was not Hello"));
     let w = sim.join(1);
-    assert!(matches!(sim.sched.handle_message(w, &junk, sim.now), Err(Violation::UnknownLease(999))));
-    let job = codec::encode(&Message::JobDone { job: 1 }, &[]);
-    assert!(matches!(sim.sched.handle_message(w, &job, sim.now), Err(Violation::Unexpected("JobDone"))));
+    assert_eq!(close(&mut sim, w, junk).as_deref(), Some("sent a result for lease 999, which it does not hold"));
+    let w = sim.join(1);
+    let done = codec::encode(&Message::JobDone { job: 1 }, &[]);
+    assert_eq!(close(&mut sim, w, done).as_deref(), Some("sent JobDone, which only a master sends"));
     let old = codec::encode(&Message::Hello { protocol: 0, kind: WorkerKind::Native, threads: 1, slots: 1, name: String::new(), token: Token::default() }, &[]);
-    assert!(matches!(sim.sched.handle_message(77, &old, sim.now), Err(Violation::Version { got: 0 })));
-    assert!(matches!(sim.sched.poll_transmit(), Some((77, Frame { message: Message::Refused { .. }, .. }))));
+    assert!(close(&mut sim, 77, old).unwrap().contains("protocol"));
     // The lease is real but the chunk is out of order.
+    let w = sim.join(1);
     let lease = sim.received[&w].iter().find_map(|m| if let Message::Task { lease, .. } = m { Some(*lease) } else { None }).unwrap();
     let skip = codec::encode(&Message::ResultChunk { lease, offset: 8, compute_us: 0 }, &[0; 8]);
-    assert!(matches!(sim.sched.handle_message(w, &skip, sim.now), Err(Violation::Payload { .. })));
+    assert!(close(&mut sim, w, skip).unwrap().contains("out of order"));
+    // Whatever a closed connection still had in flight is ignored.
+    sim.sched.handle_input(Input::Message { worker: w, bytes: &hello(WorkerKind::Native, "") }, sim.now);
+    sim.pump();
+    assert!(!sim.sched.pool().is_member(w));
 }
 
 #[test]
 fn mismatched_inputs_are_refused() {
     let a = Matrix::<f64>::zeros(3, 4).unwrap();
     let b = Matrix::<f64>::zeros(5, 2).unwrap();
-    let err = Scheduler::new(SchedulerConfig::default(), 1, DenseMatrix::from(a), DenseMatrix::from(b), Plan::new(3, 4, 2, 1)).unwrap_err();
+    let err = Job::new(1, DenseMatrix::from(a), DenseMatrix::from(b), Plan::new(3, 4, 2, 1), LeaseConfig::default(), 64).unwrap_err();
     assert_eq!(err.to_string(), "A is 3x4 but B is 5x2: A's columns must equal B's rows");
 }
 
@@ -494,7 +561,7 @@ proptest! {
         }
         let c = sim.run_to_completion();
         prop_assert_eq!(c, sim.expected.clone());
-        let done: usize = sim.sched.workers().map(|(_, i)| i.blocks_done).sum();
+        let done: usize = sim.sched.pool().infos().map(|(_, i)| i.blocks_done).sum();
         prop_assert_eq!(done, Plan::new(m, k, n, width).blocks(), "each block counted once");
     }
 }

@@ -83,6 +83,7 @@ pub fn parse(format: Format, bytes: &[u8], limit: u64) -> Result<Loaded, String>
     }
 }
 
+#[cfg(feature = "fuzzing")]
 /// The fuzz targets' check (also replayed over their corpus by `cargo test`):
 /// parsing any bytes never panics, and a matrix that parses has the shape it
 /// claims and survives a write and a re-read unchanged.

@@ -6,8 +6,8 @@ mod page;
 mod progress;
 mod server;
 
-use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,8 @@ use anyhow::Context;
 use colonnade_core::kernel::flops;
 use colonnade_core::plan::Plan;
 use colonnade_core::protocol::Token;
-use colonnade_core::scheduler::{Event, PayloadStats, Scheduler, Violation, WorkerId, WorkerInfo};
+use colonnade_core::protocol::{Frame, JobId, Message};
+use colonnade_core::scheduler::{self as core, Event, Output, PayloadStats, Scheduler, WorkerId, WorkerInfo};
 use colonnade_core::DenseMatrix;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -130,9 +131,10 @@ impl Master {
         LocalWorkers { stop, handles }
     }
 
-    /// Runs one job to completion, recording each verified block in `checkpoint` if given.
-    pub async fn run(&mut self, mut scheduler: Scheduler, show_progress: bool, checkpoint: Option<&checkpoint::Writer>) -> anyhow::Result<JobReport> {
-        let plan = scheduler.plan().clone();
+    /// Runs `job` on `scheduler` to completion, recording each verified block
+    /// in `checkpoint` if given.
+    pub async fn run(&mut self, scheduler: &mut Scheduler, job: JobId, show_progress: bool, checkpoint: Option<&checkpoint::Writer>) -> anyhow::Result<JobReport> {
+        let plan = scheduler.job(job).context("no such job")?.plan().clone();
         let reporter = Reporter::new(plan.blocks(), show_progress);
         self.status.send_modify(|s| {
             s.shape = format!("{}x{} times {}x{}", plan.m, plan.k, plan.k, plan.n);
@@ -143,103 +145,74 @@ impl Master {
             s.worker_command = format!("worker {}", self.worker_url());
         });
         let start = Instant::now();
-        let mut first_task: Option<Instant> = None;
-        let mut senders: HashMap<WorkerId, mpsc::UnboundedSender<Outgoing>> = HashMap::new();
-        let mut addrs: HashMap<WorkerId, SocketAddr> = HashMap::new();
-        // Addresses that sent too many wrong results, refused for the rest of this master's life.
-        let mut banned: HashSet<IpAddr> = HashSet::new();
+        let mut shell = Shell::default();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
-        let mut scheduler_time = Duration::ZERO;
         reporter.waiting(&self.worker_url(), &self.page_url());
+        let mut complete = false;
         loop {
-            if deliver(&mut scheduler, &senders) {
-                first_task.get_or_insert_with(Instant::now);
-            }
-            while let Some(event) = scheduler.poll_event() {
-                reporter.event(&event, &addrs);
-                if let (Event::BlockDone { block, .. }, Some(writer)) = (&event, checkpoint) {
-                    writer.save(*block, scheduler.block_bytes(*block).expect("a done block is in C"));
-                }
-                if let Event::WorkerSilent { worker, silent_for } = event {
-                    // The scheduler has dropped it; its connection may be half-open, so close it.
-                    if let Some(tx) = senders.remove(&worker) {
-                        let _ = tx.send(Outgoing::Close(format!("silent for {:.0} s", silent_for.as_secs_f64())));
+            let wake = loop {
+                match scheduler.poll_output() {
+                    Output::Wake(at) => break at,
+                    Output::Event(event) => {
+                        reporter.event(&event, &shell.addrs);
+                        match event {
+                            Event::BlockDone { job: j, block, .. } if j == job => {
+                                if let Some(writer) = checkpoint {
+                                    writer.save(block, scheduler.job(job).and_then(|j| j.block_bytes(block)).expect("a done block is in C"));
+                                }
+                            }
+                            Event::JobComplete { job: j } if j == job => complete = true,
+                            Event::WorkerLeft { .. } if scheduler.headcount().total() == 0 => reporter.waiting(&self.worker_url(), &self.page_url()),
+                            _ => {}
+                        }
                     }
+                    Output::Close { worker, reason, ban } => {
+                        reporter.closed(worker, &reason, ban, &shell.addrs);
+                        shell.close(worker, reason.to_string());
+                    }
+                    Output::Send { to, frame } => shell.send(to, frame),
                 }
-                if matches!(event, Event::WorkerLeft { .. }) && scheduler.progress().native_workers + scheduler.progress().browser_workers == 0 {
-                    reporter.waiting(&self.worker_url(), &self.page_url());
-                }
-            }
-            let done_flops = flops(plan.m, plan.k, plan.width) * scheduler.progress().blocks_done as f64;
-            let elapsed = first_task.map_or(Duration::ZERO, |t| t.elapsed());
-            reporter.update(scheduler.progress(), done_flops, elapsed);
-            if scheduler.is_complete() {
+            };
+            let j = scheduler.job(job).expect("running");
+            let done_flops = flops(plan.m, plan.k, plan.width) * j.blocks_done() as f64;
+            let elapsed = shell.first_task.map_or(Duration::ZERO, |t| t.elapsed());
+            reporter.update(j.blocks_done(), scheduler.headcount(), done_flops, elapsed);
+            if complete {
                 break;
             }
-            let wake = scheduler.poll_timeout().map(|t| tokio::time::Instant::from_std(start + t));
+            let wake = wake.map(|t| tokio::time::Instant::from_std(start + t));
             tokio::select! {
                 input = self.inputs.recv() => {
                     let now = start.elapsed();
                     match input.context("the server stopped")? {
                         Input::Connected { worker, addr, outgoing } => {
                             tracing::debug!(worker, %addr, "connection");
-                            if banned.contains(&addr.ip()) {
-                                let _ = outgoing.send(Outgoing::Close("refused: this address sent wrong results".into()));
-                                continue;
-                            }
-                            senders.insert(worker, outgoing);
-                            addrs.insert(worker, addr);
+                            shell.senders.insert(worker, outgoing);
+                            shell.addrs.insert(worker, addr);
+                            scheduler.handle_input(core::Input::Connected { worker, addr: Some(addr.ip()) }, now);
                         }
                         Input::Message { worker, bytes } => {
-                            if !senders.contains_key(&worker) {
-                                continue; // already disconnected; its last words are ignored
-                            }
-                            let busy = Instant::now();
-                            let handled = scheduler.handle_message(worker, &bytes, now);
-                            scheduler_time += busy.elapsed();
-                            if let Err(violation) = handled {
-                                // Report what led here (e.g. the last strike) before the verdict.
-                                while let Some(event) = scheduler.poll_event() {
-                                    reporter.event(&event, &addrs);
-                                }
-                                if matches!(violation, Violation::TooManyStrikes(_)) {
-                                    if let Some(addr) = addrs.get(&worker) {
-                                        banned.insert(addr.ip());
-                                    }
-                                    reporter.note(&format!("banned {} for the rest of this master's life: it sent too many wrong results", addr_of(&addrs, worker)));
-                                }
-                                reporter.note(&format!("worker {worker} ({}) disconnected: {violation}", addr_of(&addrs, worker)));
-                                deliver(&mut scheduler, &senders); // e.g. a Refused, before the close
-                                if let Some(tx) = senders.remove(&worker) {
-                                    let _ = tx.send(Outgoing::Close(violation.to_string()));
-                                }
-                                scheduler.handle_disconnect(worker, now);
+                            // A connection already closed may still have messages on the way.
+                            if shell.senders.contains_key(&worker) {
+                                let busy = Instant::now();
+                                scheduler.handle_input(core::Input::Message { worker, bytes: &bytes }, now);
+                                shell.scheduler_time += busy.elapsed();
                             }
                         }
                         Input::Closed { worker } => {
-                            if senders.remove(&worker).is_some() {
-                                scheduler.handle_disconnect(worker, now);
+                            if shell.senders.remove(&worker).is_some() {
+                                scheduler.handle_input(core::Input::Disconnected { worker }, now);
                             }
                         }
                     }
                 }
-                _ = sleep_until(wake), if wake.is_some() => scheduler.handle_timeout(start.elapsed()),
-                _ = tick.tick() => {
-                    let p = scheduler.progress();
-                    let done = (0..plan.blocks()).map(|b| if scheduler.block_done(b) { '1' } else { '0' }).collect();
-                    self.status.send_modify(|s| {
-                        s.done = done;
-                        s.blocks_done = p.blocks_done;
-                        s.native_workers = p.native_workers;
-                        s.browser_workers = p.browser_workers;
-                    });
-                }
+                _ = sleep_until(wake), if wake.is_some() => scheduler.handle_input(core::Input::Timeout, start.elapsed()),
+                _ = tick.tick() => self.publish(scheduler, job),
             }
         }
-        let elapsed = first_task.map_or(Duration::ZERO, |t| t.elapsed());
-        // Deliver the JobDone frames, then let the connections go.
-        deliver(&mut scheduler, &senders);
-        for tx in senders.values() {
+        let elapsed = shell.first_task.map_or(Duration::ZERO, |t| t.elapsed());
+        // The JobDone frames went out above; now let the connections go.
+        for tx in shell.senders.values() {
             let _ = tx.send(Outgoing::Close("job complete".into()));
         }
         self.status.send_modify(|s| {
@@ -248,19 +221,60 @@ impl Master {
             s.complete = true;
         });
         reporter.finish();
+        let mut finished = scheduler.remove_job(job, start.elapsed()).expect("running");
         Ok(JobReport {
-            c: scheduler.take_result().expect("complete"),
+            c: finished.take_result().expect("complete"),
             elapsed,
             plan,
-            workers: scheduler.workers().map(|(id, info)| (id, info.clone())).collect(),
-            stats: scheduler.stats(),
+            workers: scheduler.pool().infos().map(|(id, info)| (id, info.clone())).collect(),
+            stats: finished.stats(),
             wire_sent: self.traffic.sent_bytes.load(Ordering::Relaxed),
             wire_received: self.traffic.received_bytes.load(Ordering::Relaxed),
             encode_time: Duration::from_nanos(self.traffic.encode_nanos.load(Ordering::Relaxed)),
-            scheduler_time,
+            scheduler_time: shell.scheduler_time,
             verify_prep: Duration::ZERO,
             restored_columns: 0,
         })
+    }
+
+    /// Shows the job's progress to the page.
+    fn publish(&self, scheduler: &Scheduler, job: JobId) {
+        let (Some(j), p) = (scheduler.job(job), scheduler.headcount()) else { return };
+        let done = (0..j.plan().blocks()).map(|b| if j.block_done(b) { '1' } else { '0' }).collect();
+        self.status.send_modify(|s| {
+            s.done = done;
+            s.blocks_done = j.blocks_done();
+            s.native_workers = p.native;
+            s.browser_workers = p.browser;
+        });
+    }
+}
+
+/// The shell's side of the connections: where to send each worker's frames.
+#[derive(Debug, Default)]
+struct Shell {
+    senders: HashMap<WorkerId, mpsc::UnboundedSender<Outgoing>>,
+    addrs: HashMap<WorkerId, SocketAddr>,
+    /// When the first task went out: the job's clock starts there.
+    first_task: Option<Instant>,
+    scheduler_time: Duration,
+}
+
+impl Shell {
+    fn send(&mut self, to: WorkerId, frame: Frame) {
+        let task = matches!(frame.message, Message::Task { .. });
+        if let Some(tx) = self.senders.get(&to) {
+            if tx.send(Outgoing::Frame(frame)).is_ok() && task {
+                self.first_task.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    /// Closes a connection after what is queued for it; its later messages are ignored.
+    fn close(&mut self, worker: WorkerId, reason: String) {
+        if let Some(tx) = self.senders.remove(&worker) {
+            let _ = tx.send(Outgoing::Close(reason));
+        }
     }
 }
 
@@ -280,28 +294,12 @@ impl LocalWorkers {
     }
 }
 
-/// Hands the scheduler's outgoing frames to their connections; returns whether
-/// any went out (frames for connections already gone are dropped).
-fn deliver(scheduler: &mut Scheduler, senders: &HashMap<WorkerId, mpsc::UnboundedSender<Outgoing>>) -> bool {
-    let mut sent = false;
-    while let Some((to, frame)) = scheduler.poll_transmit() {
-        if let Some(tx) = senders.get(&to) {
-            sent |= tx.send(Outgoing::Frame(frame)).is_ok();
-        }
-    }
-    sent
-}
-
 fn loopback_for(addr: SocketAddr) -> std::net::IpAddr {
     match addr {
         SocketAddr::V4(a) if a.ip().is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
         SocketAddr::V6(a) if a.ip().is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
         a => a.ip(),
     }
-}
-
-fn addr_of(addrs: &HashMap<WorkerId, SocketAddr>, worker: WorkerId) -> String {
-    addrs.get(&worker).map_or("unknown address".into(), ToString::to_string)
 }
 
 async fn sleep_until(when: Option<tokio::time::Instant>) {

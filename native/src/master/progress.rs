@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use colonnade_core::protocol::WorkerKind;
-use colonnade_core::scheduler::{Event, Progress, WorkerId};
+use colonnade_core::scheduler::{CloseReason, Event, Headcount, WorkerId};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Debug)]
@@ -54,30 +54,43 @@ impl Reporter {
             Event::WorkerLeft { worker, requeued } => {
                 self.note(&format!("worker {worker} left; {requeued} of its blocks go back in the queue"));
             }
-            Event::WorkerSilent { worker, silent_for } => {
-                self.note(&format!("worker {worker} ({}) has said nothing for {:.1} s; dropping it", addr(worker), silent_for.as_secs_f64()));
-            }
-            Event::LeaseExpired { worker, block } => {
+            Event::LeaseExpired { worker, block, .. } => {
                 self.note(&format!("worker {worker} is overdue with block {block}; re-issuing it"));
             }
-            Event::Rejected { worker, block, reason, strikes } => {
+            Event::Rejected { worker, block, reason, strikes, .. } => {
                 self.note(&format!("worker {worker} ({}) sent a wrong result for block {block} (strike {strikes}): {reason}", addr(worker)));
             }
-            Event::Speculated { worker, block } => tracing::debug!(worker, block, "tail: duplicating a straggler's block"),
-            Event::BlockDone { worker, block } => tracing::debug!(worker, block, "block done"),
-            Event::JobComplete => tracing::debug!("job complete"),
+            Event::Speculated { worker, block, .. } => tracing::debug!(worker, block, "tail: duplicating a straggler's block"),
+            Event::BlockDone { worker, block, .. } => tracing::debug!(worker, block, "block done"),
+            Event::JobComplete { job } => tracing::debug!(job, "job complete"),
         }
     }
 
-    pub fn update(&self, p: Progress, done_flops: f64, elapsed: Duration) {
+    /// The scheduler closed a connection: say why, and whether its address is now banned.
+    pub fn closed(&self, worker: WorkerId, reason: &CloseReason, ban: bool, addrs: &HashMap<WorkerId, SocketAddr>) {
+        let addr = addrs.get(&worker).map_or("unknown address".into(), ToString::to_string);
+        match reason {
+            CloseReason::Silent(silent_for) => {
+                self.note(&format!("worker {worker} ({addr}) has said nothing for {:.1} s; dropping it", silent_for.as_secs_f64()));
+            }
+            // Refusals are the worker's business: it is told why, and logs it.
+            CloseReason::Refused(refusal) => tracing::info!(worker, %addr, "refused: {refusal}"),
+            _ => self.note(&format!("worker {worker} ({addr}) disconnected: {reason}")),
+        }
+        if ban {
+            self.note(&format!("banned {addr} for the rest of this master's life: it sent too many wrong results"));
+        }
+    }
+
+    pub fn update(&self, blocks_done: usize, p: Headcount, done_flops: f64, elapsed: Duration) {
         if let Some(bar) = &self.bar {
-            bar.set_position(p.blocks_done as u64);
+            bar.set_position(blocks_done as u64);
             let rate = done_flops / elapsed.as_secs_f64().max(1e-9) / 1e9;
             bar.set_message(format!(
                 "{} workers ({} native, {} browser) · {rate:.1} GFLOP/s",
-                p.native_workers + p.browser_workers,
-                p.native_workers,
-                p.browser_workers
+                p.total(),
+                p.native,
+                p.browser
             ));
         }
     }

@@ -213,7 +213,7 @@ async fn connection(socket: WebSocket, addr: SocketAddr, state: AppState, _open:
             let result = match out {
                 Outgoing::Frame(frame) => {
                     let start = std::time::Instant::now();
-                    let bytes = frame.encode();
+                    let bytes = colonnade_core::codec::encode_frame(&frame);
                     traffic.encode_nanos.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     traffic.sent_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     sink.send(Message::Binary(bytes.into())).await

@@ -1,0 +1,325 @@
+//! The workers a master serves, whatever jobs it runs: who may join, who is
+//! still alive, how much work each may hold, what each already holds, and who
+//! has lied too often.
+//!
+//! The pool outlives jobs (a service master runs many on one pool), so what it
+//! learns of a worker (its speed, its strikes) carries from one job to the next.
+//! It decides nothing about tasks: [`crate::scheduler`] asks it questions and
+//! tells it what happened.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::liveness::{Heartbeat, Liveness};
+use crate::protocol::{JobId, LeaseId, Token, WorkerKind, PROTOCOL_VERSION};
+
+/// The shell's name for a connection.
+pub type WorkerId = u64;
+
+/// Who may join.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// If set, native workers must present this token.
+    pub token: Option<Token>,
+    /// Whether browser volunteers (who have no token) may join.
+    pub browsers: bool,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Self { token: None, browsers: true }
+    }
+}
+
+/// Why a worker may not join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("this master speaks protocol {PROTOCOL_VERSION}, the worker speaks {0}; run matching versions")]
+    Version(u32),
+    #[error("this master requires a token, and the worker presented none")]
+    TokenRequired,
+    #[error("wrong token: the worker's token is not the master's")]
+    WrongToken,
+    #[error("this master does not take browser volunteers")]
+    NoBrowsers,
+    #[error("this address sent too many wrong results")]
+    Banned,
+}
+
+impl Refusal {
+    /// The refusal whose wording is `reason`, as sent in a `Refused` message:
+    /// so a worker's shell can add its own advice (such as which flag to pass).
+    /// That message stays a plain string, readable by workers of any version.
+    pub fn recognize(reason: &str) -> Option<Refusal> {
+        [Refusal::TokenRequired, Refusal::WrongToken, Refusal::NoBrowsers, Refusal::Banned].into_iter().find(|r| r.to_string() == reason)
+    }
+}
+
+/// What the pool needs of a worker's Hello.
+#[derive(Debug)]
+pub struct Hello {
+    pub protocol: u32,
+    pub kind: WorkerKind,
+    pub slots: u32,
+    pub name: String,
+    pub token: Token,
+}
+
+/// What is known of a worker, kept after it leaves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerInfo {
+    pub kind: WorkerKind,
+    pub name: String,
+    pub addr: Option<IpAddr>,
+    pub blocks_done: usize,
+    /// Compute time the worker reported for its accepted blocks.
+    pub compute: Duration,
+    /// Results that failed verification.
+    pub strikes: u32,
+    pub connected: bool,
+}
+
+/// A connected, welcomed worker.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    /// Tasks it may hold at once.
+    pub slots: usize,
+    /// Its leases, and the job each belongs to.
+    pub leases: BTreeMap<LeaseId, JobId>,
+    /// Leases cancelled because another copy won; their late chunks are ignored.
+    pub cancelled: HashSet<LeaseId>,
+    /// Jobs whose operand A it holds.
+    pub holds: BTreeSet<JobId>,
+    pub liveness: Liveness,
+    /// Smoothed time from issuing one of its leases to the result.
+    pub task_time: Option<Duration>,
+}
+
+impl Worker {
+    pub fn has_room(&self) -> bool {
+        self.leases.len() < self.slots
+    }
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    access: Access,
+    heartbeat: Heartbeat,
+    max_slots: u32,
+    max_strikes: u32,
+    /// Connections not yet welcomed (or refused), by address.
+    connecting: BTreeMap<WorkerId, Option<IpAddr>>,
+    pub(crate) workers: BTreeMap<WorkerId, Worker>,
+    infos: BTreeMap<WorkerId, WorkerInfo>,
+    /// Addresses that sent too many wrong results: refused for the pool's life.
+    banned: BTreeSet<IpAddr>,
+}
+
+impl Pool {
+    pub fn new(access: Access, heartbeat: Heartbeat, max_slots: u32, max_strikes: u32) -> Self {
+        Self {
+            access,
+            heartbeat,
+            max_slots,
+            max_strikes,
+            connecting: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            infos: BTreeMap::new(),
+            banned: BTreeSet::new(),
+        }
+    }
+
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat
+    }
+
+    /// A connection opened from `addr`; refused at once if that address is banned.
+    pub fn connect(&mut self, worker: WorkerId, addr: Option<IpAddr>) -> Result<(), Refusal> {
+        if addr.is_some_and(|a| self.banned.contains(&a)) {
+            return Err(Refusal::Banned);
+        }
+        self.connecting.insert(worker, addr);
+        Ok(())
+    }
+
+    pub fn is_member(&self, worker: WorkerId) -> bool {
+        self.workers.contains_key(&worker)
+    }
+
+    /// Connected, and not yet welcomed or refused.
+    pub fn is_connecting(&self, worker: WorkerId) -> bool {
+        self.connecting.contains_key(&worker)
+    }
+
+    /// Admits a worker that said Hello, granting it at most `max_slots` tasks.
+    /// Returns the slots granted.
+    pub fn admit(&mut self, worker: WorkerId, hello: Hello, now: Duration) -> Result<u32, Refusal> {
+        let addr = self.connecting.remove(&worker).flatten();
+        if addr.is_some_and(|a| self.banned.contains(&a)) {
+            return Err(Refusal::Banned);
+        }
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(Refusal::Version(hello.protocol));
+        }
+        self.access_check(hello.kind, &hello.token)?;
+        let slots = hello.slots.min(self.max_slots);
+        let liveness = Liveness::new(now, &self.heartbeat);
+        let w = Worker {
+            slots: slots as usize,
+            leases: BTreeMap::new(),
+            cancelled: HashSet::new(),
+            holds: BTreeSet::new(),
+            liveness,
+            task_time: None,
+        };
+        self.workers.insert(worker, w);
+        let info = WorkerInfo { kind: hello.kind, name: hello.name, addr, blocks_done: 0, compute: Duration::ZERO, strikes: 0, connected: true };
+        self.infos.insert(worker, info);
+        Ok(slots)
+    }
+
+    /// A token admits anyone; without one, only browsers may join (if browsers
+    /// are allowed) or anyone at all (if the master has no token).
+    fn access_check(&self, kind: WorkerKind, token: &Token) -> Result<(), Refusal> {
+        let access = &self.access;
+        let holds_token = access.token.as_ref().is_some_and(|t| t == token);
+        match kind {
+            _ if holds_token => Ok(()),
+            WorkerKind::Browser if !access.browsers => Err(Refusal::NoBrowsers),
+            WorkerKind::Browser => Ok(()),
+            WorkerKind::Native if access.token.is_none() => Ok(()),
+            WorkerKind::Native if token.is_empty() => Err(Refusal::TokenRequired),
+            WorkerKind::Native => Err(Refusal::WrongToken),
+        }
+    }
+
+    /// The worker's connection is gone; returns what it held.
+    pub(crate) fn leave(&mut self, worker: WorkerId) -> Option<Worker> {
+        self.connecting.remove(&worker);
+        if let Some(info) = self.infos.get_mut(&worker) {
+            info.connected = false;
+        }
+        self.workers.remove(&worker)
+    }
+
+    pub fn heard(&mut self, worker: WorkerId, now: Duration) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.liveness.heard(now);
+        }
+    }
+
+    /// Workers a heartbeat is due to (each is then scheduled for the next one).
+    pub(crate) fn beats_due(&mut self, now: Duration) -> Vec<WorkerId> {
+        let heartbeat = self.heartbeat;
+        self.workers.iter_mut().filter_map(|(&id, w)| w.liveness.beat_due(now, &heartbeat).then_some(id)).collect()
+    }
+
+    /// Workers silent past their limit, and for how long.
+    pub(crate) fn silent(&self, now: Duration, typical: Option<Duration>) -> Vec<(WorkerId, Duration)> {
+        self.workers
+            .iter()
+            .filter_map(|(&id, w)| w.liveness.silent_past(now, self.silence_limit(w, typical)).map(|s| (id, s)))
+            .collect()
+    }
+
+    /// Silence allowed before `w` is given up on: a browser tab says nothing
+    /// while it computes, so twice its expected task time if that is longer.
+    pub(crate) fn silence_limit(&self, w: &Worker, typical: Option<Duration>) -> Duration {
+        let computing = w.task_time.or(typical).unwrap_or_default() * 2;
+        self.heartbeat.timeout.max(computing)
+    }
+
+    /// The next moment a heartbeat is due or a silence limit passes.
+    pub(crate) fn next_wake(&self, typical: Option<Duration>) -> Option<Duration> {
+        self.workers.values().map(|w| w.liveness.next_wake(self.silence_limit(w, typical))).min()
+    }
+
+    /// Records a wrong result; returns the strikes so far and whether that is
+    /// too many, in which case its address is banned.
+    pub(crate) fn strike(&mut self, worker: WorkerId) -> (u32, bool) {
+        let Some(info) = self.infos.get_mut(&worker) else { return (0, false) };
+        info.strikes += 1;
+        let out = info.strikes >= self.max_strikes;
+        if out {
+            if let Some(addr) = info.addr {
+                self.banned.insert(addr);
+            }
+        }
+        (info.strikes, out)
+    }
+
+    /// Records a verified result and the time it took, issue to result.
+    pub(crate) fn credit(&mut self, worker: WorkerId, compute: Duration, took: Duration) {
+        if let Some(info) = self.infos.get_mut(&worker) {
+            info.blocks_done += 1;
+            info.compute += compute;
+        }
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.task_time = Some(smooth(w.task_time, took));
+        }
+    }
+
+    pub fn is_banned(&self, addr: IpAddr) -> bool {
+        self.banned.contains(&addr)
+    }
+
+    /// Every worker that ever joined, connected or not.
+    pub fn infos(&self) -> impl Iterator<Item = (WorkerId, &WorkerInfo)> {
+        self.infos.iter().map(|(&id, info)| (id, info))
+    }
+
+    pub fn info(&self, worker: WorkerId) -> Option<&WorkerInfo> {
+        self.infos.get(&worker)
+    }
+
+    /// Connected workers of `kind`.
+    pub fn connected(&self, kind: WorkerKind) -> usize {
+        self.infos.values().filter(|i| i.connected && i.kind == kind).count()
+    }
+}
+
+/// An exponentially smoothed duration: recent samples weigh a fifth.
+pub(crate) fn smooth(old: Option<Duration>, sample: Duration) -> Duration {
+    match old {
+        None => sample,
+        Some(t) => t.mul_f64(0.8) + sample.mul_f64(0.2),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(kind: WorkerKind, token: &str) -> Hello {
+        Hello { protocol: PROTOCOL_VERSION, kind, slots: 2, name: "w".into(), token: Token::new(token) }
+    }
+
+    #[test]
+    fn a_token_admits_native_workers_and_browsers_follow_the_setting() {
+        let access = Access { token: Some(Token::new("open sesame")), browsers: false };
+        let mut pool = Pool::new(access, Heartbeat::default(), 4, 3);
+        let t0 = Duration::ZERO;
+        assert_eq!(pool.admit(1, hello(WorkerKind::Native, ""), t0), Err(Refusal::TokenRequired));
+        assert_eq!(pool.admit(2, hello(WorkerKind::Native, "open sesamE"), t0), Err(Refusal::WrongToken));
+        assert_eq!(pool.admit(3, hello(WorkerKind::Browser, ""), t0), Err(Refusal::NoBrowsers));
+        assert_eq!(pool.admit(4, hello(WorkerKind::Native, "open sesame"), t0), Ok(2));
+        assert_eq!(pool.admit(5, hello(WorkerKind::Browser, "open sesame"), t0), Ok(2));
+        let mut open = Pool::new(Access::default(), Heartbeat::default(), 1, 3);
+        assert_eq!(open.admit(1, hello(WorkerKind::Native, ""), t0), Ok(1), "no token set: anyone may join, within max_slots");
+        assert_eq!(open.admit(2, Hello { protocol: 0, ..hello(WorkerKind::Browser, "") }, t0), Err(Refusal::Version(0)));
+    }
+
+    #[test]
+    fn too_many_strikes_ban_the_address_for_the_pools_life() {
+        let mut pool = Pool::new(Access::default(), Heartbeat::default(), 4, 2);
+        let addr: IpAddr = [10, 0, 0, 7].into();
+        pool.connect(1, Some(addr)).unwrap();
+        pool.admit(1, hello(WorkerKind::Browser, ""), Duration::ZERO).unwrap();
+        assert_eq!(pool.strike(1), (1, false));
+        assert_eq!(pool.strike(1), (2, true));
+        pool.leave(1);
+        assert_eq!(pool.connect(2, Some(addr)), Err(Refusal::Banned));
+        assert_eq!(pool.connect(3, Some([10, 0, 0, 8].into())), Ok(()));
+    }
+}
