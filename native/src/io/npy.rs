@@ -185,14 +185,15 @@ pub(super) fn parse(bytes: &[u8], limit: u64) -> Result<Loaded, String> {
     if bytes.len() < 10 || !bytes.starts_with(MAGIC) {
         return Err("not a .npy file (bad magic bytes)".into());
     }
-    let major = bytes[6];
-    let (header_len, header_start) = match major {
-        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
-        2 | 3 => {
+    // numpy itself refuses any other version, minor ones included.
+    let (major, minor) = (bytes[6], bytes[7]);
+    let (header_len, header_start) = match (major, minor) {
+        (1, 0) => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        (2 | 3, 0) => {
             let len = bytes.get(8..12).ok_or("truncated header")?;
             (u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize, 12)
         }
-        v => return Err(format!("unsupported .npy version {v}")),
+        _ => return Err(format!("unsupported .npy format version {major}.{minor} (numpy writes 1.0, 2.0 and 3.0)")),
     };
     let header = bytes.get(header_start..header_start + header_len).ok_or("truncated header")?;
     let header = std::str::from_utf8(header).map_err(|_| "corrupt header: not text")?;
@@ -340,6 +341,26 @@ mod tests {
         let mut cut = npy("<f8", false, "(1, 1)", &[0; 8]);
         cut.truncate(30);
         assert_eq!(err(&cut), "truncated header");
+    }
+
+    #[test]
+    fn only_the_versions_numpy_reads() {
+        let good = npy("<f8", false, "(1, 1)", &[0; 8]);
+        for (major, minor) in [(1, 1), (2, 2), (0, 0), (4, 0), (1, 255)] {
+            let mut bytes = good.clone();
+            bytes[6..8].copy_from_slice(&[major, minor]);
+            let want = format!("unsupported .npy format version {major}.{minor} (numpy writes 1.0, 2.0 and 3.0)");
+            assert_eq!(parse(&bytes, u64::MAX).unwrap_err(), want);
+        }
+        // Versions 2.0 and 3.0: the same header behind a 4-byte length.
+        for major in [2u8, 3] {
+            let mut bytes = good[..8].to_vec();
+            bytes[6] = major;
+            let header_len = u16::from_le_bytes([good[8], good[9]]);
+            bytes.extend_from_slice(&u32::from(header_len).to_le_bytes());
+            bytes.extend_from_slice(&good[10..]);
+            assert_eq!(values(&parse(&bytes, u64::MAX).unwrap()), vec![0.0], "version {major}.0");
+        }
     }
 
     proptest::proptest! {
