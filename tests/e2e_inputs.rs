@@ -177,10 +177,12 @@ fn numpy_files_we_cannot_multiply_are_refused_by_name() {
     let script = r#"
 import sys, numpy as np
 d = sys.argv[1]
+np.save(f"{d}/points.npy", np.zeros(3, dtype=[('x', '<f8'), ('y', '<f8')]))
 np.save(f"{d}/plain.npy", np.ones((3, 3)))
 "#;
     assert!(Command::new(&python).args(["-c", script]).arg(dir.path()).status().unwrap().success());
-    let plain = path(&dir, "plain.npy");
+    let (points, plain) = (path(&dir, "points.npy"), path(&dir, "plain.npy"));
+    assert_rejected(&points, &plain, &points, "structured dtype (fields x, y) is not supported; save a plain float or integer array");
     // numpy's own reader refuses version 1.1, and so must we.
     let mut bytes = std::fs::read(&plain).unwrap();
     assert_eq!(&bytes[6..8], [1, 0], "numpy writes version 1.0");
