@@ -29,3 +29,13 @@ pub fn ca_and_leaf(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (dir.join("ca.pem"), dir.join("leaf.pem"), dir.join("leaf-key.pem"))
 }
 
+/// Base64 of the SHA-256 of the certificate's SubjectPublicKeyInfo, as
+/// Chromium's --ignore-certificate-errors-spki-list wants it.
+pub fn spki_sha256_base64(cert: &Path) -> String {
+    let script = "openssl x509 -in \"$1\" -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64";
+    let out = Command::new("sh").args(["-c", script, "sh"]).arg(cert).output().unwrap();
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // A failed step upstream leaves a hash of nothing, or nothing at all.
+    assert!(out.status.success() && hash.len() == 44 && hash != "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=", "SPKI hash of {}: {hash:?}", cert.display());
+    hash
+}
