@@ -54,6 +54,48 @@ fn one_tab_computes_every_block() {
     assert_eq!(done.iter().map(|(_, d)| d).sum::<usize>(), 10);
 }
 
+/// A master over https (an openssl self-signed certificate) and a tab on wss.
+/// Chromium trusts exactly that certificate's key, through
+/// --ignore-certificate-errors-spki-list (it works in headless Chromium 156,
+/// for the page and its Web Workers' wss alike, given the --user-data-dir
+/// that Browser always sets). The alternatives trust every certificate
+/// (--ignore-certificate-errors, WebDriver's acceptInsecureCerts) or need an
+/// NSS database in the profile.
+#[test]
+fn one_tab_computes_every_block_over_https() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (cert, key) = openssl::self_signed(dir.path(), "cert");
+    let (other, _) = openssl::self_signed(dir.path(), "other");
+    let (a_path, b_path, c_path) = (path(&dir, "a.csv"), path(&dir, "b.csv"), path(&dir, "c.csv"));
+    let a = Dense::random_ints(60, 40, 4);
+    let b = Dense::random_ints(40, 50, 5);
+    write_csv(&a_path, &a);
+    write_csv(&b_path, &b);
+    let tls = ["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--block", "10"];
+    let (mut master, addr) = start_master(&a_path, &b_path, &c_path, &tls);
+    let page = format!("https://{addr}/");
+    master.wait_for("the page's https URL", LONG, |l| l.contains(&page));
+    let trusting = |cert: &std::path::Path| vec![format!("--ignore-certificate-errors-spki-list={}", openssl::spki_sha256_base64(cert))];
+
+    // Trusting another key is not trusting this one: Chromium shows its
+    // certificate error page (chromedriver reports no error for it).
+    let stranger = Browser::launch_with(&trusting(&other));
+    stranger.goto(&page);
+    let shown = stranger.execute("return [location.href, document.body.innerText].join(' ')");
+    let shown = shown.as_str().unwrap_or_default();
+    assert!(shown.starts_with("chrome-error://") && shown.contains("ERR_CERT_AUTHORITY_INVALID"), "{shown}");
+    drop(stranger);
+
+    let browser = Browser::launch_with(&trusting(&cert));
+    browser.goto(&page);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_csv(&c_path), naive(&a, &b));
+    let done = worker_blocks(&master.output());
+    assert!(done.iter().all(|(kind, _)| kind == "browser"), "{done:?}");
+    assert_eq!(done.iter().map(|(_, d)| d).sum::<usize>(), 5);
+}
+
 #[test]
 fn a_native_worker_and_a_tab_share_a_job() {
     let _serial = serial();

@@ -159,14 +159,44 @@ fn formats_mix_and_integers_stay_integers() {
     assert_eq!(read_csv(&c_csv), naive(&a, &b));
 }
 
-#[test]
-fn numpy_reads_what_we_write_and_we_read_what_numpy_writes() {
+/// python3 with numpy; the tests that need it fail, rather than skip, without it.
+fn python_with_numpy() -> String {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let probe = Command::new(&python).args(["-c", "import numpy"]).output();
     assert!(
         probe.is_ok_and(|o| o.status.success()),
         "this test needs numpy: run `cargo xtask test` (which installs it) or `pip install numpy`"
     );
+    python
+}
+
+#[test]
+fn numpy_files_we_cannot_multiply_are_refused_by_name() {
+    let python = python_with_numpy();
+    let dir = temp_dir();
+    let script = r#"
+import sys, numpy as np
+d = sys.argv[1]
+np.save(f"{d}/points.npy", np.zeros(3, dtype=[('x', '<f8'), ('y', '<f8')]))
+np.save(f"{d}/plain.npy", np.ones((3, 3)))
+"#;
+    assert!(Command::new(&python).args(["-c", script]).arg(dir.path()).status().unwrap().success());
+    let (points, plain) = (path(&dir, "points.npy"), path(&dir, "plain.npy"));
+    assert_rejected(&points, &plain, &points, "structured dtype (fields x, y) is not supported; save a plain float or integer array");
+    // numpy's own reader refuses version 1.1, and so must we.
+    let mut bytes = std::fs::read(&plain).unwrap();
+    assert_eq!(&bytes[6..8], [1, 0], "numpy writes version 1.0");
+    bytes[7] = 1;
+    let v11 = path(&dir, "v11.npy");
+    std::fs::write(&v11, bytes).unwrap();
+    let numpy_says = Command::new(&python).args(["-c", "import sys, numpy as np; np.load(sys.argv[1])"]).arg(&v11).output().unwrap();
+    assert!(!numpy_says.status.success(), "numpy refuses version 1.1 too");
+    assert_rejected(&plain, &v11, &v11, "unsupported .npy format version 1.1 (numpy writes 1.0, 2.0 and 3.0)");
+}
+
+#[test]
+fn numpy_reads_what_we_write_and_we_read_what_numpy_writes() {
+    let python = python_with_numpy();
     let dir = temp_dir();
     let script = r#"
 import sys, numpy as np

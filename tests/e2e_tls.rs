@@ -1,4 +1,5 @@
-//! The master over https and wss, with a certificate from a private CA.
+//! The master over https and wss, with certificates from rcgen and from the
+//! openssl command line: a private CA, and self-signed ones.
 
 mod common;
 
@@ -117,4 +118,65 @@ fn a_tls_connection_that_says_nothing_after_its_handshake_is_dropped() {
     let waited = start.elapsed();
     assert!(waited < Duration::from_secs(8), "still open after {waited:?}");
     master.wait_for("the drop logged", LONG, |l| l.contains("said nothing within"));
+}
+
+/// Waits for `worker`'s TLS failure and checks its hint blames `ca`, not a missing --ca.
+fn assert_refused_naming(worker: &Proc, ca: &Path) {
+    let line = worker.wait_for("the TLS failure", LONG, |l| l.contains("TLS with the master failed"));
+    let blame = format!("the certificate in {} is neither the master's certificate nor the CA that signed it", ca.display());
+    assert!(line.contains(&blame) && !line.contains("--ca FILE"), "{line}");
+}
+
+#[test]
+fn an_openssl_self_signed_certificate_is_trusted_when_given_as_the_ca() {
+    let _serial = serial();
+    let dir = temp_dir();
+    // CA:TRUE, as openssl makes it: webpki alone refuses it as CaUsedAsEndEntity.
+    let (cert, key) = openssl::self_signed(dir.path(), "cert");
+    let (other, _) = openssl::self_signed(dir.path(), "other");
+    let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
+    let a = Dense::random_ints(30, 30, 45);
+    write_csv(&a_path, &a);
+    let tls = ["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--block", "5"];
+    let (mut master, addr) = start_master(&a_path, &a_path, &c_path, &tls);
+    let stranger = wss_worker("stranger", &addr, &["--ca", other.to_str().unwrap()]);
+    assert_refused_naming(&stranger, &other);
+    drop(stranger);
+    let _worker = wss_worker("w", &addr, &["--ca", cert.to_str().unwrap()]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_csv(&c_path), naive(&a, &a));
+    assert_eq!(worker_blocks(&master.output()), vec![("native".to_owned(), 6)], "only the pinning worker joined");
+}
+
+#[test]
+fn an_openssl_ca_vouches_for_the_leaf_it_signed_by_name() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (ca, leaf, key) = openssl::ca_and_leaf(dir.path());
+    let (other, _) = openssl::self_signed(dir.path(), "other");
+    let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
+    let a = Dense::random_ints(30, 30, 46);
+    write_csv(&a_path, &a);
+    let tls = ["--tls-cert", leaf.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--block", "5"];
+    let (mut master, addr) = start_master(&a_path, &a_path, &c_path, &tls);
+    let stranger = wss_worker("stranger", &addr, &["--ca", other.to_str().unwrap()]);
+    assert_refused_naming(&stranger, &other);
+    drop(stranger);
+    // Through the CA, names are still checked: the leaf is not for this one.
+    let config = colonnade_native::tls::client_config(Some(&ca)).unwrap();
+    let mut conn = rustls::ClientConnection::new(config, "elsewhere.invalid".try_into().unwrap()).unwrap();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let refused = loop {
+        match conn.complete_io(&mut sock) {
+            Ok(_) if conn.is_handshaking() => {}
+            Ok(_) => panic!("a leaf for localhost passed as elsewhere.invalid"),
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(refused.contains("not valid for name"), "{refused}");
+    let _worker = wss_worker("w", &addr, &["--ca", ca.to_str().unwrap()]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_csv(&c_path), naive(&a, &a));
+    assert_eq!(worker_blocks(&master.output()), vec![("native".to_owned(), 6)], "only the trusting worker joined");
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -44,33 +45,39 @@ impl ServerTls {
     }
 }
 
-/// What a worker trusts: the public web's roots, plus the CAs in `ca` (PEM) if given.
+/// What a worker trusts: the public web's roots; and with `ca` (PEM), each
+/// certificate in it both as a CA and as a pin. A pin is what makes the usual
+/// self-signed certificate work: openssl marks it CA:TRUE, and webpki refuses a
+/// CA certificate as an end entity, whoever signed it.
 pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, BadInput> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca) = ca {
-        let bad = |problem: String| BadInput(format!("{}: {problem}", ca.display()));
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(ca).and_then(Iterator::collect).map_err(|e| bad(format!("cannot read a PEM certificate: {e}")))?;
-        if certs.is_empty() {
-            return Err(bad("no certificate in it (expected PEM)".into()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
-        }
-    }
-    let config = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+        .expect("ring supports the default TLS versions");
+    let Some(ca) = ca else {
+        return Ok(Arc::new(builder.with_root_certificates(roots).with_no_client_auth()));
+    };
+    let bad = |problem: String| BadInput(format!("{}: {problem}", ca.display()));
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(ca).and_then(Iterator::collect).map_err(|e| bad(format!("cannot read a PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate in it (expected PEM)".into()));
+    }
+    for cert in &certs {
+        roots.add(cert.clone()).map_err(|e| bad(format!("not a usable certificate: {e}")))?;
+    }
+    let signed = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .expect("the public roots make the store non-empty");
+    let verifier = Arc::new(PinnedOrSigned { pinned: Pinned { certificates: certs, provider: provider() }, signed });
+    Ok(Arc::new(builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth()))
 }
 
 /// Trusts exactly `certificate`, whatever name it carries: for the master's own
 /// in-process workers, which reach it over loopback.
 pub fn pinned_client_config(certificate: CertificateDer<'static>) -> Arc<ClientConfig> {
-    let verifier = Arc::new(Pinned { certificate, provider: provider() });
+    let verifier = Arc::new(Pinned { certificates: vec![certificate], provider: provider() });
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default TLS versions")
@@ -80,9 +87,13 @@ pub fn pinned_client_config(certificate: CertificateDer<'static>) -> Arc<ClientC
     Arc::new(config)
 }
 
+/// Accepts a server certificate identical to one of `certificates`, whatever
+/// its name and dates: the user vouched for these exact bytes. The handshake
+/// signature is still checked with the certificate's key, so only the key's
+/// holder can present it.
 #[derive(Debug)]
 struct Pinned {
-    certificate: CertificateDer<'static>,
+    certificates: Vec<CertificateDer<'static>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -95,10 +106,10 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.certificate.as_ref() {
+        if self.certificates.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General("not this master's own certificate".into()))
+            Err(rustls::Error::General("not the pinned certificate".into()))
         }
     }
 
@@ -112,5 +123,42 @@ impl ServerCertVerifier for Pinned {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A pinned certificate, or else one that chains to a root by webpki's rules
+/// (names, dates, key usage). Handshake signatures are checked the same way
+/// either way, so `Pinned` checks them for both.
+#[derive(Debug)]
+struct PinnedOrSigned {
+    pinned: Pinned,
+    signed: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for PinnedOrSigned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // webpki's error is the one worth reporting: it says why no CA vouches.
+        self.pinned
+            .verify_server_cert(end_entity, intermediates, name, ocsp, now)
+            .or_else(|_| self.signed.verify_server_cert(end_entity, intermediates, name, ocsp, now))
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.pinned.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.pinned.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.pinned.supported_verify_schemes()
     }
 }

@@ -4,6 +4,7 @@
 //! a master restart), computes on blocking threads while the socket keeps
 //! receiving the next task, and on shutdown hands back what it holds.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,8 @@ pub struct WorkerOptions {
     pub token: Token,
     /// Whom to trust for wss:// URLs.
     pub tls: Arc<rustls::ClientConfig>,
+    /// The `--ca` file `tls` was made from, named when TLS fails.
+    pub ca: Option<PathBuf>,
 }
 
 impl WorkerOptions {
@@ -41,6 +44,7 @@ impl WorkerOptions {
             max_backoff: Duration::from_secs(5),
             token: Token::default(),
             tls: crate::tls::client_config(None).expect("the built-in roots need no file"),
+            ca: None,
         }
     }
 }
@@ -99,7 +103,8 @@ pub async fn run(options: WorkerOptions, mut shutdown: watch::Receiver<bool>) ->
             Err(e) => match tls_failure(&e) {
                 Some(why) => tracing::warn!(
                     url = %options.url,
-                    "TLS with the master failed ({why}); for a master with a private certificate, pass its CA with --ca FILE; retrying in {backoff:?}"
+                    "TLS with the master failed ({why}); {}; retrying in {backoff:?}",
+                    tls_hint(why, options.ca.as_deref())
                 ),
                 None => tracing::info!(url = %options.url, "cannot reach the master ({e}); retrying in {backoff:?}"),
             },
@@ -114,12 +119,29 @@ pub async fn run(options: WorkerOptions, mut shutdown: watch::Receiver<bool>) ->
 
 /// The TLS problem behind a failed connection, if that is what it was (rustls
 /// reports through the IO error it returns).
-fn tls_failure(e: &tokio_tungstenite::tungstenite::Error) -> Option<String> {
+fn tls_failure(e: &tokio_tungstenite::tungstenite::Error) -> Option<&rustls::Error> {
+    use tokio_tungstenite::tungstenite::error::TlsError;
     use tokio_tungstenite::tungstenite::Error;
     match e {
-        Error::Tls(tls) => Some(tls.to_string()),
-        Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>().map(ToString::to_string),
+        Error::Tls(TlsError::Rustls(tls)) => Some(tls),
+        Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>(),
         _ => None,
+    }
+}
+
+/// What to do about a failed TLS handshake. Someone who already passed `--ca`
+/// must not be told to pass it again.
+fn tls_hint(why: &rustls::Error, ca: Option<&Path>) -> String {
+    use rustls::CertificateError::{BadSignature, Other, UnknownIssuer};
+    let Some(ca) = ca else {
+        return "for a master with a private or self-signed certificate, pass that certificate or its CA with --ca FILE".into();
+    };
+    match why {
+        // Other: webpki's CaUsedAsEndEntity, a self-signed master not pinned.
+        rustls::Error::InvalidCertificate(UnknownIssuer | BadSignature | Other(_)) => {
+            format!("the certificate in {} is neither the master's certificate nor the CA that signed it", ca.display())
+        }
+        _ => format!("that is with --ca {} and the public roots", ca.display()),
     }
 }
 

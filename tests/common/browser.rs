@@ -19,6 +19,11 @@ impl Browser {
     /// Starts chromedriver and a fresh headless Chromium. Fails loudly when they
     /// are missing: `cargo xtask test` installs them.
     pub fn launch() -> Self {
+        Self::launch_with(&[])
+    }
+
+    /// The same, with more Chromium flags.
+    pub fn launch_with(extra: &[String]) -> Self {
         for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
             assert!(Path::new(bin).is_file(), "{bin} is missing: run `cargo xtask test`, which installs Chromium");
         }
@@ -45,6 +50,7 @@ impl Browser {
         ];
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.path().display()));
+        args.extend_from_slice(extra);
         let caps = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args }

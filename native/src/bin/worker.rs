@@ -23,8 +23,8 @@ struct Args {
     /// A file holding the master's token, for a master started with --token-file.
     #[arg(long, value_name = "FILE")]
     token_file: Option<std::path::PathBuf>,
-    /// PEM certificates of the CA that signed the master's (for wss:// with a
-    /// private CA); the public web's roots are always trusted.
+    /// PEM file with the master's own certificate (self-signed) or the CA that
+    /// signed it, for wss://; the public web's roots are always trusted.
     #[arg(long, value_name = "FILE")]
     ca: Option<std::path::PathBuf>,
 }
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             cli::stop_requested().await;
             let _ = stop.send(true);
         });
-        worker::run(WorkerOptions { token, tls, ..WorkerOptions::new(url, threads, name) }, stopped).await
+        worker::run(WorkerOptions { token, tls, ca: args.ca, ..WorkerOptions::new(url, threads, name) }, stopped).await
     });
     runtime.shutdown_background();
     match result {

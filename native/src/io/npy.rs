@@ -7,6 +7,10 @@ use colonnade_core::{DenseMatrix, Matrix};
 
 use super::Loaded;
 
+mod header;
+
+use header::{parse_header, Literal};
+
 const MAGIC: &[u8] = b"\x93NUMPY";
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -70,129 +74,56 @@ impl Descr {
     }
 }
 
-/// A Python literal, as far as `.npy` headers need.
-#[derive(Debug, PartialEq)]
-enum Literal {
-    Str(String),
-    Bool(bool),
-    Tuple(Vec<u64>),
+/// A structured dtype's descr is a list of fields: `('name', dtype[, shape])`,
+/// the name possibly `(title, name)`. Names the first few in the refusal.
+fn structured(fields: &[Literal]) -> String {
+    const SHOWN: usize = 5;
+    let names: Vec<&str> = fields
+        .iter()
+        .filter_map(|field| match field {
+            Literal::Tuple(parts) => match parts.first()? {
+                Literal::Str(name) => Some(name.as_str()),
+                Literal::Tuple(titled) => match titled.get(1)? {
+                    Literal::Str(name) => Some(name.as_str()),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        })
+        .filter(|name| !name.is_empty()) // numpy's padding
+        .collect();
+    let mut list = names.iter().take(SHOWN).copied().collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        list.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    let what = if list.is_empty() { "structured dtype".to_owned() } else { format!("structured dtype (fields {list})") };
+    format!("{what} is not supported; save a plain float or integer array")
 }
 
-/// Parses `{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }`.
-fn parse_header(text: &str) -> Result<Vec<(String, Literal)>, String> {
-    let mut p = Parser { s: text.trim().as_bytes(), i: 0 };
-    p.expect(b'{')?;
-    let mut entries = Vec::new();
-    loop {
-        p.skip_ws();
-        if p.eat(b'}') {
-            break;
-        }
-        let key = p.string()?;
-        p.skip_ws();
-        p.expect(b':')?;
-        p.skip_ws();
-        let value = p.literal()?;
-        entries.push((key, value));
-        p.skip_ws();
-        if !p.eat(b',') {
-            p.skip_ws();
-            p.expect(b'}')?;
-            break;
-        }
-    }
-    Ok(entries)
-}
-
-struct Parser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl Parser<'_> {
-    fn skip_ws(&mut self) {
-        while self.s.get(self.i).is_some_and(u8::is_ascii_whitespace) {
-            self.i += 1;
-        }
-    }
-    fn eat(&mut self, c: u8) -> bool {
-        let hit = self.s.get(self.i) == Some(&c);
-        self.i += usize::from(hit);
-        hit
-    }
-    fn expect(&mut self, c: u8) -> Result<(), String> {
-        if self.eat(c) {
-            Ok(())
-        } else {
-            Err(format!("corrupt header: expected '{}' at byte {}", c as char, self.i))
-        }
-    }
-    fn string(&mut self) -> Result<String, String> {
-        let quote = *self.s.get(self.i).ok_or("corrupt header: ends early")?;
-        if quote != b'\'' && quote != b'"' {
-            return Err(format!("corrupt header: expected a string at byte {}", self.i));
-        }
-        self.i += 1;
-        let start = self.i;
-        while self.s.get(self.i).is_some_and(|&c| c != quote) {
-            self.i += 1;
-        }
-        let out = String::from_utf8_lossy(&self.s[start..self.i]).into_owned();
-        self.expect(quote)?;
-        Ok(out)
-    }
-    fn literal(&mut self) -> Result<Literal, String> {
-        match self.s.get(self.i) {
-            Some(b'\'' | b'"') => Ok(Literal::Str(self.string()?)),
-            Some(b'(') => {
-                self.i += 1;
-                let mut items = Vec::new();
-                loop {
-                    self.skip_ws();
-                    if self.eat(b')') {
-                        break;
-                    }
-                    let start = self.i;
-                    while self.s.get(self.i).is_some_and(u8::is_ascii_digit) {
-                        self.i += 1;
-                    }
-                    // Python may write longs as `3L` (numpy on Python 2).
-                    let digits = std::str::from_utf8(&self.s[start..self.i]).expect("ASCII digits");
-                    self.eat(b'L');
-                    items.push(digits.parse().map_err(|_| format!("corrupt header: bad dimension at byte {start}"))?);
-                    self.skip_ws();
-                    if !self.eat(b',') {
-                        self.expect(b')')?;
-                        break;
-                    }
-                }
-                Ok(Literal::Tuple(items))
-            }
-            _ if self.s[self.i..].starts_with(b"True") => {
-                self.i += 4;
-                Ok(Literal::Bool(true))
-            }
-            _ if self.s[self.i..].starts_with(b"False") => {
-                self.i += 5;
-                Ok(Literal::Bool(false))
-            }
-            _ => Err(format!("corrupt header: unexpected value at byte {}", self.i)),
-        }
-    }
+fn dimensions(shape: Vec<Literal>) -> Result<Vec<u64>, String> {
+    shape
+        .into_iter()
+        .map(|d| match d {
+            Literal::Int(n) => Ok(n),
+            _ => Err("corrupt header: the shape holds something other than whole numbers".to_owned()),
+        })
+        .collect()
 }
 
 pub(super) fn parse(bytes: &[u8], limit: u64) -> Result<Loaded, String> {
     if bytes.len() < 10 || !bytes.starts_with(MAGIC) {
         return Err("not a .npy file (bad magic bytes)".into());
     }
-    let major = bytes[6];
-    let (header_len, header_start) = match major {
-        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
-        2 | 3 => {
+    // numpy itself refuses any other version, minor ones included.
+    let (major, minor) = (bytes[6], bytes[7]);
+    let (header_len, header_start) = match (major, minor) {
+        (1, 0) => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        (2 | 3, 0) => {
             let len = bytes.get(8..12).ok_or("truncated header")?;
             (u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize, 12)
         }
-        v => return Err(format!("unsupported .npy version {v}")),
+        _ => return Err(format!("unsupported .npy format version {major}.{minor} (numpy writes 1.0, 2.0 and 3.0)")),
     };
     let header = bytes.get(header_start..header_start + header_len).ok_or("truncated header")?;
     let header = std::str::from_utf8(header).map_err(|_| "corrupt header: not text")?;
@@ -202,8 +133,9 @@ pub(super) fn parse(bytes: &[u8], limit: u64) -> Result<Loaded, String> {
     for (key, value) in parse_header(header)? {
         match (key.as_str(), value) {
             ("descr", Literal::Str(s)) => descr = Some(Descr::parse(&s)?),
+            ("descr", Literal::List(fields)) => return Err(structured(&fields)),
             ("fortran_order", Literal::Bool(b)) => fortran = Some(b),
-            ("shape", Literal::Tuple(t)) => shape = Some(t),
+            ("shape", Literal::Tuple(t)) => shape = Some(dimensions(t)?),
             (k, v) => return Err(format!("corrupt header: unexpected entry '{k}': {v:?}")),
         }
     }
@@ -283,7 +215,12 @@ mod tests {
 
     /// Builds a file the way numpy 1.x writes it.
     fn npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
-        let mut h = format!("{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}", if fortran { "True" } else { "False" });
+        npy_literal(&format!("'{descr}'"), fortran, shape, data)
+    }
+
+    /// The same, with the descr given as the Python literal to write.
+    fn npy_literal(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut h = format!("{{'descr': {descr}, 'fortran_order': {}, 'shape': {shape}, }}", if fortran { "True" } else { "False" });
         while (10 + h.len() + 1) % 64 != 0 {
             h.push(' ');
         }
@@ -340,6 +277,42 @@ mod tests {
         let mut cut = npy("<f8", false, "(1, 1)", &[0; 8]);
         cut.truncate(30);
         assert_eq!(err(&cut), "truncated header");
+        assert_eq!(err(&npy("<f8", false, "(1, x)", &[0; 8])), "corrupt header: unexpected value at byte 54");
+        assert_eq!(err(&npy("<f8", false, "('1', 1)", &[0; 8])), "corrupt header: the shape holds something other than whole numbers");
+    }
+
+    #[test]
+    fn only_the_versions_numpy_reads() {
+        let good = npy("<f8", false, "(1, 1)", &[0; 8]);
+        for (major, minor) in [(1, 1), (2, 2), (0, 0), (4, 0), (1, 255)] {
+            let mut bytes = good.clone();
+            bytes[6..8].copy_from_slice(&[major, minor]);
+            let want = format!("unsupported .npy format version {major}.{minor} (numpy writes 1.0, 2.0 and 3.0)");
+            assert_eq!(parse(&bytes, u64::MAX).unwrap_err(), want);
+        }
+        // Versions 2.0 and 3.0: the same header behind a 4-byte length.
+        for major in [2u8, 3] {
+            let mut bytes = good[..8].to_vec();
+            bytes[6] = major;
+            let header_len = u16::from_le_bytes([good[8], good[9]]);
+            bytes.extend_from_slice(&u32::from(header_len).to_le_bytes());
+            bytes.extend_from_slice(&good[10..]);
+            assert_eq!(values(&parse(&bytes, u64::MAX).unwrap()), vec![0.0], "version {major}.0");
+        }
+    }
+
+    #[test]
+    fn structured_dtypes_are_refused_by_name() {
+        let err = |descr: &str| parse(&npy_literal(descr, false, "(2,)", &[0; 32]), u64::MAX).unwrap_err();
+        let plain = "save a plain float or integer array";
+        assert_eq!(err("[('x', '<f8'), ('y', '<f8')]"), format!("structured dtype (fields x, y) is not supported; {plain}"));
+        // Titled fields, numpy's padding, sub-arrays and nested records.
+        let mixed = "[(('Title', 'a'), '<f8'), ('', '|V4'), ('b', '<i4', (2, 2)), ('c', [('d', '<f4')])]";
+        assert_eq!(err(mixed), format!("structured dtype (fields a, b, c) is not supported; {plain}"));
+        let many: Vec<String> = (0..8).map(|i| format!("('f{i}', '<f8')")).collect();
+        let many = err(&format!("[{}]", many.join(", ")));
+        assert_eq!(many, format!("structured dtype (fields f0, f1, f2, f3, f4 and 3 more) is not supported; {plain}"));
+        assert_eq!(err("[]"), format!("structured dtype is not supported; {plain}"));
     }
 
     proptest::proptest! {
