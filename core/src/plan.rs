@@ -54,6 +54,16 @@ impl CostModel {
     }
 }
 
+/// One task's share of C = A·B: the product A[rows, depth]·B[depth, cols],
+/// which is C[rows, cols] itself when `depth` spans all of k, or one partial
+/// sum of it otherwise.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Tile {
+    pub rows: Range<usize>,
+    pub cols: Range<usize>,
+    pub depth: Range<usize>,
+}
+
 /// The column blocks of one job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -83,6 +93,11 @@ impl Plan {
 
     pub fn iter(&self) -> impl Iterator<Item = Range<usize>> + '_ {
         (0..self.blocks()).map(|i| self.columns(i))
+    }
+
+    /// Block `index` as a tile: all rows, all of k.
+    pub fn tile(&self, index: usize) -> Tile {
+        Tile { rows: 0..self.m, cols: self.columns(index), depth: 0..self.k }
     }
 }
 
