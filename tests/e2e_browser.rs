@@ -49,7 +49,7 @@ fn one_tab_computes_every_block() {
     browser.goto(&format!("http://{addr}/"));
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_csv(&c_path), naive(&a, &b));
-    let done = worker_blocks(&master.output());
+    let done = worker_tiles(&c_path);
     assert!(done.iter().all(|(kind, _)| kind == "browser"), "{done:?}");
     assert_eq!(done.iter().map(|(_, d)| d).sum::<usize>(), 10);
 }
@@ -91,7 +91,7 @@ fn one_tab_computes_every_block_over_https() {
     browser.goto(&page);
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_csv(&c_path), naive(&a, &b));
-    let done = worker_blocks(&master.output());
+    let done = worker_tiles(&c_path);
     assert!(done.iter().all(|(kind, _)| kind == "browser"), "{done:?}");
     assert_eq!(done.iter().map(|(_, d)| d).sum::<usize>(), 5);
 }
@@ -108,7 +108,7 @@ fn a_native_worker_and_a_tab_share_a_job() {
     let _native = start_worker("native", &addr, &[]);
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     check_sampled(&c_path, &a, &b);
-    let done = worker_blocks(&master.output());
+    let done = worker_tiles(&c_path);
     let by = |kind: &str| done.iter().filter(|(k, _)| k == kind).map(|(_, d)| d).sum::<usize>();
     assert!(by("browser") > 0 && by("native") > 0, "both kinds contributed: {done:?}");
     assert_eq!(by("browser") + by("native"), 128);
@@ -126,18 +126,18 @@ fn a_tab_navigated_away_mid_job_loses_nothing() {
     // The page shows what it is doing, and it changes as blocks get done.
     let first = browser.wait_text("state", LONG, |s| s.starts_with("connected"));
     let job = browser.wait_text("job", LONG, |s| s.contains("1024x1024 times 1024x6144"));
-    let blocks = browser.wait_text("blocks", LONG, |s| s.parse::<u32>().is_ok_and(|b| b >= 2));
+    let blocks = browser.wait_text("tiles", LONG, |s| s.parse::<u32>().is_ok_and(|b| b >= 2));
     let overall = browser.wait_text("overall", LONG, |s| s.contains("0 native, 1 browser"));
     browser.screenshot(&artifact("browser-mid-job.png"));
     assert!(browser.text("gflops").ends_with("GFLOP/s") && browser.text("gflops") != "0.0 GFLOP/s");
-    eprintln!("page mid-job: state={first:?} job={job:?} blocks={blocks} overall={overall:?}");
+    eprintln!("page mid-job: state={first:?} job={job:?} tiles={blocks} overall={overall:?}");
 
     browser.goto("about:blank");
-    master.wait_for("the tab's blocks re-queued", LONG, |l| l.contains("left;") && !l.contains(" 0 of its blocks"));
+    master.wait_for("the tab's blocks re-queued", LONG, |l| l.contains("left;") && !l.contains(" 0 of its tiles"));
     let _native = start_worker("native", &addr, &[]);
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     check_sampled(&c_path, &a, &b);
-    let done = worker_blocks(&master.output());
+    let done = worker_tiles(&c_path);
     assert_eq!(done.iter().map(|(_, d)| d).sum::<usize>(), 192, "{done:?}");
 }
 
@@ -149,14 +149,14 @@ fn the_page_pauses_and_stops_within_a_task() {
     let (mut master, addr) = start_master(&a_path, &b_path, &c_path, &["--block", "16"]);
     let browser = Browser::launch();
     browser.goto(&format!("http://{addr}/?cores=1"));
-    browser.wait_text("blocks", LONG, |s| s.parse::<u32>().is_ok_and(|b| b >= 1));
+    browser.wait_text("tiles", LONG, |s| s.parse::<u32>().is_ok_and(|b| b >= 1));
     browser.execute("document.getElementById('pause').click()");
     browser.wait_text("state", LONG, |s| s == "paused");
     // At most the task in hand finishes after Pause.
     std::thread::sleep(Duration::from_millis(300));
-    let paused_at = browser.text("blocks");
+    let paused_at = browser.text("tiles");
     std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(browser.text("blocks"), paused_at, "no blocks while paused");
+    assert_eq!(browser.text("tiles"), paused_at, "no tiles while paused");
     browser.execute("document.getElementById('stop').click()");
     browser.wait_text("state", LONG, |s| s.starts_with("stopped"));
     master.wait_for("the stopped tab's tasks handed back", LONG, |l| l.contains("left;"));
@@ -183,5 +183,5 @@ fn the_bench_page_prints_kernel_speeds() {
         .collect();
     assert_eq!(figures.len(), 3, "f32, f64 and the portable f64: {line}");
     assert!(figures.iter().all(|&g| g > 0.1), "{line}");
-    assert_eq!(browser.text("blocks"), "0", "the bench does not compute for the master");
+    assert_eq!(browser.text("tiles"), "0", "the bench does not compute for the master");
 }

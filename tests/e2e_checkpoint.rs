@@ -73,7 +73,7 @@ fn a_master_killed_at_any_point_resumes_without_recomputing() {
     let _finisher = start_worker("finisher", &addr, &[]);
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert!(master.output().contains("discarding"), "the damaged block is named:\n{}", master.output());
-    let computed: usize = worker_blocks(&master.output()).iter().map(|(_, n)| n).sum();
+    let computed: usize = worker_tiles(&c_path).iter().map(|(_, n)| n).sum();
     assert_eq!(computed, total - kept, "finished blocks are not recomputed:\n{}", master.output());
     assert_eq!(read_npy(&c_path).1, naive(&a, &b), "C is exact");
 

@@ -10,8 +10,8 @@ use tokio_tungstenite::tungstenite;
 
 const LONG: Duration = Duration::from_secs(120);
 
-fn blocks_done(master_output: &str) -> Vec<usize> {
-    worker_blocks(master_output).into_iter().map(|(_, blocks)| blocks).collect()
+fn tiles_done(c: &std::path::Path) -> Vec<usize> {
+    worker_tiles(c).into_iter().map(|(_, tiles)| tiles).collect()
 }
 
 #[test]
@@ -43,7 +43,7 @@ fn three_workers_share_a_job() {
     let (descr, c) = read_npy(&c_path);
     assert_eq!(descr, "<f8", "float inputs give a float result");
     assert_product_sampled(&c, &a, &b);
-    let done = blocks_done(&master.output());
+    let done = tiles_done(&c_path);
     assert_eq!(done.len(), 3, "three workers joined:\n{}", master.output());
     assert_eq!(done.iter().sum::<usize>(), 125, "each block counted once");
     assert!(done.iter().all(|&d| d > 0), "every worker took blocks: {done:?}");
@@ -62,7 +62,7 @@ fn a_worker_killed_mid_job_costs_time_not_correctness() {
     let mut doomed = start_worker("doomed", &addr, &[]);
     doomed.wait_for("'computing task'", LONG, |l| l.contains("computing task"));
     doomed.sigkill();
-    master.wait_for("the dead worker's blocks re-queued", LONG, |l| l.contains("left;") && !l.contains(" 0 of its blocks"));
+    master.wait_for("the dead worker's tiles re-queued", LONG, |l| l.contains("left;") && !l.contains(" 0 of its tiles"));
     let _heir = start_worker("heir", &addr, &[]);
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_csv(&c_path), naive(&a, &b));
@@ -84,14 +84,14 @@ fn a_worker_may_start_before_the_master() {
     let (mut master, _) = start_master_on(&addr, &a_path, &b_path, &c_path, &["--block", "4"]);
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_csv(&c_path), naive(&a, &b));
-    assert_eq!(blocks_done(&master.output()), vec![10], "the early worker did every block");
+    assert_eq!(tiles_done(&c_path), vec![10], "the early worker did every tile");
 
     // The master is gone; the worker waits for the next one on the same address.
     let c2_path = path(&dir, "c2.csv");
     let (mut second, _) = start_master_on(&addr, &a_path, &a_path, &c2_path, &["--block", "1"]);
     assert!(second.wait_exit(LONG).success(), "{}", second.output());
     assert_eq!(read_csv(&c2_path), naive(&a, &a));
-    assert_eq!(blocks_done(&second.output()), vec![3], "the same worker served the second master");
+    assert_eq!(tiles_done(&c2_path), vec![3], "the same worker served the second master");
 }
 
 #[test]
@@ -120,8 +120,10 @@ fn the_master_serves_its_page_and_progress() {
     let (a_path, c_path) = (path(&dir, "a.csv"), path(&dir, "c.csv"));
     write_csv(&a_path, &Dense::random_ints(4, 4, 7));
     let (_master, addr) = start_master(&a_path, &a_path, &c_path, &[]);
-    let progress = http_get_until(&addr, "/progress", |body| body.contains("\"blocks_total\":1"));
-    assert!(progress.contains(r#""shape":"4x4 times 4x4""#) && progress.contains(r#""blocks_done":0"#), "{progress}");
+    // No worker yet: the job is not planned, but its shape shows.
+    let progress = http_get_until(&addr, "/progress", |body| body.contains("4x4 times 4x4"));
+    let json: serde_json::Value = serde_json::from_str(progress.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!((json["blocks_done"].as_u64(), json["tiles_total"].as_u64(), json["complete"].as_bool()), (Some(0), Some(0), Some(false)), "{progress}");
     let page = http_get_until(&addr, "/", |body| body.contains("</html>"));
     if cfg!(web_assets) {
         assert!(page.contains("This tab is lending its CPU"), "{page}");
@@ -229,7 +231,7 @@ fn a_token_keeps_strangers_out_and_lets_its_holders_in() {
     let holder = start_worker("holder", &addr, &["--token-file", token_arg]);
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_csv(&c_path), naive(&a, &a));
-    assert_eq!(blocks_done(&master.output()), vec![6], "only the holder joined:\n{}", master.output());
+    assert_eq!(tiles_done(&c_path), vec![6], "only the holder joined:\n{}", master.output());
     for p in [&master, &stranger, &impostor, &holder] {
         assert!(!p.output().contains(secret), "{} logged the token:\n{}", p.name, p.output());
     }
@@ -240,7 +242,7 @@ type RawSocket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std:
 /// A WebSocket to the master, opened by hand, that has said Hello as `kind` with no token.
 fn raw_hello(addr: &str, kind: WorkerKind) -> RawSocket {
     let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/ws")).expect("WebSocket handshake");
-    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind, threads: 1, slots: 1, name: "raw".into(), token: Token::default() };
+    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind, threads: 1, slots: 1, name: "raw".into(), token: Token::default(), memory: 1 << 30 };
     ws.send(tungstenite::Message::Binary(colonnade_core::codec::encode(&hello, &[]).into())).unwrap();
     ws
 }
@@ -275,8 +277,8 @@ fn a_frozen_worker_is_dropped_by_its_silence_and_its_blocks_reissued() {
     let stopped = std::time::Instant::now();
     master.wait_for("the silence noticed", LONG, |l| l.contains("has said nothing for"));
     let noticed = stopped.elapsed();
-    let left = master.wait_for("its blocks re-queued", LONG, |l| l.contains("left;"));
-    assert!(!left.contains(" 0 of its blocks"), "{left}");
+    let left = master.wait_for("its tiles re-queued", LONG, |l| l.contains("left;"));
+    assert!(!left.contains(" 0 of its tiles"), "{left}");
     eprintln!("a frozen worker was dropped {:.1} s after it froze", noticed.as_secs_f64());
     // The 15 s heartbeat timeout, well inside the 20 s minimum lease.
     assert!(noticed >= Duration::from_secs(14) && noticed < Duration::from_secs(20), "{noticed:?}");

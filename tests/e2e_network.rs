@@ -25,7 +25,8 @@ fn delay_proxy() -> String {
 fn start_master(net: &Net, a: &std::path::Path, c: &std::path::Path, extra: &[&str]) -> Proc {
     let listen = format!("{}:{PORT}", net.ip(0));
     let (a, c) = (a.to_str().unwrap(), c.to_str().unwrap());
-    let args = [&["multiply", a, a, "-o", c, "--listen", &listen][..], extra].concat();
+    let stats = stats_path(std::path::Path::new(c));
+    let args = [&["multiply", a, a, "-o", c, "--listen", &listen, "--stats-json", stats.to_str().unwrap()][..], extra].concat();
     let master = net.spawn(0, "master", MASTER, &args);
     master.wait_for("'master listening on'", LONG, |l| l.starts_with("master listening on "));
     master
@@ -55,7 +56,7 @@ fn a_job_completes_through_loss_a_bandwidth_cap_and_latency() {
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     let took = start.elapsed();
     assert_product_sampled(&read_npy(&c_path).1, &a, &a);
-    let done = worker_blocks(&master.output());
+    let done = worker_tiles(&c_path);
     assert_eq!(done.len(), 3, "three hosts joined:\n{}", master.output());
     assert_eq!(done.iter().map(|(_, n)| n).sum::<usize>(), 20);
     // The faults were real: packets were dropped, and A crossed each capped link.
@@ -90,7 +91,7 @@ fn a_cut_link_costs_its_tasks_within_the_lease_deadline() {
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     let recovered = cut.elapsed();
     assert_product_sampled(&read_npy(&c_path).1, &a, &a);
-    let done = worker_blocks(&master.output());
+    let done = worker_tiles(&c_path);
     let cut_off: usize = done.iter().filter(|(name, _)| name == "native").map(|(_, n)| *n).take(1).sum();
     assert!(cut_off < 60, "the cut worker did not finish the job alone");
     let noticed = master.output().lines().find(|l| l.contains("has said nothing for")).map(str::to_owned);

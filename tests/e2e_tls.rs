@@ -56,7 +56,7 @@ fn a_job_runs_over_wss_and_only_trusting_workers_get_in() {
     let trusting = wss_worker("trusting", &addr, &["--ca", ca.to_str().unwrap()]);
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_csv(&c_path), naive(&a, &a));
-    assert_eq!(worker_blocks(&master.output()), vec![("native".to_owned(), 8)], "only the trusting worker joined");
+    assert_eq!(worker_tiles(&c_path), vec![("native".to_owned(), 8)], "only the trusting worker joined");
     assert!(master.output().contains("TLS handshake failed"), "{}", master.output());
     drop(trusting);
 }
@@ -145,7 +145,7 @@ fn an_openssl_self_signed_certificate_is_trusted_when_given_as_the_ca() {
     let _worker = wss_worker("w", &addr, &["--ca", cert.to_str().unwrap()]);
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_csv(&c_path), naive(&a, &a));
-    assert_eq!(worker_blocks(&master.output()), vec![("native".to_owned(), 6)], "only the pinning worker joined");
+    assert_eq!(worker_tiles(&c_path), vec![("native".to_owned(), 6)], "only the pinning worker joined");
 }
 
 #[test]
@@ -178,5 +178,5 @@ fn an_openssl_ca_vouches_for_the_leaf_it_signed_by_name() {
     let _worker = wss_worker("w", &addr, &["--ca", ca.to_str().unwrap()]);
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_csv(&c_path), naive(&a, &a));
-    assert_eq!(worker_blocks(&master.output()), vec![("native".to_owned(), 6)], "only the trusting worker joined");
+    assert_eq!(worker_tiles(&c_path), vec![("native".to_owned(), 6)], "only the trusting worker joined");
 }

@@ -11,7 +11,7 @@ self.onmessage = async (event) => {
   const msg = event.data;
   switch (msg.type) {
     case 'start':
-      volunteer = new Volunteer(msg.url, msg.name, (status) => self.postMessage({ type: 'status', status }));
+      volunteer = new Volunteer(msg.url, msg.name, msg.memory, (status) => self.postMessage({ type: 'status', status }));
       break;
     case 'pause':
       if (volunteer) volunteer.pause();

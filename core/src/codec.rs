@@ -75,9 +75,11 @@ mod tests {
     #[test]
     fn round_trips() {
         let messages = [
-            Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Browser, threads: 3, slots: 2, name: "tab".into(), token: Token::new("s3cret") },
+            Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Browser, threads: 3, slots: 2, name: "tab".into(), token: Token::new("s3cret"), memory: 1 << 30 },
             Message::Heartbeat,
             Message::Job { job: 7, m: 1 << 40, k: 3, n: 4, dtype: Dtype::F32 },
+            Message::Evict { job: 7, panels: vec![0, 3, u32::MAX] },
+            Message::Accepted { lease: 3, done: 4, total: 5 },
             Message::Release { leases: vec![1, 2, u64::MAX] },
         ];
         for m in messages {
@@ -91,7 +93,7 @@ mod tests {
     #[test]
     fn hello_keeps_its_version_readable() {
         // Variant 0, then the version as a varint: a future master can always read it.
-        let bytes = encode(&Message::Hello { protocol: 1, kind: WorkerKind::Native, threads: 1, slots: 1, name: String::new(), token: Token::default() }, &[]);
+        let bytes = encode(&Message::Hello { protocol: 1, kind: WorkerKind::Native, threads: 1, slots: 1, name: String::new(), token: Token::default(), memory: 0 }, &[]);
         assert_eq!(&bytes[..2], &[0, 1]);
     }
 

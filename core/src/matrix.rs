@@ -22,6 +22,21 @@ impl Dtype {
     }
 }
 
+impl Dtype {
+    /// The element type of A·B: f32 only when both are f32, else f64.
+    pub fn of_product(a: Dtype, b: Dtype) -> Dtype {
+        if a == Dtype::F32 && b == Dtype::F32 {
+            Dtype::F32
+        } else {
+            Dtype::F64
+        }
+    }
+}
+
+/// Below this magnitude every integer, and every sum of such integers that
+/// stays below it, is exact in f64 (2^53).
+pub const EXACT_INTEGER_LIMIT: f64 = 9_007_199_254_740_992.0;
+
 impl fmt::Display for Dtype {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -176,6 +191,14 @@ impl DenseMatrix {
             Dtype::F64 => DenseMatrix::F64(Matrix::zeros(rows, cols)?),
         })
     }
+    /// Decodes raw little-endian bytes, column-major.
+    pub fn from_le_bytes(dtype: Dtype, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self, ShapeError> {
+        Ok(match dtype {
+            Dtype::F32 => DenseMatrix::F32(Matrix::from_le_bytes(rows, cols, bytes)?),
+            Dtype::F64 => DenseMatrix::F64(Matrix::from_le_bytes(rows, cols, bytes)?),
+        })
+    }
+
     pub fn dtype(&self) -> Dtype {
         match self {
             DenseMatrix::F32(_) => Dtype::F32,
@@ -229,6 +252,14 @@ impl DenseMatrix {
             }
         }
     }
+    /// Converts to `dtype` (rounding to f32 if need be).
+    pub fn into_dtype(self, dtype: Dtype) -> DenseMatrix {
+        match dtype {
+            Dtype::F64 => DenseMatrix::F64(self.into_f64()),
+            Dtype::F32 => DenseMatrix::F32(self.into_f32()),
+        }
+    }
+
     /// Converts to f32 (rounding).
     pub fn into_f32(self) -> Matrix<f32> {
         match self {

@@ -24,6 +24,10 @@ impl Incoming {
         Ok(Self { matrix: DenseMatrix::zeros(dtype, rows, cols)?, received: 0 })
     }
 
+    pub fn shape(&self) -> (usize, usize) {
+        (self.matrix.rows(), self.matrix.cols())
+    }
+
     pub fn total(&self) -> usize {
         self.matrix.as_bytes().len()
     }

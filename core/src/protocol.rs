@@ -10,16 +10,19 @@ use serde::{Deserialize, Serialize};
 use crate::matrix::Dtype;
 
 /// Bumped on any incompatible change. `Hello` stays variant 0 with `protocol`
-/// as its first field, so a master can always read a worker's version.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// as its first field, and `Refused` variant 2 with one string, so a master and
+/// a worker of different versions can always tell each other so.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest body of one message.
 pub const MAX_CHUNK: usize = 8 << 20;
 
 /// Identifies one job of one master.
 pub type JobId = u64;
-/// Identifies one attempt at one block: a lease. A block re-issued gets a new lease.
+/// Identifies one attempt at one tile: a lease. A tile re-issued gets a new lease.
 pub type LeaseId = u64;
+
+pub use crate::plan::{Operand, PanelId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum WorkerKind {
@@ -41,31 +44,40 @@ pub enum Message {
         name: String,
         /// The master's shared secret, if the worker was given one.
         token: Token,
+        /// Bytes of panels and results it can hold at once: the master never
+        /// sends more.
+        memory: u64,
     },
     /// Master → worker: accepted, with the tasks it may hold at once (its
     /// credit) and the largest body the master accepts per message.
     Welcome { worker: u64, slots: u32, max_chunk: u64 },
     /// Master → worker: not accepted, and why. The master closes the connection.
     Refused { reason: String },
-    /// Master → worker: a new job, carrying the first chunk of A; the rest follows
-    /// in `OperandChunk`s. The worker keeps A until `JobDone` or another `Job`.
+    /// Master → worker: a job's shape; its panels and tasks follow.
     Job { job: JobId, m: u64, k: u64, n: u64, dtype: Dtype },
-    /// Master → worker: bytes `offset..offset + body.len()` of A.
-    OperandChunk { job: JobId, offset: u64 },
-    /// Master → worker: compute columns `first_col..first_col + cols` of C. It
-    /// carries the first chunk of the matching columns of B (one message per
-    /// small task); the rest follows in `TaskChunk`s.
-    Task { job: JobId, lease: LeaseId, first_col: u64, cols: u64 },
-    /// Master → worker: bytes `offset..` of the task's B block.
-    TaskChunk { lease: LeaseId, offset: u64 },
+    /// Master → worker: a `rows`×`cols` panel of A or B, column-major, which the
+    /// worker keeps until told to evict it. The message carries the first chunk
+    /// of its bytes; the rest follows in `PanelChunk`s.
+    Panel { job: JobId, panel: PanelId, operand: Operand, rows: u64, cols: u64 },
+    /// Master → worker: bytes `offset..offset + body.len()` of a panel.
+    PanelChunk { job: JobId, panel: PanelId, offset: u64 },
+    /// Master → worker: drop these panels (to make room for others).
+    Evict { job: JobId, panels: Vec<PanelId> },
+    /// Master → worker: compute panel `a` (A) times panel `b` (B), the tile of
+    /// C (or partial sum) whose first element is (`row`, `col`). It starts as
+    /// soon as both panels are in.
+    Task { job: JobId, lease: LeaseId, a: PanelId, b: PanelId, row: u64, col: u64 },
     /// Master → worker: another worker finished this task; drop it.
     Cancel { lease: LeaseId },
-    /// Worker → master: bytes `offset..` of the task's C block, and how long
+    /// Worker → master: bytes `offset..` of the task's product, and how long
     /// the worker spent computing it (the same in every chunk).
     ResultChunk { lease: LeaseId, offset: u64, compute_us: u64 },
+    /// Master → worker: the result of `lease` was verified and is in C, which
+    /// now has `done` of its `total` tiles.
+    Accepted { lease: LeaseId, done: u64, total: u64 },
     /// Worker → master: these tasks will not be finished (the worker is stopping).
     Release { leases: Vec<LeaseId> },
-    /// Master → worker: the job is complete; A can be dropped.
+    /// Master → worker: the job is over; drop its panels and tasks.
     JobDone { job: JobId },
     /// Either way: still here (see [`crate::liveness`]).
     Heartbeat,
@@ -74,14 +86,7 @@ pub enum Message {
 impl Message {
     /// Whether this message carries a body.
     pub fn has_body(&self) -> bool {
-        matches!(
-            self,
-            Message::Job { .. }
-                | Message::OperandChunk { .. }
-                | Message::Task { .. }
-                | Message::TaskChunk { .. }
-                | Message::ResultChunk { .. }
-        )
+        matches!(self, Message::Panel { .. } | Message::PanelChunk { .. } | Message::ResultChunk { .. })
     }
 }
 

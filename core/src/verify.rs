@@ -18,12 +18,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::kernel;
-use crate::matrix::{DenseMatrix, Dtype, Matrix};
-use crate::plan::Plan;
-
-/// Columns of A converted to f64 at a time; bounds the extra memory to m×PANEL.
-const PANEL: usize = 256;
+use crate::matrix::{DenseMatrix, Dtype};
+use crate::plan::Tile;
 
 /// Below this, every integer and every sum of integers is exact in f64.
 const EXACT: f64 = 9_007_199_254_740_992.0;
@@ -39,106 +35,74 @@ pub struct Mismatch {
 
 #[derive(Debug)]
 pub struct Verifier {
-    a: Arc<DenseMatrix>,
-    plan: Plan,
+    tiles: Vec<Tile>,
     dtype: Dtype,
     integer: bool,
     /// One weight per column of C.
     weights: Vec<f64>,
-    /// t_J = |B_J|·|r_J| for every block: k × blocks, column-major.
-    t: Vec<f64>,
-    /// y_J = A·(B_J·r_J) and the lower bound |A·t_J| for every block: m × blocks.
-    y: Vec<f64>,
-    low: Vec<f64>,
+    /// Per tile: y = A·(B·r) and the exact scale |A|·(|B|·|r|), over its rows.
+    y: Vec<Vec<f64>>,
+    scale: Vec<Vec<f64>>,
 }
 
 impl Verifier {
-    /// Precomputes the expected products. `weights` holds one secret random
-    /// weight per column of C, nonzero; for an integer job (`integer`: every
-    /// entry of A and B an integer) use small integers, so the check is exact.
+    /// Precomputes the expected products of `tiles`. `weights` holds one secret
+    /// random weight per column of C, nonzero; for an integer job (`integer`:
+    /// every entry of A and B an integer) use small integers, so the check is exact.
     ///
     /// # Panics
-    /// If the shapes do not match the plan or there is not one weight per column.
-    pub fn new(a: impl Into<Arc<DenseMatrix>>, b: &DenseMatrix, plan: &Plan, weights: Vec<f64>, integer: bool) -> Self {
+    /// If a tile lies outside A·B or there is not one weight per column.
+    pub fn new(a: impl Into<Arc<DenseMatrix>>, b: &DenseMatrix, tiles: &[Tile], weights: Vec<f64>, integer: bool) -> Self {
         let a = a.into();
-        let (m, k, n) = (plan.m, plan.k, plan.n);
-        assert_eq!((a.rows(), a.cols(), b.rows(), b.cols()), (m, k, k, n), "shapes differ from the plan");
-        assert_eq!(weights.len(), n, "one weight per column of C");
-        let blocks = plan.blocks();
-        // x_J = B_J·r_J and t_J = |B_J|·|r_J|, as k × blocks matrices.
-        let mut x = vec![0.0; k * blocks];
-        let mut t = vec![0.0; k * blocks];
-        for block in 0..blocks {
-            let (xj, tj) = (&mut x[block * k..(block + 1) * k], &mut t[block * k..(block + 1) * k]);
-            for j in plan.columns(block) {
-                weigh_column(&columns_f64(b, j..j + 1), weights[j], xj, tj);
+        assert_eq!(weights.len(), b.cols(), "one weight per column of C");
+        let (mut y, mut scale) = (Vec::new(), Vec::new());
+        for tile in tiles {
+            assert!(tile.rows.end <= a.rows() && tile.depth.end <= a.cols() && tile.cols.end <= b.cols(), "tile outside A·B");
+            let (mut x, mut t) = (vec![0.0; tile.depth.len()], vec![0.0; tile.depth.len()]);
+            for j in tile.cols.clone() {
+                let column = columns_f64(b, j..j + 1);
+                weigh_column(&column[tile.depth.clone()], weights[j], &mut x, &mut t);
             }
+            let (mut yt, mut st) = (vec![0.0; tile.rows.len()], vec![0.0; tile.rows.len()]);
+            for (pp, p) in tile.depth.clone().enumerate() {
+                let column = columns_f64(&a, p..p + 1);
+                for (ii, i) in tile.rows.clone().enumerate() {
+                    yt[ii] += column[i] * x[pp];
+                    st[ii] += column[i].abs() * t[pp];
+                }
+            }
+            y.push(yt);
+            scale.push(st);
         }
-        // [y | A·t] = A·[x | t], a panel of A's columns at a time.
-        let mut yt = vec![0.0; m * 2 * blocks];
-        let mut product = vec![0.0; m * 2 * blocks];
-        for start in (0..k).step_by(PANEL) {
-            let end = (start + PANEL).min(k);
-            let rows = Matrix::from_fn(end - start, 2 * blocks, |p, col| {
-                let source = if col < blocks { &x } else { &t };
-                source[(col % blocks) * k + start + p]
-            });
-            kernel::gemm_into(m, &columns_f64(&a, start..end), rows.as_slice(), &mut product);
-            accumulate(&mut yt, &product);
-        }
-        let low = yt.split_off(m * blocks).into_iter().map(f64::abs).collect();
-        Self { a, plan: plan.clone(), dtype: b.dtype(), integer, weights, t, y: yt, low }
+        Self { tiles: tiles.to_vec(), dtype: b.dtype(), integer, weights, y, scale }
     }
 
-    /// s_J = |A|·t_J exactly: one pass over A.
-    fn exact_scale(&self, block: usize) -> Vec<f64> {
-        let (m, k) = (self.plan.m, self.plan.k);
-        let mut s = vec![0.0; m];
-        for (p, &tp) in self.t[block * k..(block + 1) * k].iter().enumerate() {
-            for (si, v) in s.iter_mut().zip(columns_f64(&self.a, p..p + 1).iter()) {
-                *si += v.abs() * tp;
-            }
-        }
-        s
-    }
-
-    /// Checks a claimed block `c` (m × the block's columns) of C.
-    pub fn check(&self, block: usize, c: &DenseMatrix) -> Result<(), Mismatch> {
-        let m = self.plan.m;
-        let columns = self.plan.columns(block);
-        let w = columns.len();
-        debug_assert_eq!((c.rows(), c.cols()), (m, w), "the scheduler checks sizes first");
-        // z = C_J·r_J and its magnitude |C_J|·|r_J|.
-        let mut z = vec![0.0; m];
-        let mut z_abs = vec![0.0; m];
-        for (jj, j) in columns.enumerate() {
+    /// Checks a claimed product `c` of tile `tile` (its rows × its columns).
+    pub fn check(&self, tile: usize, c: &DenseMatrix) -> Result<(), Mismatch> {
+        let t = &self.tiles[tile];
+        let h = t.rows.len();
+        debug_assert_eq!((c.rows(), c.cols()), (h, t.cols.len()), "the job checks sizes first");
+        let mut z = vec![0.0; h];
+        let mut z_abs = vec![0.0; h];
+        for (jj, j) in t.cols.clone().enumerate() {
             weigh_column(&columns_f64(c, jj..jj + 1), self.weights[j], &mut z, &mut z_abs);
         }
-        let want = &self.y[block * m..(block + 1) * m];
-        // Cheap pass: the lower bound of the scale; a row within it is certainly fine.
-        let low = &self.low[block * m..(block + 1) * m];
-        let unsure = (0..m).any(|i| self.row(i, z[i], z_abs[i], want[i], low[i], w, true).is_err());
-        if !unsure {
-            return Ok(());
-        }
-        let scale = self.exact_scale(block);
-        (0..m).try_for_each(|i| self.row(i, z[i], z_abs[i], want[i], scale[i], w, false))
+        (0..h).try_for_each(|i| self.row(i, z[i], z_abs[i], self.y[tile][i], self.scale[tile][i], t.depth.len(), t.cols.len()))
     }
 
-    /// Checks row `i`. With `lower`, `scale` is only a lower bound of |A|·t, so
-    /// exactness for integers cannot be assumed and a failure is not final.
+    /// Checks row `i` against the rigorous bound.
     #[allow(clippy::too_many_arguments)]
-    fn row(&self, i: usize, got: f64, z_abs: f64, want: f64, scale: f64, w: usize, lower: bool) -> Result<(), Mismatch> {
+    fn row(&self, i: usize, got: f64, z_abs: f64, want: f64, scale: f64, k: usize, w: usize) -> Result<(), Mismatch> {
         if !scale.is_finite() {
             return Ok(()); // an honest product overflows here: nothing to bound it by
         }
-        let (k, w) = (self.plan.k as f64, w as f64);
+        let (k, w) = (k as f64, w as f64);
         let u = f64::EPSILON / 2.0;
         let u_worker = match self.dtype {
             Dtype::F64 => u,
             Dtype::F32 => f64::from(f32::EPSILON) / 2.0,
         };
-        let tolerance = if self.integer && !lower && scale < EXACT && z_abs < EXACT {
+        let tolerance = if self.integer && scale < EXACT && z_abs < EXACT {
             0.0 // every product and sum on both sides is exact
         } else {
             // Worker: |Ĉ − AB| ≤ k·u_w·|A||B|; ours: (k + w)·u for y and w·u for z;
@@ -146,8 +110,7 @@ impl Verifier {
             2.0 * ((k + w + 2.0) * u + k * u_worker) * scale + 2.0 * (w + 2.0) * u * z_abs + (k + w + 2.0) * f64::MIN_POSITIVE
         };
         // False for NaN, so a NaN result fails too.
-        let within = (got - want).abs() <= tolerance;
-        if within {
+        if (got - want).abs() <= tolerance {
             Ok(())
         } else {
             Err(Mismatch { row: i, got, want, tolerance })
@@ -172,16 +135,13 @@ fn columns_f64(m: &DenseMatrix, range: std::ops::Range<usize>) -> Cow<'_, [f64]>
     }
 }
 
-fn accumulate(into: &mut [f64], product: &[f64]) {
-    for (a, b) in into.iter_mut().zip(product) {
-        *a += b;
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernel::multiply;
+    use crate::matrix::Matrix;
+    use crate::plan::Plan;
     use proptest::prelude::*;
 
     /// A tiny deterministic generator, so tests need no RNG crate.
@@ -203,6 +163,10 @@ mod tests {
         }
     }
 
+    fn tiles(plan: &Plan) -> Vec<Tile> {
+        (0..plan.tiles()).map(|t| plan.tile(t)).collect()
+    }
+
     struct Job {
         a: Matrix<f64>,
         b: Matrix<f64>,
@@ -213,16 +177,16 @@ mod tests {
     fn job(m: usize, k: usize, n: usize, width: usize, rng: &mut Rng, value: impl Fn(&mut Rng) -> f64, integer: bool) -> Job {
         let a = Matrix::from_fn(m, k, |_, _| value(rng));
         let b = Matrix::from_fn(k, n, |_, _| value(rng));
-        let plan = Plan::new(m, k, n, width);
+        let plan = Plan::columns(m, k, n, width);
         let weights = (0..n)
             .map(|_| if integer { (rng.below(8) + 1) as f64 * if rng.next() & 1 == 0 { 1.0 } else { -1.0 } } else { rng.weight() })
             .collect();
-        let verifier = Verifier::new(DenseMatrix::from(a.clone()), &b.clone().into(), &plan, weights, integer);
+        let verifier = Verifier::new(DenseMatrix::from(a.clone()), &b.clone().into(), &tiles(&plan), weights, integer);
         Job { a, b, plan, verifier }
     }
 
     fn honest(job: &Job, block: usize) -> Matrix<f64> {
-        multiply(&job.a, job.b.columns(job.plan.columns(block)))
+        multiply(&job.a, job.b.columns(job.plan.tile(block).cols))
     }
 
     fn check(job: &Job, block: usize, c: Matrix<f64>) -> Result<(), Mismatch> {
@@ -244,7 +208,7 @@ mod tests {
             let (m, k, n) = (1 + rng.below(40), 1 + rng.below(60), 1 + rng.below(40));
             let kind = kinds[checked % 3];
             let j = job(m, k, n, 1 + rng.below(n), &mut rng, kind, false);
-            for block in 0..j.plan.blocks() {
+            for block in 0..j.plan.tiles() {
                 assert_eq!(check(&j, block, honest(&j, block)), Ok(()), "{m}x{k}x{n} block {block}");
                 checked += 1;
             }
@@ -257,11 +221,11 @@ mod tests {
         let mut rng = Rng(2);
         let a = Matrix::from_fn(8, 64, |_, p| if p % 2 == 0 { 1e10 } else { -1e10 });
         let b = Matrix::from_fn(64, 16, |p, _| 1.0 + (p / 2) as f64 * 1e-7 + rng.unit() * 1e-9);
-        let plan = Plan::new(8, 64, 16, 4);
+        let plan = Plan::columns(8, 64, 16, 4);
         let weights = (0..16).map(|_| rng.weight()).collect();
-        let verifier = Verifier::new(DenseMatrix::from(a.clone()), &b.clone().into(), &plan, weights, false);
-        for block in 0..plan.blocks() {
-            let c = multiply(&a, b.columns(plan.columns(block)));
+        let verifier = Verifier::new(DenseMatrix::from(a.clone()), &b.clone().into(), &tiles(&plan), weights, false);
+        for block in 0..plan.tiles() {
+            let c = multiply(&a, b.columns(plan.tile(block).cols));
             assert_eq!(verifier.check(block, &c.into()), Ok(()));
         }
     }
@@ -270,7 +234,7 @@ mod tests {
     fn integer_jobs_are_checked_exactly() {
         let mut rng = Rng(3);
         let j = job(20, 30, 24, 6, &mut rng, |r| (r.below(200) as f64) - 100.0, true);
-        for block in 0..j.plan.blocks() {
+        for block in 0..j.plan.tiles() {
             assert_eq!(check(&j, block, honest(&j, block)), Ok(()));
             let mut off_by_one = honest(&j, block);
             off_by_one.as_mut_slice()[rng.below(20 * 6)] += 1.0;
@@ -287,7 +251,7 @@ mod tests {
         for trial in 0..1000 {
             let (m, k, n) = (2 + rng.below(40), 2 + rng.below(60), 4 + rng.below(40));
             let j = job(m, k, n, 2 + rng.below(n / 2), &mut rng, |r| r.unit() * 2.0 - 1.0, false);
-            let block = rng.below(j.plan.blocks() - 1); // not the last: it may be narrower
+            let block = rng.below(j.plan.tiles() - 1); // not the last: it may be narrower
             let good = honest(&j, block);
             let scale = good.as_slice().iter().fold(0.0f64, |x, v| x.max(v.abs()));
             // One element off by a relative 1e-6 of the block's magnitude.
@@ -297,7 +261,7 @@ mod tests {
             // All zeros.
             caught[1] += usize::from(check(&j, block, Matrix::zeros(m, good.cols()).unwrap()).is_err());
             // The right numbers for a different block of the same width.
-            let other = (block + 1 + rng.below(j.plan.blocks() - 1)) % j.plan.blocks();
+            let other = (block + 1 + rng.below(j.plan.tiles() - 1)) % j.plan.tiles();
             let theirs = honest(&j, other);
             if theirs.cols() == good.cols() && theirs != good {
                 caught[2] += usize::from(check(&j, block, theirs).is_err());
@@ -315,11 +279,11 @@ mod tests {
             let mut rng = Rng(seed);
             let a = Matrix::from_fn(m, k, |_, _| (rng.unit() * 2.0 - 1.0) as f32);
             let b = Matrix::from_fn(k, n, |_, _| (rng.unit() * 2.0 - 1.0) as f32);
-            let plan = Plan::new(m, k, n, 3);
+            let plan = Plan::columns(m, k, n, 3);
             let weights = (0..n).map(|_| rng.weight()).collect();
-            let verifier = Verifier::new(DenseMatrix::from(a.clone()), &b.clone().into(), &plan, weights, false);
-            for block in 0..plan.blocks() {
-                let c = multiply(&a, b.columns(plan.columns(block)));
+            let verifier = Verifier::new(DenseMatrix::from(a.clone()), &b.clone().into(), &tiles(&plan), weights, false);
+            for block in 0..plan.tiles() {
+                let c = multiply(&a, b.columns(plan.tile(block).cols));
                 prop_assert_eq!(verifier.check(block, &c.into()), Ok(()));
             }
         }

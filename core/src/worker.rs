@@ -8,7 +8,7 @@
 //! [`WorkerSession::handle_timeout`] when [`WorkerSession::poll_timeout`] says,
 //! which sends heartbeats and notices a master gone silent.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,17 +17,21 @@ use crate::kernel;
 use crate::liveness::{Heartbeat, Liveness};
 use crate::matrix::{element_count, DenseMatrix, Dtype};
 use crate::payload::{Incoming, PayloadError};
-use crate::protocol::{chunk_ranges, Frame, JobId, LeaseId, MatrixBytes, Message, Token, WorkerKind, MAX_CHUNK, PROTOCOL_VERSION};
+use crate::protocol::{chunk_ranges, Frame, JobId, LeaseId, MatrixBytes, Message, Operand, PanelId, Token, WorkerKind, MAX_CHUNK, PROTOCOL_VERSION};
+
+/// Tasks a worker asks to hold at once: one computing while the next one's panels arrive.
+pub const DEFAULT_SLOTS: u32 = 2;
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     pub kind: WorkerKind,
     pub threads: u32,
-    /// Tasks held at once: one computing while the next one's bytes arrive.
+    /// Tasks held at once.
     pub slots: u32,
     pub name: String,
-    /// Largest A or B block this worker will accept, in bytes.
-    pub max_operand_bytes: usize,
+    /// Bytes of panels and results this worker holds at most; the master is
+    /// told, and a master that sends more breaks the protocol.
+    pub memory: u64,
     /// Sent in Hello; admits a native worker to a master that requires it.
     pub token: Token,
     pub heartbeat: Heartbeat,
@@ -38,9 +42,9 @@ impl WorkerConfig {
         Self {
             kind,
             threads: 1,
-            slots: 2,
+            slots: DEFAULT_SLOTS,
             name: name.into(),
-            max_operand_bytes: 8 << 30,
+            memory: 1 << 30,
             token: Token::default(),
             heartbeat: Heartbeat::default(),
         }
@@ -54,6 +58,8 @@ pub enum WorkerEvent {
     Welcomed { worker: u64, slots: u32 },
     JobStarted { job: JobId, m: usize, k: usize, n: usize, dtype: Dtype },
     TaskCancelled { lease: LeaseId },
+    /// A result of this worker's was verified; the job has `done` of `total` tiles.
+    Accepted { lease: LeaseId, done: u64, total: u64 },
     JobDone { job: JobId },
 }
 
@@ -65,16 +71,24 @@ pub enum WorkerError {
     Refused(String),
     #[error("the master sent {0}, which only a worker sends")]
     Unexpected(&'static str),
-    #[error("the master sent data for job {got}, but the current job is {current:?}")]
-    WrongJob { got: JobId, current: Option<JobId> },
-    #[error("the master sent data for lease {0}, which it never announced")]
-    UnknownLease(LeaseId),
-    #[error("the task's columns {first}..{end} lie outside the job's {n} columns")]
-    BadColumns { first: u64, end: u64, n: usize },
-    #[error("{what} would take {bytes} bytes, over this worker's limit of {limit}")]
-    TooLarge { what: &'static str, bytes: u128, limit: usize },
-    #[error("the master sent more of {0} than it announced")]
-    Surplus(&'static str),
+    #[error("the master sent data for job {0}, which it never announced")]
+    UnknownJob(JobId),
+    #[error("the master sent panel {panel} of job {job} twice")]
+    DuplicatePanel { job: JobId, panel: PanelId },
+    #[error("the master used panel {panel} of job {job}, which it never sent")]
+    UnknownPanel { job: JobId, panel: PanelId },
+    #[error("the master evicted panel {panel} of job {job} while a task still needs it")]
+    PanelInUse { job: JobId, panel: PanelId },
+    #[error("the master sent more of panel {panel} of job {job} than it announced")]
+    Surplus { job: JobId, panel: PanelId },
+    #[error("the master sent a task for lease {0} twice")]
+    DuplicateLease(LeaseId),
+    #[error("panel {panel} of job {job} is {rows}x{cols}, which does not fit the job's {m}x{k} by {k}x{n}")]
+    BadPanel { job: JobId, panel: PanelId, rows: u64, cols: u64, m: usize, k: usize, n: usize },
+    #[error("the task's panels do not multiply: A is {a_rows}x{a_cols}, B is {b_rows}x{b_cols}")]
+    Mismatched { a_rows: usize, a_cols: usize, b_rows: usize, b_cols: usize },
+    #[error("{what} would take {bytes} bytes, over this worker's memory of {limit} ({used} in use)")]
+    TooLarge { what: &'static str, bytes: u128, used: u64, limit: u64 },
     #[error("an empty {0} (zero rows or columns)")]
     Empty(&'static str),
     #[error("{what}: {source}")]
@@ -83,18 +97,22 @@ pub enum WorkerError {
     MasterSilent(Duration),
 }
 
-/// One block to multiply: C_J = A · B_J.
+/// One tile to multiply: the A panel times the B panel.
 #[derive(Clone, Debug)]
 pub struct ComputeTask {
     pub job: JobId,
     pub lease: LeaseId,
-    pub first_col: usize,
+    /// Where the product goes in C: its first row and column.
+    pub row: usize,
+    pub col: usize,
     pub a: Arc<DenseMatrix>,
-    /// k × cols, column-major.
-    pub b: DenseMatrix,
+    pub b: Arc<DenseMatrix>,
 }
 
 impl ComputeTask {
+    pub fn rows(&self) -> usize {
+        self.a.rows()
+    }
     pub fn cols(&self) -> usize {
         self.b.cols()
     }
@@ -103,43 +121,50 @@ impl ComputeTask {
     }
     /// Multiplies on the calling thread.
     pub fn compute(&self) -> DenseMatrix {
-        match (&*self.a, &self.b) {
+        match (&*self.a, &*self.b) {
             (DenseMatrix::F64(a), DenseMatrix::F64(b)) => kernel::multiply(a, b.as_slice()).into(),
             (DenseMatrix::F32(a), DenseMatrix::F32(b)) => kernel::multiply(a, b.as_slice()).into(),
-            _ => unreachable!("the session builds A and B with the job's dtype"),
+            _ => unreachable!("the session builds panels with the job's dtype"),
         }
     }
 }
 
 #[derive(Debug)]
-enum Operand {
+enum PanelData {
     Arriving(Incoming),
     Ready(Arc<DenseMatrix>),
 }
 
 #[derive(Debug)]
-struct Job {
-    id: JobId,
+struct JobShape {
+    m: usize,
     k: usize,
     n: usize,
     dtype: Dtype,
-    a: Operand,
 }
 
 #[derive(Debug)]
 struct Task {
-    first_col: usize,
-    b: Incoming,
+    job: JobId,
+    a: PanelId,
+    b: PanelId,
+    row: usize,
+    col: usize,
+    /// Bytes its product will take.
+    result: u64,
 }
 
 #[derive(Debug)]
 pub struct WorkerSession {
     config: WorkerConfig,
-    job: Option<Job>,
-    /// Announced tasks whose B is arriving or waiting for A.
+    jobs: BTreeMap<JobId, JobShape>,
+    panels: BTreeMap<(JobId, PanelId), PanelData>,
+    /// Announced tasks waiting for their panels.
     tasks: BTreeMap<LeaseId, Task>,
-    /// Tasks handed to the shell and not yet completed or cancelled.
-    computing: BTreeSet<LeaseId>,
+    /// Tasks handed to the shell and not yet completed or cancelled, with their result bytes.
+    computing: BTreeMap<LeaseId, u64>,
+    /// Bytes of panels and reserved results: never above `config.memory`.
+    used: u64,
     outbox: VecDeque<Frame>,
     master: Liveness,
     /// Largest result chunk the master accepts, from its Welcome.
@@ -156,10 +181,21 @@ impl WorkerSession {
             slots: config.slots,
             name: config.name.clone(),
             token: config.token.clone(),
+            memory: config.memory,
         };
         let master = Liveness::new(now, &config.heartbeat);
         let outbox = VecDeque::from([Frame::new(hello)]);
-        Self { config, job: None, tasks: BTreeMap::new(), computing: BTreeSet::new(), outbox, master, max_chunk: MAX_CHUNK }
+        Self {
+            config,
+            jobs: BTreeMap::new(),
+            panels: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            computing: BTreeMap::new(),
+            used: 0,
+            outbox,
+            master,
+            max_chunk: MAX_CHUNK,
+        }
     }
 
     /// Time has reached `now`: queues a heartbeat if one is due, and fails if
@@ -193,46 +229,52 @@ impl WorkerSession {
             }
             Message::Refused { reason } => Err(WorkerError::Refused(reason)),
             Message::Job { job, m, k, n, dtype } => {
-                let event = self.on_job(job, m, k, n, dtype)?;
-                self.add_operand_chunk(job, 0, body)?;
-                Ok(Some(event))
-            }
-            Message::OperandChunk { job, offset } => {
-                self.add_operand_chunk(job, offset, body)?;
-                Ok(None)
-            }
-            Message::Task { job, lease, first_col, cols } => {
-                let Some(j) = self.job.as_ref().filter(|j| j.id == job) else {
-                    return Err(WorkerError::WrongJob { got: job, current: self.job.as_ref().map(|j| j.id) });
-                };
-                let end = first_col.saturating_add(cols);
-                if cols == 0 || end > j.n as u64 {
-                    return Err(WorkerError::BadColumns { first: first_col, end, n: j.n });
+                if m == 0 || k == 0 || n == 0 {
+                    return Err(WorkerError::Empty("job"));
                 }
-                let bytes = j.k as u128 * cols as u128 * j.dtype.size() as u128;
-                self.check_size("a B block", bytes)?;
-                let b = Incoming::new(j.dtype, j.k, cols as usize).map_err(|_| WorkerError::TooLarge {
-                    what: "a B block",
-                    bytes,
-                    limit: self.config.max_operand_bytes,
-                })?;
-                self.tasks.insert(lease, Task { first_col: first_col as usize, b });
-                self.add_task_chunk(lease, 0, body)?;
+                let (m, k, n) = (to_usize(m)?, to_usize(k)?, to_usize(n)?);
+                self.jobs.insert(job, JobShape { m, k, n, dtype });
+                Ok(Some(WorkerEvent::JobStarted { job, m, k, n, dtype }))
+            }
+            Message::Panel { job, panel, operand, rows, cols } => {
+                self.on_panel(job, panel, operand, rows, cols)?;
+                self.add_panel_chunk(job, panel, 0, body)?;
                 Ok(None)
             }
-            Message::TaskChunk { lease, offset } => {
-                self.add_task_chunk(lease, offset, body)?;
+            Message::PanelChunk { job, panel, offset } => {
+                self.add_panel_chunk(job, panel, offset, body)?;
+                Ok(None)
+            }
+            Message::Evict { job, panels } => {
+                for panel in panels {
+                    if self.tasks.values().any(|t| t.job == job && (t.a == panel || t.b == panel)) {
+                        return Err(WorkerError::PanelInUse { job, panel });
+                    }
+                    if let Some(data) = self.panels.remove(&(job, panel)) {
+                        self.used -= panel_bytes(&data);
+                    }
+                }
+                Ok(None)
+            }
+            Message::Task { job, lease, a, b, row, col } => {
+                self.on_task(lease, Task { job, a, b, row: to_usize(row)?, col: to_usize(col)?, result: 0 })?;
                 Ok(None)
             }
             Message::Cancel { lease } => {
-                let known = self.tasks.remove(&lease).is_some() | self.computing.remove(&lease);
+                let known = self.drop_task(lease);
                 Ok(known.then_some(WorkerEvent::TaskCancelled { lease }))
             }
+            Message::Accepted { lease, done, total } => Ok(Some(WorkerEvent::Accepted { lease, done, total })),
             Message::JobDone { job } => {
-                if self.job.as_ref().is_some_and(|j| j.id == job) {
-                    self.job = None;
-                    self.tasks.clear();
-                    self.computing.clear();
+                self.jobs.remove(&job);
+                let leases: Vec<LeaseId> = self.tasks.iter().filter(|(_, t)| t.job == job).map(|(&l, _)| l).collect();
+                for lease in leases {
+                    self.drop_task(lease);
+                }
+                let panels: Vec<_> = self.panels.range((job, 0)..=(job, PanelId::MAX)).map(|(&key, _)| key).collect();
+                for key in panels {
+                    let data = self.panels.remove(&key).expect("listed above");
+                    self.used -= panel_bytes(&data);
                 }
                 Ok(Some(WorkerEvent::JobDone { job }))
             }
@@ -242,74 +284,111 @@ impl WorkerSession {
         }
     }
 
-    /// Bytes `offset..` of A; a message without a body adds nothing.
-    fn add_operand_chunk(&mut self, job: JobId, offset: u64, body: &[u8]) -> Result<(), WorkerError> {
+    fn on_panel(&mut self, job: JobId, panel: PanelId, operand: Operand, rows: u64, cols: u64) -> Result<(), WorkerError> {
+        let shape = self.jobs.get(&job).ok_or(WorkerError::UnknownJob(job))?;
+        let (m, k, n, dtype) = (shape.m, shape.k, shape.n, shape.dtype);
+        if self.panels.contains_key(&(job, panel)) {
+            return Err(WorkerError::DuplicatePanel { job, panel });
+        }
+        let (max_rows, max_cols) = match operand {
+            Operand::A => (m, k),
+            Operand::B => (k, n),
+        };
+        if rows == 0 || cols == 0 || rows > max_rows as u64 || cols > max_cols as u64 {
+            return Err(WorkerError::BadPanel { job, panel, rows, cols, m, k, n });
+        }
+        let bytes = u128::from(rows) * u128::from(cols) * dtype.size() as u128;
+        self.reserve("a panel", bytes)?;
+        let (rows, cols) = (rows as usize, cols as usize);
+        element_count(rows, cols).map_err(|_| self.too_large("a panel", bytes))?;
+        let incoming = Incoming::new(dtype, rows, cols).map_err(|_| self.too_large("a panel", bytes))?;
+        self.panels.insert((job, panel), PanelData::Arriving(incoming));
+        Ok(())
+    }
+
+    /// Bytes `offset..` of a panel; a message without a body adds nothing.
+    fn add_panel_chunk(&mut self, job: JobId, panel: PanelId, offset: u64, body: &[u8]) -> Result<(), WorkerError> {
         if body.is_empty() && offset == 0 {
             return Ok(());
         }
-        let current = self.job.as_ref().map(|j| j.id);
-        let Some(j) = self.job.as_mut().filter(|j| j.id == job) else {
-            return Err(WorkerError::WrongJob { got: job, current });
+        let data = self.panels.get_mut(&(job, panel)).ok_or(WorkerError::UnknownPanel { job, panel })?;
+        let PanelData::Arriving(incoming) = data else {
+            return Err(WorkerError::Surplus { job, panel });
         };
-        let Operand::Arriving(incoming) = &mut j.a else {
-            return Err(WorkerError::Surplus("A"));
-        };
-        if incoming.add(offset, body).map_err(|source| WorkerError::Payload { what: "A", source })? {
-            let placeholder = Operand::Ready(Arc::new(DenseMatrix::zeros(j.dtype, 0, 0).expect("an empty matrix")));
-            let Operand::Arriving(done) = std::mem::replace(&mut j.a, placeholder) else {
+        if incoming.add(offset, body).map_err(|source| WorkerError::Payload { what: "a panel", source })? {
+            let PanelData::Arriving(done) = std::mem::replace(data, PanelData::Ready(Arc::new(DenseMatrix::zeros(Dtype::F32, 0, 0).expect("an empty matrix")))) else {
                 unreachable!("matched Arriving above")
             };
-            j.a = Operand::Ready(Arc::new(done.into_matrix()));
+            *data = PanelData::Ready(Arc::new(done.into_matrix()));
         }
         Ok(())
     }
 
-    /// Bytes `offset..` of a task's B block; a message without a body adds nothing.
-    fn add_task_chunk(&mut self, lease: LeaseId, offset: u64, body: &[u8]) -> Result<(), WorkerError> {
-        if body.is_empty() && offset == 0 {
-            return Ok(());
+    fn on_task(&mut self, lease: LeaseId, mut task: Task) -> Result<(), WorkerError> {
+        let dtype = self.jobs.get(&task.job).ok_or(WorkerError::UnknownJob(task.job))?.dtype;
+        if self.tasks.contains_key(&lease) || self.computing.contains_key(&lease) {
+            return Err(WorkerError::DuplicateLease(lease));
         }
-        let task = self.tasks.get_mut(&lease).ok_or(WorkerError::UnknownLease(lease))?;
-        task.b.add(offset, body).map_err(|source| WorkerError::Payload { what: "a B block", source })?;
+        let (a_rows, a_cols) = self.panel_shape(task.job, task.a)?;
+        let (b_rows, b_cols) = self.panel_shape(task.job, task.b)?;
+        if a_cols != b_rows {
+            return Err(WorkerError::Mismatched { a_rows, a_cols, b_rows, b_cols });
+        }
+        let bytes = a_rows as u128 * b_cols as u128 * dtype.size() as u128;
+        self.reserve("a task's product", bytes)?;
+        task.result = bytes as u64;
+        self.tasks.insert(lease, task);
         Ok(())
     }
 
-    fn check_size(&self, what: &'static str, bytes: u128) -> Result<(), WorkerError> {
-        if bytes > self.config.max_operand_bytes as u128 {
-            return Err(WorkerError::TooLarge { what, bytes, limit: self.config.max_operand_bytes });
+    fn panel_shape(&self, job: JobId, panel: PanelId) -> Result<(usize, usize), WorkerError> {
+        match self.panels.get(&(job, panel)) {
+            Some(PanelData::Arriving(incoming)) => Ok(incoming.shape()),
+            Some(PanelData::Ready(matrix)) => Ok((matrix.rows(), matrix.cols())),
+            None => Err(WorkerError::UnknownPanel { job, panel }),
         }
+    }
+
+    /// Counts `bytes` against the memory budget, or fails.
+    fn reserve(&mut self, what: &'static str, bytes: u128) -> Result<(), WorkerError> {
+        if u128::from(self.used) + bytes > u128::from(self.config.memory) {
+            return Err(self.too_large(what, bytes));
+        }
+        self.used += bytes as u64;
         Ok(())
     }
 
-    fn on_job(&mut self, id: JobId, m: u64, k: u64, n: u64, dtype: Dtype) -> Result<WorkerEvent, WorkerError> {
-        if m == 0 || k == 0 || n == 0 {
-            return Err(WorkerError::Empty("job"));
-        }
-        self.check_size("A", m as u128 * k as u128 * dtype.size() as u128)?;
-        let (m, k, n) = (m as usize, k as usize, n as usize);
-        let too_large = |_| WorkerError::TooLarge { what: "A", bytes: u128::MAX, limit: self.config.max_operand_bytes };
-        element_count(m, k).map_err(too_large)?;
-        let a = Incoming::new(dtype, m, k).map_err(too_large)?;
-        self.job = Some(Job { id, k, n, dtype, a: Operand::Arriving(a) });
-        self.tasks.clear();
-        self.computing.clear();
-        Ok(WorkerEvent::JobStarted { job: id, m, k, n, dtype })
+    fn too_large(&self, what: &'static str, bytes: u128) -> WorkerError {
+        WorkerError::TooLarge { what, bytes, used: self.used, limit: self.config.memory }
     }
 
-    /// The next task whose operands have all arrived.
+    /// Forgets a task, waiting or computing; returns whether it was known.
+    fn drop_task(&mut self, lease: LeaseId) -> bool {
+        let bytes = match (self.tasks.remove(&lease), self.computing.remove(&lease)) {
+            (Some(task), _) => task.result,
+            (None, Some(bytes)) => bytes,
+            (None, None) => return false,
+        };
+        self.used -= bytes;
+        true
+    }
+
+    /// The next task whose panels have both arrived.
     pub fn next_task(&mut self) -> Option<ComputeTask> {
-        let job = self.job.as_ref()?;
-        let Operand::Ready(a) = &job.a else { return None };
-        let lease = *self.tasks.iter().find(|(_, t)| t.b.is_complete())?.0;
+        let ready = |job: JobId, panel: PanelId| match self.panels.get(&(job, panel)) {
+            Some(PanelData::Ready(m)) => Some(Arc::clone(m)),
+            _ => None,
+        };
+        let (lease, a, b) = self.tasks.iter().find_map(|(&lease, t)| Some((lease, ready(t.job, t.a)?, ready(t.job, t.b)?)))?;
         let task = self.tasks.remove(&lease).expect("found above");
-        self.computing.insert(lease);
-        Some(ComputeTask { job: job.id, lease, first_col: task.first_col, a: Arc::clone(a), b: task.b.into_matrix() })
+        self.computing.insert(lease, task.result);
+        Some(ComputeTask { job: task.job, lease, row: task.row, col: task.col, a, b })
     }
 
     /// Reports a finished product and the time spent computing it; queues it
     /// for sending unless the task was cancelled meanwhile. Returns whether it will be sent.
     pub fn complete(&mut self, lease: LeaseId, c: DenseMatrix, compute: Duration) -> bool {
-        if !self.computing.remove(&lease) {
+        if !self.drop_task(lease) {
             return false;
         }
         let bytes = MatrixBytes::into_bytes(c);
@@ -323,9 +402,10 @@ impl WorkerSession {
 
     /// Hands back every unfinished task, e.g. when stopping.
     pub fn release_all(&mut self) {
-        let leases: Vec<LeaseId> = self.tasks.keys().chain(&self.computing).copied().collect();
-        self.tasks.clear();
-        self.computing.clear();
+        let leases: Vec<LeaseId> = self.tasks.keys().chain(self.computing.keys()).copied().collect();
+        for &lease in &leases {
+            self.drop_task(lease);
+        }
         if !leases.is_empty() {
             self.outbox.push_back(Frame::new(Message::Release { leases }));
         }
@@ -339,6 +419,22 @@ impl WorkerSession {
     pub fn in_flight(&self) -> usize {
         self.tasks.len() + self.computing.len()
     }
+
+    /// Bytes of panels and reserved results held now.
+    pub fn memory_used(&self) -> u64 {
+        self.used
+    }
+}
+
+fn panel_bytes(data: &PanelData) -> u64 {
+    match data {
+        PanelData::Arriving(incoming) => incoming.total() as u64,
+        PanelData::Ready(matrix) => matrix.as_bytes().len() as u64,
+    }
+}
+
+fn to_usize(x: u64) -> Result<usize, WorkerError> {
+    usize::try_from(x).map_err(|_| WorkerError::TooLarge { what: "a dimension", bytes: u128::from(x), used: 0, limit: usize::MAX as u64 })
 }
 
 #[cfg(test)]
@@ -352,50 +448,67 @@ mod tests {
         codec::encode(&message, body)
     }
 
-    #[test]
-    fn computes_a_task_from_chunks() {
-        let mut s = WorkerSession::new(WorkerConfig::new(WorkerKind::Native, "t"), T0);
+    /// Job 1: m=2, k=2, n=3, f64.
+    fn session_with_job(config: WorkerConfig) -> WorkerSession {
+        let mut s = WorkerSession::new(config, T0);
         assert!(matches!(s.poll_transmit().unwrap().message, Message::Hello { .. }));
+        s.handle_message(&frame(Message::Job { job: 1, m: 2, k: 2, n: 3, dtype: Dtype::F64 }, &[]), T0).unwrap();
+        s
+    }
+
+    fn panel(panel: PanelId, operand: Operand, rows: u64, cols: u64) -> Message {
+        Message::Panel { job: 1, panel, operand, rows, cols }
+    }
+
+    #[test]
+    fn computes_a_task_once_its_panels_arrive_in_chunks() {
+        let mut s = session_with_job(WorkerConfig::new(WorkerKind::Native, "t"));
         let a = Matrix::from_fn(2, 2, |i, j| (i + 2 * j) as f64);
         let b = Matrix::from_fn(2, 1, |i, _| (i + 1) as f64);
-        s.handle_message(&frame(Message::Job { job: 1, m: 2, k: 2, n: 3, dtype: Dtype::F64 }, &[]), T0).unwrap();
-        s.handle_message(&frame(Message::Task { job: 1, lease: 5, first_col: 2, cols: 1 }, &[]), T0).unwrap();
-        s.handle_message(&frame(Message::TaskChunk { lease: 5, offset: 0 }, b.as_bytes()), T0).unwrap();
-        assert!(s.next_task().is_none(), "A has not arrived");
-        s.handle_message(&frame(Message::OperandChunk { job: 1, offset: 0 }, &a.as_bytes()[..16]), T0).unwrap();
-        s.handle_message(&frame(Message::OperandChunk { job: 1, offset: 16 }, &a.as_bytes()[16..]), T0).unwrap();
+        s.handle_message(&frame(panel(0, Operand::A, 2, 2), &a.as_bytes()[..16]), T0).unwrap();
+        s.handle_message(&frame(panel(3, Operand::B, 2, 1), b.as_bytes()), T0).unwrap();
+        s.handle_message(&frame(Message::Task { job: 1, lease: 5, a: 0, b: 3, row: 0, col: 2 }, &[]), T0).unwrap();
+        assert!(s.next_task().is_none(), "A's panel has not all arrived");
+        s.handle_message(&frame(Message::PanelChunk { job: 1, panel: 0, offset: 16 }, &a.as_bytes()[16..]), T0).unwrap();
         let task = s.next_task().unwrap();
-        assert_eq!((task.lease, task.first_col, task.cols()), (5, 2, 1));
+        assert_eq!((task.lease, task.row, task.col, task.rows(), task.cols()), (5, 0, 2, 2, 1));
         let c = task.compute();
         assert_eq!(c, DenseMatrix::F64(Matrix::from_col_major(2, 1, vec![4.0, 7.0]).unwrap()));
         assert!(s.complete(5, c.clone(), Duration::from_micros(7)));
         let out = s.poll_transmit().unwrap();
         assert_eq!(out.message, Message::ResultChunk { lease: 5, offset: 0, compute_us: 7 });
         assert_eq!(&out.body[..], c.as_bytes());
+        let accepted = s.handle_message(&frame(Message::Accepted { lease: 5, done: 1, total: 3 }, &[]), T0).unwrap();
+        assert_eq!(accepted, Some(WorkerEvent::Accepted { lease: 5, done: 1, total: 3 }));
     }
 
     #[test]
-    fn job_and_task_carry_their_first_chunk() {
-        let mut s = WorkerSession::new(WorkerConfig::new(WorkerKind::Native, "t"), T0);
-        let a = Matrix::from_fn(1, 2, |_, j| (j + 1) as f32);
-        let b = Matrix::from_fn(2, 1, |i, _| (i + 3) as f32);
-        s.handle_message(&frame(Message::Job { job: 4, m: 1, k: 2, n: 1, dtype: Dtype::F32 }, a.as_bytes()), T0).unwrap();
-        s.handle_message(&frame(Message::Task { job: 4, lease: 9, first_col: 0, cols: 1 }, b.as_bytes()), T0).unwrap();
-        let c = s.next_task().expect("A and B arrived with their headers").compute();
-        assert_eq!(c, DenseMatrix::F32(Matrix::from_col_major(1, 1, vec![11.0]).unwrap()));
-        let surplus = frame(Message::OperandChunk { job: 4, offset: 8 }, &[0; 4]);
-        assert!(matches!(s.handle_message(&surplus, T0), Err(WorkerError::Surplus("A"))));
+    fn memory_holds_panels_and_products_and_eviction_frees_it() {
+        // A's panel 32 bytes, B's 16, the product 16: 64 fits exactly.
+        let mut s = session_with_job(WorkerConfig { memory: 64, ..WorkerConfig::new(WorkerKind::Browser, "t") });
+        s.handle_message(&frame(panel(0, Operand::A, 2, 2), &[1; 32]), T0).unwrap();
+        s.handle_message(&frame(panel(3, Operand::B, 2, 1), &[2; 16]), T0).unwrap();
+        s.handle_message(&frame(Message::Task { job: 1, lease: 1, a: 0, b: 3, row: 0, col: 0 }, &[]), T0).unwrap();
+        assert_eq!(s.memory_used(), 64);
+        let over = s.handle_message(&frame(panel(4, Operand::B, 2, 1), &[]), T0);
+        assert!(matches!(over, Err(WorkerError::TooLarge { what: "a panel", used: 64, limit: 64, .. })), "{over:?}");
+        let in_use = s.handle_message(&frame(Message::Evict { job: 1, panels: vec![3] }, &[]), T0);
+        assert!(matches!(in_use, Err(WorkerError::PanelInUse { panel: 3, .. })));
+        let task = s.next_task().unwrap();
+        assert!(s.complete(task.lease, task.compute(), Duration::ZERO));
+        s.handle_message(&frame(Message::Evict { job: 1, panels: vec![3] }, &[]), T0).unwrap();
+        assert_eq!(s.memory_used(), 32);
+        s.handle_message(&frame(Message::JobDone { job: 1 }, &[]), T0).unwrap();
+        assert_eq!(s.memory_used(), 0);
     }
 
     #[test]
     fn cancelled_results_are_not_sent_and_release_lists_the_rest() {
-        let mut s = WorkerSession::new(WorkerConfig::new(WorkerKind::Native, "t"), T0);
-        s.poll_transmit();
-        s.handle_message(&frame(Message::Job { job: 1, m: 1, k: 1, n: 2, dtype: Dtype::F32 }, &[]), T0).unwrap();
-        s.handle_message(&frame(Message::OperandChunk { job: 1, offset: 0 }, &1f32.to_le_bytes()), T0).unwrap();
+        let mut s = session_with_job(WorkerConfig::new(WorkerKind::Native, "t"));
+        s.handle_message(&frame(panel(0, Operand::A, 2, 2), &[0; 32]), T0).unwrap();
+        s.handle_message(&frame(panel(3, Operand::B, 2, 1), &[0; 16]), T0).unwrap();
         for lease in [7, 8] {
-            s.handle_message(&frame(Message::Task { job: 1, lease, first_col: lease - 7, cols: 1 }, &[]), T0).unwrap();
-            s.handle_message(&frame(Message::TaskChunk { lease, offset: 0 }, &2f32.to_le_bytes()), T0).unwrap();
+            s.handle_message(&frame(Message::Task { job: 1, lease, a: 0, b: 3, row: 0, col: lease - 7 }, &[]), T0).unwrap();
         }
         let t = s.next_task().unwrap();
         let event = s.handle_message(&frame(Message::Cancel { lease: t.lease }, &[]), T0).unwrap();
@@ -403,6 +516,7 @@ mod tests {
         assert!(!s.complete(t.lease, t.compute(), Duration::ZERO));
         s.release_all();
         assert_eq!(s.poll_transmit().unwrap().message, Message::Release { leases: vec![8] });
+        assert_eq!(s.memory_used(), 48, "the panels stay; no product is reserved");
     }
 
     #[test]
@@ -410,8 +524,10 @@ mod tests {
         let mut s = WorkerSession::new(WorkerConfig::new(WorkerKind::Native, "t"), T0);
         let welcome = s.handle_message(&frame(Message::Welcome { worker: 3, slots: 1, max_chunk: 16 }, &[]), T0).unwrap();
         assert_eq!(welcome, Some(WorkerEvent::Welcomed { worker: 3, slots: 1 }));
-        s.handle_message(&frame(Message::Job { job: 1, m: 5, k: 1, n: 1, dtype: Dtype::F64 }, &[1; 40]), T0).unwrap();
-        s.handle_message(&frame(Message::Task { job: 1, lease: 2, first_col: 0, cols: 1 }, &[2; 8]), T0).unwrap();
+        s.handle_message(&frame(Message::Job { job: 1, m: 5, k: 1, n: 1, dtype: Dtype::F64 }, &[]), T0).unwrap();
+        s.handle_message(&frame(panel(0, Operand::A, 5, 1), &[1; 40]), T0).unwrap();
+        s.handle_message(&frame(panel(1, Operand::B, 1, 1), &[2; 8]), T0).unwrap();
+        s.handle_message(&frame(Message::Task { job: 1, lease: 2, a: 0, b: 1, row: 0, col: 0 }, &[]), T0).unwrap();
         let task = s.next_task().unwrap();
         assert!(s.complete(task.lease, task.compute(), Duration::ZERO));
         let sizes: Vec<usize> = std::iter::from_fn(|| s.poll_transmit()).filter(|f| f.message != Message::Heartbeat).skip(1).map(|f| f.body.len()).collect();
@@ -433,15 +549,23 @@ mod tests {
 
     #[test]
     fn rejects_what_a_hostile_master_could_send() {
-        let mut s = WorkerSession::new(WorkerConfig { max_operand_bytes: 1 << 20, ..WorkerConfig::new(WorkerKind::Browser, "t") }, T0);
-        let huge = Message::Job { job: 1, m: 1 << 40, k: 1 << 40, n: 1, dtype: Dtype::F64 };
-        assert!(matches!(s.handle_message(&frame(huge, &[]), T0), Err(WorkerError::TooLarge { .. })));
-        let task = Message::Task { job: 9, lease: 1, first_col: 0, cols: 1 };
-        assert!(matches!(s.handle_message(&frame(task, &[]), T0), Err(WorkerError::WrongJob { .. })));
-        s.handle_message(&frame(Message::Job { job: 1, m: 2, k: 2, n: 2, dtype: Dtype::F64 }, &[]), T0).unwrap();
-        let outside = Message::Task { job: 1, lease: 1, first_col: 1, cols: u64::MAX };
-        assert!(matches!(s.handle_message(&frame(outside, &[]), T0), Err(WorkerError::BadColumns { .. })));
-        assert!(matches!(s.handle_message(&frame(Message::TaskChunk { lease: 3, offset: 0 }, &[1]), T0), Err(WorkerError::UnknownLease(3))));
+        let mut s = WorkerSession::new(WorkerConfig { memory: 1 << 20, ..WorkerConfig::new(WorkerKind::Browser, "t") }, T0);
+        let unknown = s.handle_message(&frame(panel(0, Operand::A, 1, 1), &[0; 8]), T0);
+        assert!(matches!(unknown, Err(WorkerError::UnknownJob(1))));
+        s.handle_message(&frame(Message::Job { job: 1, m: 1 << 40, k: 1 << 40, n: 1, dtype: Dtype::F64 }, &[]), T0).unwrap();
+        let huge = s.handle_message(&frame(panel(0, Operand::A, 1 << 40, 1 << 40), &[]), T0);
+        assert!(matches!(huge, Err(WorkerError::TooLarge { .. })), "{huge:?}");
+        let outside = s.handle_message(&frame(panel(0, Operand::B, 1, 2), &[]), T0);
+        assert!(matches!(outside, Err(WorkerError::BadPanel { .. })), "{outside:?}");
+        let task = Message::Task { job: 1, lease: 1, a: 0, b: 1, row: 0, col: 0 };
+        assert!(matches!(s.handle_message(&frame(task, &[]), T0), Err(WorkerError::UnknownPanel { panel: 0, .. })));
+        s.handle_message(&frame(panel(0, Operand::A, 2, 3), &[]), T0).unwrap();
+        s.handle_message(&frame(panel(1, Operand::B, 2, 1), &[]), T0).unwrap();
+        let mismatched = s.handle_message(&frame(Message::Task { job: 1, lease: 1, a: 0, b: 1, row: 0, col: 0 }, &[]), T0);
+        assert!(matches!(mismatched, Err(WorkerError::Mismatched { .. })));
+        assert!(matches!(s.handle_message(&frame(panel(0, Operand::A, 2, 3), &[]), T0), Err(WorkerError::DuplicatePanel { .. })));
+        let surplus = s.handle_message(&frame(Message::PanelChunk { job: 1, panel: 1, offset: 0 }, &[0; 24]), T0);
+        assert!(matches!(surplus, Err(WorkerError::Payload { .. })));
         let refused = Message::Refused { reason: "no".into() };
         assert!(matches!(s.handle_message(&frame(refused, &[]), T0), Err(WorkerError::Refused(_))));
     }

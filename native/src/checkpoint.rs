@@ -2,9 +2,12 @@
 //! master killed at any point and run again with the same command resumes.
 //!
 //! - `DIR/manifest`: what the checkpoint is for: a fingerprint of A and B
-//!   (xxh3-128 over their element type, shapes and bytes) and the block width.
-//! - `DIR/block-NNNNNN`: one verified block: a header (magic, fingerprint,
-//!   index, length, checksum), then its raw little-endian bytes.
+//!   (xxh3-128 over their element type, shapes and bytes) and the tile grid
+//!   (its row bands, column bands and depth slices, and the layout), written
+//!   once the job is planned. A run that resumes keeps that grid.
+//! - `DIR/block-NNNNNN`: one verified block of C (a row band by a column band,
+//!   summed over depth): a header (magic, fingerprint, index, length,
+//!   checksum), then its raw little-endian bytes, column-major.
 //!
 //! Each file is written under a temporary name, fsynced, renamed into place,
 //! and the folder fsynced, so a file under its final name is whole. Blocks read
@@ -22,7 +25,7 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::io::InputError;
 
-const MANIFEST_MAGIC: &str = "colonnade checkpoint 1";
+const MANIFEST_MAGIC: &str = "colonnade checkpoint 2";
 const BLOCK_MAGIC: &[u8; 8] = b"COLBLK01";
 /// Magic, fingerprint, index, length, checksum.
 const HEADER: usize = 8 + 16 + 8 + 8 + 8;
@@ -48,13 +51,18 @@ impl Inputs {
     }
 }
 
+/// A plan's grid as a checkpoint records it: (row bands, column bands, depth
+/// slices) and the layout (workers along each).
+pub type Grid = ((usize, usize, usize), (usize, usize, usize));
+
 /// An open checkpoint folder.
 #[derive(Debug)]
 pub struct Checkpoint {
     dir: PathBuf,
     fingerprint: u128,
-    /// Columns per block, as the checkpoint was first planned.
-    pub width: usize,
+    description: String,
+    /// The grid, once the job has been planned (by this run or an earlier one).
+    pub grid: Option<Grid>,
 }
 
 /// A block read back from the folder.
@@ -65,32 +73,38 @@ pub struct SavedBlock {
 }
 
 impl Checkpoint {
-    /// Opens `dir` for `inputs`. A folder with no checkpoint starts one with
-    /// `width` columns per block; one made for other inputs is refused.
-    pub fn open(dir: &Path, inputs: &Inputs, width: usize) -> Result<Self, InputError> {
+    /// Opens `dir` for `inputs`. A folder with a manifest for other inputs is
+    /// refused; one with none starts a checkpoint, whose manifest [`Self::begin`] writes.
+    pub fn open(dir: &Path, inputs: &Inputs) -> Result<Self, InputError> {
         let err = |problem: String| InputError::new(dir, problem);
         const START_OVER: &str = "use another --checkpoint folder, or delete this one to start over";
         fs::create_dir_all(dir).map_err(|e| err(format!("cannot create the checkpoint folder: {e}")))?;
+        let fresh = Self { dir: dir.to_owned(), fingerprint: inputs.fingerprint, description: inputs.description.clone(), grid: None };
         match fs::read_to_string(dir.join("manifest")) {
             Ok(text) => {
-                let (fingerprint, description, width) = parse_manifest(&text)
+                let (fingerprint, description, grid) = parse_manifest(&text)
                     .ok_or_else(|| err(format!("the manifest is damaged, or not a Colonnade checkpoint's; {START_OVER}")))?;
                 if fingerprint != inputs.fingerprint {
                     let these = &inputs.description;
                     return Err(err(format!("this checkpoint belongs to other inputs (it has {description}; these are {these}); {START_OVER}")));
                 }
-                Ok(Self { dir: dir.to_owned(), fingerprint, width })
+                Ok(Self { grid: Some(grid), ..fresh })
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                let text = format!(
-                    "{MANIFEST_MAGIC}\ninputs {:032x}\nwidth {width}\ndescription {}\n",
-                    inputs.fingerprint, inputs.description
-                );
-                write_durably(dir, "manifest", &[text.as_bytes()]).map_err(|e| err(format!("cannot write the manifest: {e}")))?;
-                Ok(Self { dir: dir.to_owned(), fingerprint: inputs.fingerprint, width })
-            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(fresh),
             Err(e) => Err(err(format!("cannot read the manifest: {e}"))),
         }
+    }
+
+    /// Records the job's grid, once it is planned: from here on a restart resumes.
+    pub fn begin(&mut self, grid: Grid) -> Result<(), InputError> {
+        let ((pr, pc, pk), (wr, wc, wk)) = grid;
+        let text = format!(
+            "{MANIFEST_MAGIC}\ninputs {:032x}\ngrid {pr}x{pc}x{pk} layout {wr}x{wc}x{wk}\ndescription {}\n",
+            self.fingerprint, self.description
+        );
+        write_durably(&self.dir, "manifest", &[text.as_bytes()]).map_err(|e| InputError::new(&self.dir, format!("cannot write the manifest: {e}")))?;
+        self.grid = Some(grid);
+        Ok(())
     }
 
     /// The saved blocks that are whole and belong here. `block_len(i)` is the
@@ -168,15 +182,22 @@ impl Writer {
     }
 }
 
-fn parse_manifest(text: &str) -> Option<(u128, String, usize)> {
+fn parse_manifest(text: &str) -> Option<(u128, String, Grid)> {
     let mut lines = text.lines();
     if lines.next()? != MANIFEST_MAGIC {
         return None;
     }
     let fingerprint = u128::from_str_radix(lines.next()?.strip_prefix("inputs ")?, 16).ok()?;
-    let width = lines.next()?.strip_prefix("width ")?.parse().ok().filter(|&w| w > 0)?;
+    let (grid, layout) = lines.next()?.strip_prefix("grid ")?.split_once(" layout ")?;
     let description = lines.next()?.strip_prefix("description ")?.to_owned();
-    Some((fingerprint, description, width))
+    Some((fingerprint, description, (parse_triple(grid)?, parse_triple(layout)?)))
+}
+
+/// `AxBxC`, each at least 1.
+fn parse_triple(text: &str) -> Option<(usize, usize, usize)> {
+    let mut parts = text.split('x').map(|p| p.parse::<usize>().ok().filter(|&x| x > 0));
+    let triple = (parts.next()??, parts.next()??, parts.next()??);
+    parts.next().is_none().then_some(triple)
 }
 
 fn block_header(fingerprint: u128, index: usize, bytes: &[u8]) -> Vec<u8> {
@@ -235,7 +256,9 @@ mod tests {
     #[test]
     fn blocks_survive_a_reopen_and_damage_is_discarded() {
         let dir = tempfile::tempdir().unwrap();
-        let cp = Checkpoint::open(dir.path(), &inputs(0.0), 4).unwrap();
+        let mut cp = Checkpoint::open(dir.path(), &inputs(0.0)).unwrap();
+        assert_eq!(cp.grid, None);
+        cp.begin(((1, 3, 1), (1, 1, 1))).unwrap();
         let writer = cp.writer();
         writer.save(0, &[1; 16]);
         writer.save(2, &[2; 8]);
@@ -249,8 +272,8 @@ mod tests {
         fs::write(&block1, damaged).unwrap();
         fs::write(dir.path().join("notes.txt"), "mine").unwrap();
 
-        let again = Checkpoint::open(dir.path(), &inputs(0.0), 99).unwrap();
-        assert_eq!(again.width, 4, "the checkpoint's own plan wins");
+        let again = Checkpoint::open(dir.path(), &inputs(0.0)).unwrap();
+        assert_eq!(again.grid, Some(((1, 3, 1), (1, 1, 1))), "the checkpoint's own plan wins");
         let len = |i: usize| [Some(16), Some(16), Some(8)].get(i).copied().flatten();
         let saved = again.saved_blocks(len);
         let got: Vec<_> = saved.iter().map(|b| (b.index, b.bytes.clone())).collect();
@@ -263,11 +286,13 @@ mod tests {
     #[test]
     fn a_checkpoint_for_other_inputs_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        Checkpoint::open(dir.path(), &inputs(0.0), 4).unwrap();
-        let err = Checkpoint::open(dir.path(), &inputs(0.5), 4).unwrap_err().to_string();
+        Checkpoint::open(dir.path(), &inputs(0.0)).unwrap().begin(((2, 2, 1), (1, 2, 1))).unwrap();
+        let err = Checkpoint::open(dir.path(), &inputs(0.5)).unwrap_err().to_string();
         assert!(err.contains("belongs to other inputs (it has A 3x2, B 3x2, f64; these are A 3x2, B 3x2, f64)"), "{err}");
         fs::write(dir.path().join("manifest"), "hello").unwrap();
-        let err = Checkpoint::open(dir.path(), &inputs(0.0), 4).unwrap_err().to_string();
+        let err = Checkpoint::open(dir.path(), &inputs(0.0)).unwrap_err().to_string();
         assert!(err.contains("the manifest is damaged"), "{err}");
+        fs::write(dir.path().join("manifest"), format!("{MANIFEST_MAGIC}\ninputs 00\ngrid 2x0x1 layout 1x1x1\ndescription x\n")).unwrap();
+        assert!(Checkpoint::open(dir.path(), &inputs(0.0)).is_err(), "a zero in the grid");
     }
 }

@@ -9,8 +9,10 @@ use anyhow::Context;
 
 use colonnade_core::kernel::flops;
 use colonnade_core::plan::{CostModel, Plan};
-use colonnade_core::job::Job;
-use colonnade_core::scheduler::{Access, Scheduler, SchedulerConfig};
+use colonnade_core::job::{Job, Unplanned};
+use colonnade_core::protocol::JobId;
+use colonnade_core::scheduler::{Access, JobError, Scheduler, SchedulerConfig};
+use colonnade_core::worker::DEFAULT_SLOTS;
 use colonnade_core::verify::Verifier;
 use colonnade_core::{DenseMatrix, Dtype, Matrix};
 use rand::{Rng, SeedableRng};
@@ -19,7 +21,7 @@ use crate::checkpoint::{Checkpoint, Inputs};
 use crate::cli::BadInput;
 use crate::compute;
 use crate::io::{self, Format, InputError};
-use crate::master::{JobReport, Limits, Master};
+use crate::master::{describe, JobReport, Limits, LocalWorkers, Master, Preparation, VerifierRecipe};
 use crate::procstats;
 use crate::tls::ServerTls;
 
@@ -58,31 +60,25 @@ pub struct Serving {
 }
 
 pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
     // Refuse a bad output path before doing any work.
     Format::of(&args.output)?;
     check_output_dir(&args.output)?;
-    // One memory budget for A, B and C, each checked before it is allocated.
-    let budget = args.max_memory.or_else(io::available_memory).unwrap_or(u64::MAX);
-    let a = io::read_matrix(&args.a, budget)?;
-    let b = io::read_matrix(&args.b, budget.saturating_sub(a.matrix.as_bytes().len() as u64))?;
-    if a.matrix.cols() != b.matrix.rows() {
-        return Err(BadInput(format!(
-            "cannot multiply {} by {}: A is {} but B is {}: A's columns must equal B's rows",
-            args.a.display(),
-            args.b.display(),
-            a.matrix.shape_string(),
-            b.matrix.shape_string()
-        ))
-        .into());
-    }
-    check_job_memory(&a.matrix, &b.matrix, &args.output, budget)?;
-    let integer = a.integer && b.integer;
-    let (a, b) = same_dtype(a.matrix, b.matrix);
+    // Serve first: workers connect (and wait) while the inputs are read.
+    let served = serve(&args.serving).await?;
+    let started = Instant::now();
+    let (a_path, b_path, output, max_memory) = (args.a.clone(), args.b.clone(), args.output.clone(), args.max_memory);
+    let inputs = tokio::task::spawn_blocking(move || read_inputs(&a_path, &b_path, &output, max_memory)).await?;
+    let (a, b, integer) = match inputs {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            served.stop().await;
+            return Err(e);
+        }
+    };
     let read_time = started.elapsed();
     let cpu_before = procstats::cpu_time();
     let spec = JobSpec { a, b, integer, block: args.block, checkpoint: args.checkpoint.clone() };
-    let report = run(spec, &args.serving).await?;
+    let report = run(spec, &args.serving, served).await?;
     let job_cpu = procstats::cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     let write_start = Instant::now();
     io::write_matrix(&args.output, &report.c, integer)?;
@@ -92,7 +88,7 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
         std::fs::write(path, json.to_string()).with_context(|| format!("writing {}", path.display()))?;
     }
     println!(
-        "wrote {} ({}x{} {}) in {:.2} s; computed in {:.3} s at {:.1} GFLOP/s ({} blocks of {} columns)",
+        "wrote {} ({}x{} {}) in {:.2} s; computed in {:.3} s at {:.1} GFLOP/s ({})",
         args.output.display(),
         report.plan.m,
         report.plan.n,
@@ -100,40 +96,45 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
         write_start.elapsed().as_secs_f64(),
         report.elapsed.as_secs_f64(),
         report.gflops(),
-        report.plan.blocks(),
-        report.plan.width,
+        describe(&report.plan),
     );
     print_workers(&report);
     Ok(())
 }
 
-/// The run's figures: times, traffic against the payload minimum, master CPU and memory.
+/// The run's figures: times; the plan; traffic against A and B and against
+/// the payload; master CPU and memory.
 fn stats_json(report: &JobReport, read: Duration, write: Duration, job_cpu: Option<Duration>) -> serde_json::Value {
     let elem = report.c.dtype().size() as u64;
-    let (m, k, n) = (report.plan.m as u64, report.plan.k as u64, report.plan.n as u64);
-    let a_bytes = m * k * elem;
-    let workers_given_a = report.stats.operand_bytes / a_bytes.max(1);
-    let payload_min = workers_given_a * a_bytes + k * n * elem + m * n * elem;
+    let plan = &report.plan;
+    let (m, k, n) = (plan.m as u64, plan.k as u64, plan.n as u64);
+    let inputs = (m * k + k * n) * elem;
     let workers: Vec<_> = report
         .workers
         .iter()
         .map(|(id, w)| {
             serde_json::json!({
                 "id": id, "kind": format!("{:?}", w.kind).to_lowercase(), "name": w.name,
-                "blocks": w.blocks_done, "compute_s": w.compute.as_secs_f64(),
+                "tiles": w.tiles_done, "compute_s": w.compute.as_secs_f64(), "flops": w.flops,
+                "memory_bytes": w.memory, "strikes": w.strikes,
             })
         })
         .collect();
     serde_json::json!({
         "m": m, "k": k, "n": n, "dtype": report.c.dtype().to_string(),
-        "blocks": report.plan.blocks(), "block_width": report.plan.width,
+        "grid": [plan.rows.parts, plan.cols.parts, plan.depth.parts],
+        "layout": [plan.layout.0, plan.layout.1, plan.layout.2],
+        "tiles": plan.tiles(), "blocks": plan.blocks(),
         "read_s": read.as_secs_f64(), "job_s": report.elapsed.as_secs_f64(), "write_s": write.as_secs_f64(),
         "gflops": report.gflops(),
         "workers": workers,
         "wire_sent_bytes": report.wire_sent, "wire_received_bytes": report.wire_received,
-        "payload_min_bytes": payload_min,
-        "payload_operand_bytes": report.stats.operand_bytes, "payload_task_bytes": report.stats.task_bytes,
-        "payload_result_bytes": report.stats.result_bytes, "leases_issued": report.stats.leases_issued,
+        "inputs_bytes": inputs,
+        "panel_bytes": report.stats.panel_bytes,
+        "egress_over_inputs": report.stats.panel_bytes as f64 / inputs.max(1) as f64,
+        "result_bytes": report.stats.result_bytes,
+        "payload_bytes": report.stats.panel_bytes + report.stats.result_bytes,
+        "leases_issued": report.stats.leases_issued,
         "encode_s": report.encode_time.as_secs_f64(), "scheduler_s": report.scheduler_time.as_secs_f64(),
         "verify_prep_s": report.verify_prep.as_secs_f64(),
         "rejected": report.workers.iter().map(|(_, w)| w.strikes).sum::<u32>(),
@@ -152,14 +153,9 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let mut random = || DenseMatrix::F64(Matrix::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0)));
     let (a, b) = (random(), random());
     let spec = JobSpec { a: a.clone(), b: b.clone(), integer: false, block: args.block, checkpoint: None };
-    let report = run(spec, &args.serving).await?;
-    println!(
-        "distributed: {:.3} s, {:.1} GFLOP/s ({} blocks of {} columns)",
-        report.elapsed.as_secs_f64(),
-        report.gflops(),
-        report.plan.blocks(),
-        report.plan.width
-    );
+    let served = serve(&args.serving).await?;
+    let report = run(spec, &args.serving, served).await?;
+    println!("distributed: {:.3} s, {:.1} GFLOP/s ({})", report.elapsed.as_secs_f64(), report.gflops(), describe(&report.plan));
     print_workers(&report);
     let threads = compute::available_cores();
     let start = Instant::now();
@@ -188,33 +184,42 @@ struct JobSpec {
     b: DenseMatrix,
     /// Every entry of A and B is an integer: results are checked exactly.
     integer: bool,
+    /// Columns per tile, if the user chose them; otherwise the pool's model plans.
     block: Option<usize>,
     checkpoint: Option<PathBuf>,
 }
 
-/// A job ready to run, and what preparing it took.
-struct Prepared {
-    job: Job,
-    verify_prep: Duration,
-    restored_columns: usize,
+/// Reads A and B within `max_memory` (default: what is available), each
+/// checked before it is allocated, and C's share too. Returns them in the
+/// product's element type, and whether both hold only integers.
+fn read_inputs(a: &Path, b: &Path, output: &Path, max_memory: Option<u64>) -> anyhow::Result<(DenseMatrix, DenseMatrix, bool)> {
+    let budget = max_memory.or_else(io::available_memory).unwrap_or(u64::MAX);
+    let a_in = io::read_matrix(a, budget)?;
+    let b_in = io::read_matrix(b, budget.saturating_sub(a_in.matrix.as_bytes().len() as u64))?;
+    JobError::check_inner(&a_in.matrix, &b_in.matrix).map_err(|e| BadInput(format!("cannot multiply {} by {}: {e}", a.display(), b.display())))?;
+    let dtype = Dtype::of_product(a_in.matrix.dtype(), b_in.matrix.dtype());
+    check_job_memory(&a_in.matrix, &b_in.matrix, dtype, output, budget)?;
+    let integer = a_in.integer && b_in.integer;
+    Ok((a_in.matrix.into_dtype(dtype), b_in.matrix.into_dtype(dtype), integer))
 }
 
-/// Listens, starts local workers, and runs the job, checking every result.
-async fn run(spec: JobSpec, serving: &Serving) -> anyhow::Result<JobReport> {
-    let checkpoint = match &spec.checkpoint {
-        Some(dir) => {
-            let width = spec.block.unwrap_or_else(|| default_width(&spec.a, &spec.b));
-            Some((dir.clone(), Checkpoint::open(dir, &Inputs::of(&spec.a, &spec.b), width)?))
+/// A listening master and the workers started inside it.
+struct Served {
+    master: Master,
+    locals: Option<LocalWorkers>,
+}
+
+impl Served {
+    async fn stop(self) {
+        if let Some(locals) = self.locals {
+            locals.stop().await;
         }
-        None => None,
-    };
-    let mut config = SchedulerConfig { access: serving.access.clone(), ..SchedulerConfig::default() };
-    (config.max_chunk, config.max_slots) = (serving.limits.max_chunk, serving.limits.max_slots);
-    let prepared = prepare(spec, &config, checkpoint.as_ref())?;
-    let writer = checkpoint.as_ref().map(|(_, cp)| cp.writer());
-    let job_id = prepared.job.id();
-    let mut scheduler = Scheduler::new(config);
-    let mut master = Master::bind(serving.listen, serving.limits, serving.tls.as_ref()).await?;
+    }
+}
+
+/// Listens, says where, and starts the local workers.
+async fn serve(serving: &Serving) -> anyhow::Result<Served> {
+    let master = Master::bind(serving.listen, serving.limits, serving.tls.as_ref()).await?;
     println!("master listening on {}", master.local_addr());
     println!("  add a worker:  worker {}", master.worker_url());
     println!("  or a browser:  {}", master.page_url());
@@ -223,37 +228,37 @@ async fn run(spec: JobSpec, serving: &Serving) -> anyhow::Result<JobReport> {
         let threads = (compute::available_cores() / local_workers).max(1);
         master.spawn_local_workers(local_workers, threads, serving.access.token.as_ref().unwrap_or(&Default::default()))
     });
-    scheduler.add_job(prepared.job, Duration::ZERO);
-    let result = tokio::select! {
-        r = master.run(&mut scheduler, job_id, true, writer.as_ref()) => r,
-        _ = crate::cli::stop_requested() => Err(anyhow::anyhow!("interrupted; no output written")),
-    };
-    if let Some(locals) = locals {
-        locals.stop().await;
-    }
-    if let Some(writer) = writer {
-        writer.finish();
-    }
-    let Prepared { verify_prep, restored_columns, .. } = prepared;
-    result.map(|report| JobReport { verify_prep, restored_columns, ..report })
+    Ok(Served { master, locals })
 }
 
-/// The cost model's block width for A·B.
-fn default_width(a: &DenseMatrix, b: &DenseMatrix) -> usize {
-    CostModel::default().block_width(a.rows(), a.cols(), b.cols(), a.dtype().size())
+/// Runs the job on the master, checking every result.
+async fn run(spec: JobSpec, serving: &Serving, served: Served) -> anyhow::Result<JobReport> {
+    let mut config = SchedulerConfig { access: serving.access.clone(), ..SchedulerConfig::default() };
+    (config.max_chunk, config.max_slots) = (serving.limits.max_chunk, serving.limits.max_slots);
+    let mut scheduler = Scheduler::new(config);
+    let Served { mut master, locals } = served;
+    let prepared = prepare(spec, &mut scheduler);
+    let result = match prepared {
+        Ok((job_id, prep, restored_flops)) => tokio::select! {
+            r = master.run(&mut scheduler, job_id, prep, true) => r.map(|report| JobReport { restored_flops, ..report }),
+            _ = crate::cli::stop_requested() => Err(anyhow::anyhow!("interrupted; no output written")),
+        },
+        Err(e) => Err(e),
+    };
+    Served { master, locals }.stop().await;
+    result
 }
 
-/// Plans the job (on the checkpoint's own plan when resuming), draws the
-/// secret weights for Freivalds' check, and restores checkpointed blocks.
-fn prepare(spec: JobSpec, config: &SchedulerConfig, checkpoint: Option<&(PathBuf, Checkpoint)>) -> anyhow::Result<Prepared> {
-    let JobSpec { a, b, integer, block, .. } = spec;
-    let (m, k, n, elem) = (a.rows(), a.cols(), b.cols(), a.dtype().size());
-    let width = match checkpoint {
-        Some((_, cp)) => cp.width,
-        None => block.unwrap_or_else(|| default_width(&a, &b)),
-    };
-    let plan = Plan::new(m, k, n, width);
+/// Puts the job in the scheduler: planned by the pool's model once workers are
+/// there, or on the user's `--block` width, or on the grid of a checkpoint it
+/// resumes (whose blocks are then restored, each verified first). Returns the
+/// job's id, what the shell adds once it is planned, and the flops restored.
+fn prepare(spec: JobSpec, scheduler: &mut Scheduler) -> anyhow::Result<(JobId, Preparation, f64)> {
+    let JobSpec { a, b, integer, block, checkpoint } = spec;
+    let checkpoint = checkpoint.map(|dir| Checkpoint::open(&dir, &Inputs::of(&a, &b)).map(|cp| (dir, cp))).transpose()?;
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
     let mut rng = rand::rng();
+    let id = rng.random::<u64>();
     // Secret weights for Freivalds' check: workers never see them.
     let weights = (0..n)
         .map(|_| {
@@ -261,53 +266,69 @@ fn prepare(spec: JobSpec, config: &SchedulerConfig, checkpoint: Option<&(PathBuf
             sign * if integer { f64::from(rng.random_range(1u8..=8)) } else { rng.random_range(1.0..2.0) }
         })
         .collect();
-    // Shared by the job (their bytes) and the verifier; the job checks the shapes.
-    let (a, b) = (Arc::new(a), Arc::new(b));
-    let job = Job::new(rng.random::<u64>(), Arc::clone(&a), Arc::clone(&b), plan.clone(), config.leases.clone(), config.max_chunk)?;
-    let started = Instant::now();
-    let verifier = Verifier::new(a, &b, &plan, weights, integer);
-    let verify_prep = started.elapsed();
-    let mut job = job.with_verifier(verifier);
-    let mut restored_columns = 0;
-    if let Some((dir, cp)) = checkpoint {
-        let block_len = |i: usize| (i < plan.blocks()).then(|| plan.columns(i).len() * m * elem);
-        let mut restored = 0;
-        for saved in cp.saved_blocks(block_len) {
-            match job.restore(saved.index, &saved.bytes) {
-                Ok(()) => {
-                    restored += 1;
-                    restored_columns += plan.columns(saved.index).len();
-                }
-                Err(e) => {
-                    tracing::warn!("checkpoint: discarding {e}; it will be computed again");
-                    cp.discard(saved.index);
-                }
+    // Shared by the job (their bytes) and the verifier.
+    let recipe = VerifierRecipe { a: Arc::new(a), b: Arc::new(b), weights, integer };
+    let (leases, chunk) = (scheduler.lease_config(), scheduler.max_chunk());
+    let fixed = match (&checkpoint, block) {
+        (Some((_, cp)), _) if cp.grid.is_some() => {
+            let ((pr, pc, pk), layout) = cp.grid.expect("matched");
+            Some(Plan::grid(m, k, n, pr, pc, pk).laid_out(layout))
+        }
+        (_, Some(width)) => Some(Plan::columns(m, k, n, width)),
+        _ => None,
+    };
+    let Some(plan) = fixed else {
+        if let Some((dir, _)) = &checkpoint {
+            println!("checkpoint {}: starting afresh; the job is planned once workers join", dir.display());
+        }
+        let model = CostModel { slots: DEFAULT_SLOTS as usize, ..CostModel::default() };
+        let job = Unplanned::new(id, Arc::clone(&recipe.a), Arc::clone(&recipe.b), model, leases, chunk)?.awaiting_verifier();
+        scheduler.add_unplanned(job, Duration::ZERO);
+        return Ok((id, Preparation { verifier: Some(recipe), checkpoint: checkpoint.map(|(_, cp)| cp) }, 0.0));
+    };
+    let job = Job::new(id, Arc::clone(&recipe.a), Arc::clone(&recipe.b), plan.clone(), leases, chunk)?;
+    let resuming = checkpoint.as_ref().is_some_and(|(_, cp)| cp.grid.is_some());
+    if !resuming {
+        if let Some((dir, _)) = &checkpoint {
+            println!("checkpoint {}: 0 of {} blocks already done ({})", dir.display(), plan.blocks(), describe(&plan));
+        }
+        scheduler.add_job(job.awaiting_verifier(), Duration::ZERO);
+        return Ok((id, Preparation { verifier: Some(recipe), checkpoint: checkpoint.map(|(_, cp)| cp) }, 0.0));
+    }
+    let (dir, cp) = checkpoint.expect("resuming");
+    // Resuming: blocks read back get the same verification as a worker's result.
+    let VerifierRecipe { a, b, weights, integer } = recipe;
+    let mut job = job.with_verifier(Verifier::new(a, &b, &Job::verified_tiles(&plan), weights, integer));
+    let block_len = |i: usize| (i < plan.blocks()).then(|| plan.block(i)).map(|(r, c)| r.len() * c.len() * b.dtype().size());
+    let (mut restored, mut restored_flops) = (0, 0.0);
+    for saved in cp.saved_blocks(block_len) {
+        match job.restore(saved.index, &saved.bytes) {
+            Ok(()) => {
+                restored += 1;
+                let (rows, cols) = plan.block(saved.index);
+                restored_flops += flops(rows.len(), k, cols.len());
+            }
+            Err(e) => {
+                tracing::warn!("checkpoint: discarding {e}; it will be computed again");
+                cp.discard(saved.index);
             }
         }
-        println!("checkpoint {}: {restored} of {} blocks already done ({width} columns each)", dir.display(), plan.blocks());
     }
-    Ok(Prepared { job, verify_prep, restored_columns })
+    println!("checkpoint {}: {restored} of {} blocks already done ({})", dir.display(), plan.blocks(), describe(&plan));
+    scheduler.add_job(job, Duration::ZERO);
+    Ok((id, Preparation { verifier: None, checkpoint: Some(cp) }, restored_flops))
 }
 
 fn print_workers(report: &JobReport) {
     for (id, info) in &report.workers {
         let kind = format!("{:?}", info.kind).to_lowercase();
-        println!("  worker {id} ({kind} '{}'): {} blocks", info.name, info.blocks_done);
+        println!("  worker {id} ({kind} '{}'): {} tiles", info.name, info.tiles_done);
     }
 }
 
-/// f32 only when both are f32; otherwise both in f64.
-fn same_dtype(a: DenseMatrix, b: DenseMatrix) -> (DenseMatrix, DenseMatrix) {
-    if a.dtype() == Dtype::F32 && b.dtype() == Dtype::F32 {
-        (a, b)
-    } else {
-        (DenseMatrix::F64(a.into_f64()), DenseMatrix::F64(b.into_f64()))
-    }
-}
-
-/// A, B (in the job's element type) and C must fit in `budget` together.
-fn check_job_memory(a: &DenseMatrix, b: &DenseMatrix, output: &Path, budget: u64) -> Result<(), InputError> {
-    let elem = if a.dtype() == Dtype::F32 && b.dtype() == Dtype::F32 { 4 } else { 8 };
+/// A, B and C, in the product's element type, must fit in `budget` together.
+fn check_job_memory(a: &DenseMatrix, b: &DenseMatrix, dtype: Dtype, output: &Path, budget: u64) -> Result<(), InputError> {
+    let elem = dtype.size() as u128;
     let (ab, c) = ((a.rows() * a.cols() + b.rows() * b.cols()) as u128 * elem, (a.rows() * b.cols()) as u128 * elem);
     if ab + c > u128::from(budget) {
         let (shape, both) = (format!("{}x{}", a.rows(), b.cols()), crate::cli::human_bytes(ab));

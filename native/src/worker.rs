@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context};
 use colonnade_core::codec::MAX_MESSAGE;
 use colonnade_core::pool::Refusal;
 use colonnade_core::protocol::{Token, WorkerKind};
-use colonnade_core::worker::{ComputeTask, WorkerConfig, WorkerError, WorkerEvent, WorkerSession};
+use colonnade_core::worker::{ComputeTask, WorkerConfig, WorkerError, WorkerEvent, WorkerSession, DEFAULT_SLOTS};
 use colonnade_core::DenseMatrix;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
@@ -27,8 +27,10 @@ pub struct WorkerOptions {
     pub url: String,
     pub threads: usize,
     pub name: String,
-    /// Tasks held at once; 2 lets the next block arrive while this one computes.
+    /// Tasks held at once; 2 lets the next tile's panels arrive while this one computes.
     pub slots: u32,
+    /// Bytes of panels and products it holds at most (the master is told).
+    pub memory: u64,
     pub max_backoff: Duration,
     /// Sent in Hello to a master that requires it; never logged.
     pub token: Token,
@@ -40,13 +42,19 @@ pub struct WorkerOptions {
 
 impl WorkerOptions {
     pub fn new(url: impl Into<String>, threads: usize, name: impl Into<String>) -> Self {
-        Self { url: url.into(), threads: threads.max(1), name: name.into(), slots: 2,
+        Self { url: url.into(), threads: threads.max(1), name: name.into(), slots: DEFAULT_SLOTS, memory: default_memory(1),
             max_backoff: Duration::from_secs(5),
             token: Token::default(),
             tls: crate::tls::client_config(None).expect("the built-in roots need no file"),
             ca: None,
         }
     }
+}
+
+/// A share of the memory available now, for one of `workers` on this machine:
+/// half of it, split between them (1 GiB each if the system does not say).
+pub fn default_memory(workers: usize) -> u64 {
+    crate::io::available_memory().map_or(1 << 30, |m| m / 2 / workers.max(1) as u64)
 }
 
 /// Large reads move 8 MiB chunks with fewer syscalls and buffer growths.
@@ -152,6 +160,7 @@ async fn serve(socket: Socket, options: &WorkerOptions, shutdown: &mut watch::Re
     let config = WorkerConfig {
         threads: options.threads as u32,
         slots: options.slots,
+        memory: options.memory,
         ..WorkerConfig::new(WorkerKind::Native, options.name.clone())
     };
     let token = options.token.clone();
@@ -224,7 +233,7 @@ fn advice(reason: &str) -> &'static str {
 }
 
 fn start(task: ComputeTask, threads: usize) -> (u64, JoinHandle<(DenseMatrix, Duration)>) {
-    tracing::debug!(lease = task.lease, first_col = task.first_col, cols = task.cols(), "computing task");
+    tracing::debug!(lease = task.lease, row = task.row, col = task.col, rows = task.rows(), cols = task.cols(), "computing task");
     let lease = task.lease;
     let handle = tokio::task::spawn_blocking(move || {
         let start = std::time::Instant::now();
@@ -249,6 +258,7 @@ fn log_event(event: Option<WorkerEvent>) {
             tracing::info!(job, "job: A is {m}x{k}, C is {m}x{n}, {dtype}");
         }
         Some(WorkerEvent::TaskCancelled { lease }) => tracing::debug!(lease, "task cancelled: another worker finished it"),
+        Some(WorkerEvent::Accepted { lease, done, total }) => tracing::debug!(lease, "result verified; the job has {done} of {total} tiles"),
         Some(WorkerEvent::JobDone { job }) => tracing::info!(job, "job done"),
         None => {}
     }

@@ -123,7 +123,7 @@ pub fn start_master(a: &Path, b: &Path, c: &Path, extra: &[&str]) -> (Proc, Stri
 
 pub fn start_master_on(listen: &str, a: &Path, b: &Path, c: &Path, extra: &[&str]) -> (Proc, String) {
     let mut cmd = Command::new(MASTER);
-    cmd.arg("multiply").arg(a).arg(b).arg("-o").arg(c).args(["--listen", listen]).args(extra);
+    cmd.arg("multiply").arg(a).arg(b).arg("-o").arg(c).args(["--listen", listen]).arg("--stats-json").arg(stats_path(c)).args(extra);
     let master = Proc::spawn("master", &mut cmd);
     let line = master.wait_for("'master listening on'", Duration::from_secs(30), |l| l.starts_with("master listening on "));
     let addr = line.trim_start_matches("master listening on ").trim().to_owned();
@@ -136,17 +136,25 @@ pub fn start_worker(name: &str, addr: &str, extra: &[&str]) -> Proc {
     Proc::spawn(name, &mut cmd)
 }
 
-/// The master's closing summary: (kind, blocks done) for each worker, from
-/// lines like `  worker 2 (native 'w1'): 40 blocks`.
-pub fn worker_blocks(master_output: &str) -> Vec<(String, usize)> {
-    master_output
-        .lines()
-        .filter(|l| l.trim_start().starts_with("worker ") && l.ends_with(" blocks"))
-        .map(|l| {
-            let kind = l.split('(').nth(1).unwrap().split(' ').next().unwrap().to_owned();
-            (kind, l.rsplit(' ').nth(1).unwrap().parse().unwrap())
-        })
-        .collect()
+/// Where `master multiply -o C` writes its figures in these tests.
+pub fn stats_path(c: &Path) -> PathBuf {
+    let mut name = c.as_os_str().to_owned();
+    name.push(".stats.json");
+    PathBuf::from(name)
+}
+
+/// The run's figures, from the master's `--stats-json`.
+pub fn stats(c: &Path) -> serde_json::Value {
+    let path = stats_path(c);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// (kind, tiles done) for each worker that joined, in the order they joined.
+pub fn worker_tiles(c: &Path) -> Vec<(String, usize)> {
+    let stats = stats(c);
+    let workers = stats["workers"].as_array().expect("a workers list");
+    workers.iter().map(|w| (w["kind"].as_str().unwrap().to_owned(), w["tiles"].as_u64().unwrap() as usize)).collect()
 }
 
 /// A dense matrix in row-major order, as tests think of it.

@@ -30,13 +30,15 @@ pub struct Volunteer {
 impl std::fmt::Debug for Volunteer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.state.borrow();
-        f.debug_struct("Volunteer").field("url", &s.url).field("blocks_done", &s.blocks_done).finish()
+        f.debug_struct("Volunteer").field("url", &s.url).field("tiles_done", &s.tiles_done).finish()
     }
 }
 
 struct State {
     url: String,
     name: String,
+    /// Bytes this Web Worker's wasm instance lends to panels and products.
+    memory: u64,
     /// Called with a plain object describing what changed, for the page.
     report: Function,
     socket: Option<WebSocket>,
@@ -49,21 +51,27 @@ struct State {
     generation: u32,
     /// `now_ms()` when this connection opened: the session's clock starts there.
     opened_ms: f64,
-    blocks_done: u32,
+    /// Tiles this worker computed that the master verified and kept.
+    tiles_done: u32,
+    /// Flops computed, and the time it took: this worker's speed.
     flops_done: f64,
     compute_ms: f64,
+    /// Tiles sent back and not yet accepted, and where each lies in C.
+    sent: std::collections::BTreeMap<u64, (usize, usize, usize, usize)>,
     /// Keeps the socket's callbacks alive as long as the socket.
     callbacks: Vec<Closure<dyn FnMut(JsValue)>>,
 }
 
 #[wasm_bindgen::prelude::wasm_bindgen]
 impl Volunteer {
-    /// Connects to the master at `url` (a ws:// or wss:// URL) and starts computing.
+    /// Connects to the master at `url` (a ws:// or wss:// URL) and starts
+    /// computing, holding at most `memory` bytes of panels and products.
     #[wasm_bindgen::prelude::wasm_bindgen(constructor)]
-    pub fn new(url: String, name: String, report: Function) -> Volunteer {
+    pub fn new(url: String, name: String, memory: f64, report: Function) -> Volunteer {
         let state = State {
             url,
             name,
+            memory: memory as u64,
             report,
             socket: None,
             session: None,
@@ -73,9 +81,10 @@ impl Volunteer {
             backoff_ms: MIN_BACKOFF_MS,
             generation: 0,
             opened_ms: 0.0,
-            blocks_done: 0,
+            tiles_done: 0,
             flops_done: 0.0,
             compute_ms: 0.0,
+            sent: Default::default(),
             callbacks: Vec::new(),
         };
         let volunteer = Volunteer { state: Rc::new(RefCell::new(state)) };
@@ -140,7 +149,7 @@ fn connect(state: &Rc<RefCell<State>>) {
             s.backoff_ms = MIN_BACKOFF_MS;
             s.generation += 1;
             s.opened_ms = now_ms();
-            let config = WorkerConfig { slots: 2, max_operand_bytes: 1 << 30, ..WorkerConfig::new(WorkerKind::Browser, s.name.clone()) };
+            let config = WorkerConfig { memory: s.memory, ..WorkerConfig::new(WorkerKind::Browser, s.name.clone()) };
             s.session = Some(WorkerSession::new(config, std::time::Duration::ZERO));
             flush(&mut s);
             let status = if s.paused { "paused" } else { "connected" };
@@ -180,7 +189,16 @@ fn receive(state: &Rc<RefCell<State>>, bytes: &[u8]) {
     match session.handle_message(bytes, now) {
         Ok(Some(WorkerEvent::JobStarted { m, k, n, dtype, .. })) => {
             let shape = format!("{m}x{k} times {k}x{n}, {dtype}");
-            report(&s, "connected", &[("job", shape.into()), ("n", (n as f64).into())]);
+            report(&s, "connected", &[("job", shape.into()), ("m", (m as f64).into()), ("n", (n as f64).into())]);
+        }
+        Ok(Some(WorkerEvent::Accepted { lease, done, total })) => {
+            // Counted only once the master has verified it and kept it.
+            if let Some((row, col, rows, cols)) = s.sent.remove(&lease) {
+                s.tiles_done += 1;
+                let place = [("row", row), ("col", col), ("rows", rows), ("cols", cols), ("job_done", done as usize), ("job_total", total as usize)];
+                let fields: Vec<(&str, JsValue)> = place.iter().map(|&(k, v)| (k, (v as f64).into())).collect();
+                report(&s, "connected", &fields);
+            }
         }
         Ok(Some(WorkerEvent::JobDone { .. })) => report(&s, "connected", &[("job", "done".into())]),
         Ok(_) => {}
@@ -279,15 +297,13 @@ fn compute_one(state: &Rc<RefCell<State>>) {
     let start = now_ms();
     let c = task.compute();
     let elapsed = now_ms() - start;
-    let (first_col, cols, flops) = (task.first_col, task.cols(), task.flops());
     let Some(session) = s.session.as_mut() else { return };
     if session.complete(task.lease, c, std::time::Duration::from_secs_f64(elapsed.max(0.0) / 1e3)) {
-        s.blocks_done += 1;
-        s.flops_done += flops;
+        s.sent.insert(task.lease, (task.row, task.col, task.rows(), task.cols()));
+        s.flops_done += task.flops();
         s.compute_ms += elapsed;
     }
     flush(&mut s);
-    report(&s, "connected", &[("first_col", (first_col as f64).into()), ("cols", (cols as f64).into())]);
     drop(s);
     schedule_compute(state);
 }
@@ -305,7 +321,7 @@ fn flush(s: &mut State) {
 fn report(s: &State, state: &str, extra: &[(&str, JsValue)]) {
     let o = Object::new();
     let gflops = if s.compute_ms > 0.0 { s.flops_done / s.compute_ms / 1e6 } else { 0.0 };
-    let fields: [(&str, JsValue); 3] = [("state", state.into()), ("blocks", s.blocks_done.into()), ("gflops", gflops.into())];
+    let fields: [(&str, JsValue); 3] = [("state", state.into()), ("tiles", s.tiles_done.into()), ("gflops", gflops.into())];
     for (key, value) in fields.iter().chain(extra) {
         let _ = Reflect::set(&o, &(*key).into(), value);
     }

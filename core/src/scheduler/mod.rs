@@ -30,11 +30,14 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::codec::{self, CodecError};
-use crate::job::{Finished, Job, LeaseConfig, Taker};
+use crate::job::{Finished, Job, LeaseConfig, Order, Unplanned};
+use crate::kernel::flops;
 use crate::liveness::Heartbeat;
 use crate::payload::PayloadError;
-use crate::pool::{Hello, Pool};
+use crate::plan::PanelId;
+use crate::pool::{Held, Hello, Pool};
 use crate::protocol::{Frame, JobId, LeaseId, Message, WorkerKind, MAX_CHUNK};
+use crate::verify::Verifier;
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
@@ -58,6 +61,9 @@ pub struct SchedulerConfig {
     pub max_strikes: u32,
     pub heartbeat: Heartbeat,
     pub access: Access,
+    /// A job waiting for its plan is planned once the pool has had no newcomer
+    /// for this long, so workers starting together are planned for together.
+    pub settle: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -69,6 +75,7 @@ impl Default for SchedulerConfig {
             max_strikes: 3,
             heartbeat: Heartbeat::default(),
             access: Access::default(),
+            settle: Duration::from_millis(150),
         }
     }
 }
@@ -104,11 +111,14 @@ pub enum Output {
 pub enum Event {
     WorkerJoined { worker: WorkerId, kind: WorkerKind, name: String },
     WorkerLeft { worker: WorkerId, requeued: usize },
-    LeaseExpired { job: JobId, worker: WorkerId, block: usize },
-    Speculated { job: JobId, worker: WorkerId, block: usize },
-    BlockDone { job: JobId, worker: WorkerId, block: usize },
-    /// A result failed verification and was discarded; its block is re-issued.
-    Rejected { job: JobId, worker: WorkerId, block: usize, reason: String, strikes: u32 },
+    /// The job's tiles are chosen: [`Scheduler::job`] now has it.
+    JobPlanned { job: JobId },
+    LeaseExpired { job: JobId, worker: WorkerId, tile: usize },
+    Speculated { job: JobId, worker: WorkerId, tile: usize },
+    /// A tile was verified and is in C; `block` of C is complete if `block_done`.
+    TileDone { job: JobId, worker: WorkerId, tile: usize, block: usize, block_done: bool },
+    /// A result failed verification and was discarded; its tile is re-issued.
+    Rejected { job: JobId, worker: WorkerId, tile: usize, reason: String, strikes: u32 },
     JobComplete { job: JobId },
 }
 
@@ -157,19 +167,29 @@ impl Headcount {
     }
 }
 
+/// A job in the scheduler: waiting for its plan, or running.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per job
+enum Entry {
+    Unplanned(Unplanned),
+    Running(Job),
+}
+
 #[derive(Debug)]
 pub struct Scheduler {
     config: SchedulerConfig,
     pool: Pool,
-    jobs: BTreeMap<JobId, Job>,
+    jobs: BTreeMap<JobId, Entry>,
     next_lease: LeaseId,
+    /// When the latest worker joined.
+    last_join: Duration,
     outputs: VecDeque<Output>,
 }
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Self {
         let pool = Pool::new(config.access.clone(), config.heartbeat, config.max_slots, config.max_strikes);
-        Self { config, pool, jobs: BTreeMap::new(), next_lease: 1, outputs: VecDeque::new() }
+        Self { config, pool, jobs: BTreeMap::new(), next_lease: 1, last_join: Duration::ZERO, outputs: VecDeque::new() }
     }
 
     /// The chunk size jobs should be built with.
@@ -181,32 +201,76 @@ impl Scheduler {
         self.config.leases.clone()
     }
 
-    /// Starts running `job` on the pool.
+    /// Starts running `job`, planned already, on the pool.
     pub fn add_job(&mut self, job: Job, now: Duration) {
         let id = job.id();
         let complete = job.is_complete();
-        self.jobs.insert(id, job);
+        self.jobs.insert(id, Entry::Running(job));
         if complete {
             self.job_complete(id);
         }
         self.assign(now);
     }
 
-    pub fn job(&self, id: JobId) -> Option<&Job> {
-        self.jobs.get(&id)
+    /// Queues a job to be planned for the pool ([`Event::JobPlanned`] says when).
+    pub fn add_unplanned(&mut self, job: Unplanned, now: Duration) {
+        self.jobs.insert(job.id(), Entry::Unplanned(job));
+        self.assign(now);
     }
 
-    /// Removes a job, complete or not, withdrawing its tasks from the workers.
+    /// A running job.
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        match self.jobs.get(&id) {
+            Some(Entry::Running(job)) => Some(job),
+            _ => None,
+        }
+    }
+
+    /// A job's shape, planned or not.
+    pub fn problem(&self, id: JobId) -> Option<crate::plan::model::Problem> {
+        match self.jobs.get(&id)? {
+            Entry::Unplanned(job) => Some(job.problem()),
+            Entry::Running(job) => {
+                let plan = job.plan();
+                Some(crate::plan::model::Problem { m: plan.m, k: plan.k, n: plan.n, elem: job.dtype().size() })
+            }
+        }
+    }
+
+    fn running(&self) -> impl Iterator<Item = (JobId, &Job)> {
+        self.jobs.iter().filter_map(|(&id, e)| if let Entry::Running(j) = e { Some((id, j)) } else { None })
+    }
+
+    /// Hands a job the verifier it was waiting for; results held meanwhile are judged now.
+    pub fn set_verifier(&mut self, id: JobId, verifier: Verifier, now: Duration) {
+        let Some(Entry::Running(job)) = self.jobs.get_mut(&id) else { return };
+        for (worker, lease, finished) in job.set_verifier(verifier, now) {
+            if let Err(reason) = self.settle(id, worker, lease, finished) {
+                if self.pool.is_member(worker) {
+                    self.close(worker, reason, false, now);
+                }
+            }
+        }
+        self.assign(now);
+    }
+
+    /// Removes a job, complete or not, withdrawing its tasks and panels from the workers.
     pub fn remove_job(&mut self, id: JobId, now: Duration) -> Option<Job> {
-        let job = self.jobs.remove(&id)?;
+        let job = match self.jobs.remove(&id)? {
+            Entry::Running(job) => job,
+            Entry::Unplanned(_) => return None,
+        };
         for (&worker, w) in &mut self.pool.workers {
-            let leases: Vec<LeaseId> = w.leases.iter().filter(|(_, &j)| j == id).map(|(&l, _)| l).collect();
+            let leases: Vec<LeaseId> = w.leases.iter().filter(|(_, h)| h.job == id).map(|(&l, _)| l).collect();
             for lease in leases {
-                w.leases.remove(&lease);
+                w.end_lease(lease);
                 w.cancelled.insert(lease);
                 self.outputs.push_back(Output::Send { to: worker, frame: Frame::new(Message::Cancel { lease }) });
             }
-            w.holds.remove(&id);
+            if w.jobs.remove(&id) {
+                w.cache.drop_job(id);
+                self.outputs.push_back(Output::Send { to: worker, frame: Frame::new(Message::JobDone { job: id }) });
+            }
         }
         self.assign(now);
         Some(job)
@@ -246,7 +310,9 @@ impl Scheduler {
         let (message, body) = codec::decode(bytes).map_err(Violation::from)?;
         if !self.pool.is_member(worker) {
             return match message {
-                Message::Hello { protocol, kind, slots, name, token, .. } => self.on_hello(worker, Hello { protocol, kind, slots, name, token }, now),
+                Message::Hello { protocol, kind, slots, name, token, memory, .. } => {
+                    self.on_hello(worker, Hello { protocol, kind, slots, name, token, memory }, now)
+                }
                 _ => Err(Violation::NoHello.into()),
             };
         }
@@ -259,8 +325,8 @@ impl Scheduler {
             }
             Message::Release { leases } => {
                 for lease in leases {
-                    let job = self.pool.workers.get_mut(&worker).and_then(|w| w.leases.remove(&lease));
-                    if let Some(job) = job.and_then(|j| self.jobs.get_mut(&j)) {
+                    let held = self.pool.workers.get_mut(&worker).and_then(|w| w.end_lease(lease));
+                    if let Some(Entry::Running(job)) = held.and_then(|h| self.jobs.get_mut(&h.job)) {
                         job.drop_lease(lease);
                     }
                 }
@@ -270,10 +336,12 @@ impl Scheduler {
             Message::Welcome { .. } => Err(Violation::Unexpected("Welcome").into()),
             Message::Refused { .. } => Err(Violation::Unexpected("Refused").into()),
             Message::Job { .. } => Err(Violation::Unexpected("Job").into()),
-            Message::OperandChunk { .. } => Err(Violation::Unexpected("OperandChunk").into()),
+            Message::Panel { .. } => Err(Violation::Unexpected("Panel").into()),
+            Message::PanelChunk { .. } => Err(Violation::Unexpected("PanelChunk").into()),
+            Message::Evict { .. } => Err(Violation::Unexpected("Evict").into()),
             Message::Task { .. } => Err(Violation::Unexpected("Task").into()),
-            Message::TaskChunk { .. } => Err(Violation::Unexpected("TaskChunk").into()),
             Message::Cancel { .. } => Err(Violation::Unexpected("Cancel").into()),
+            Message::Accepted { .. } => Err(Violation::Unexpected("Accepted").into()),
             Message::JobDone { .. } => Err(Violation::Unexpected("JobDone").into()),
         }
     }
@@ -288,6 +356,7 @@ impl Scheduler {
                 let welcome = Message::Welcome { worker, slots, max_chunk: self.config.max_chunk as u64 };
                 self.send(worker, Frame::new(welcome));
                 self.outputs.push_back(Output::Event(Event::WorkerJoined { worker, kind, name }));
+                self.last_join = now;
                 self.assign(now);
                 Ok(())
             }
@@ -306,70 +375,87 @@ impl Scheduler {
 
     fn on_result_chunk(&mut self, worker: WorkerId, lease: LeaseId, offset: u64, body: &[u8], compute: Duration, now: Duration) -> Result<(), CloseReason> {
         let w = self.pool.workers.get(&worker).expect("a member");
-        let Some(&job_id) = w.leases.get(&lease) else {
+        let Some(&Held { job: job_id, .. }) = w.leases.get(&lease) else {
             if w.cancelled.contains(&lease) {
                 return Ok(()); // another copy already won
             }
             return Err(Violation::UnknownLease(lease).into());
         };
-        let job = self.jobs.get_mut(&job_id).expect("leases of removed jobs are withdrawn");
-        let finished = job.result_chunk(worker, lease, offset, body, now).map_err(|source| Violation::Payload { lease, source })?;
+        let Some(Entry::Running(job)) = self.jobs.get_mut(&job_id) else { unreachable!("leases of removed jobs are withdrawn") };
+        let finished = job.result_chunk(worker, lease, offset, body, compute, now).map_err(|source| Violation::Payload { lease, source })?;
         let Some(finished) = finished else { return Ok(()) };
-        if let Some(w) = self.pool.workers.get_mut(&worker) {
-            w.leases.remove(&lease);
-        }
-        match finished {
-            Finished::Accepted { block, took, losers } => {
-                self.pool.credit(worker, compute, took);
-                self.outputs.push_back(Output::Event(Event::BlockDone { job: job_id, worker, block }));
-                for (loser, lease) in losers {
-                    if let Some(w) = self.pool.workers.get_mut(&loser) {
-                        w.leases.remove(&lease);
-                        w.cancelled.insert(lease);
-                    }
-                    self.send(loser, Frame::new(Message::Cancel { lease }));
-                }
-                if self.jobs[&job_id].is_complete() {
-                    self.job_complete(job_id);
-                }
-            }
-            Finished::Rejected { block, reason } => {
-                let (strikes, out) = self.pool.strike(worker);
-                self.outputs.push_back(Output::Event(Event::Rejected { job: job_id, worker, block, reason, strikes }));
-                if out {
-                    return Err(CloseReason::TooManyStrikes(strikes));
-                }
-            }
-            Finished::Duplicate => {}
-        }
+        self.settle(job_id, worker, lease, finished)?;
         self.assign(now);
         Ok(())
     }
 
-    /// Tells the workers holding the job's operands that it is over.
+    /// Acts on what became of a finished lease.
+    fn settle(&mut self, job_id: JobId, worker: WorkerId, lease: LeaseId, finished: Finished) -> Result<(), CloseReason> {
+        if let Some(w) = self.pool.workers.get_mut(&worker) {
+            w.end_lease(lease);
+        }
+        let Some(Entry::Running(job)) = self.jobs.get(&job_id) else { return Ok(()) };
+        match finished {
+            Finished::Accepted { tile, took, compute, losers, done, block_done, complete } => {
+                let t = job.plan().tile(tile);
+                let block = job.plan().block_of(tile);
+                let (done, total) = (done as u64, job.plan().tiles() as u64);
+                self.pool.credit(worker, flops(t.rows.len(), t.depth.len(), t.cols.len()), compute, took);
+                self.outputs.push_back(Output::Event(Event::TileDone { job: job_id, worker, tile, block, block_done }));
+                self.send(worker, Frame::new(Message::Accepted { lease, done, total }));
+                for (loser, lease) in losers {
+                    if let Some(w) = self.pool.workers.get_mut(&loser) {
+                        w.end_lease(lease);
+                        w.cancelled.insert(lease);
+                    }
+                    self.send(loser, Frame::new(Message::Cancel { lease }));
+                }
+                if complete {
+                    self.job_complete(job_id);
+                }
+            }
+            Finished::Rejected { tile, reason } => {
+                let (strikes, out) = self.pool.strike(worker);
+                self.outputs.push_back(Output::Event(Event::Rejected { job: job_id, worker, tile, reason, strikes }));
+                if out {
+                    return Err(CloseReason::TooManyStrikes(strikes));
+                }
+            }
+            Finished::Held | Finished::Duplicate => {}
+        }
+        Ok(())
+    }
+
+    /// Tells the workers that know the job that it is over.
     fn job_complete(&mut self, job: JobId) {
         self.outputs.push_back(Output::Event(Event::JobComplete { job }));
         for (&id, w) in &mut self.pool.workers {
-            if w.holds.remove(&job) {
+            if w.jobs.remove(&job) {
+                w.cache.drop_job(job);
                 self.outputs.push_back(Output::Send { to: id, frame: Frame::new(Message::JobDone { job }) });
             }
         }
     }
 
-    /// The worker is gone: its blocks go back in the queue.
+    /// The worker is gone: its tiles go back in the queue.
     fn leave(&mut self, worker: WorkerId, now: Duration) {
         let Some(w) = self.pool.leave(worker) else { return };
         let mut requeued = 0;
-        for (lease, job) in w.leases {
-            if let Some(job) = self.jobs.get_mut(&job) {
+        for (lease, held) in w.leases {
+            if let Some(Entry::Running(job)) = self.jobs.get_mut(&held.job) {
                 requeued += usize::from(job.drop_lease(lease));
+            }
+        }
+        for entry in self.jobs.values_mut() {
+            if let Entry::Running(job) = entry {
+                job.forget(worker);
             }
         }
         self.outputs.push_back(Output::Event(Event::WorkerLeft { worker, requeued }));
         self.assign(now);
     }
 
-    /// Closes `worker` for `reason`: its blocks are re-queued now, and the
+    /// Closes `worker` for `reason`: its tiles are re-queued now, and the
     /// shell is told to close the connection (banning its address if `ban`).
     fn close(&mut self, worker: WorkerId, reason: CloseReason, ban: bool, now: Duration) {
         let ban = ban || matches!(reason, CloseReason::TooManyStrikes(_));
@@ -378,7 +464,7 @@ impl Scheduler {
     }
 
     /// Time has reached `now`: send heartbeats, close silent workers, expire
-    /// overdue leases and give stragglers' blocks to idle workers.
+    /// overdue leases and give stragglers' tiles to idle workers.
     fn on_timeout(&mut self, now: Duration) {
         for worker in self.pool.beats_due(now) {
             self.send(worker, Frame::new(Message::Heartbeat));
@@ -386,9 +472,10 @@ impl Scheduler {
         for (worker, silent_for) in self.pool.silent(now, self.typical_task_time()) {
             self.close(worker, CloseReason::Silent(silent_for), false, now);
         }
-        for (&id, job) in &mut self.jobs {
-            for (worker, block) in job.expire(now) {
-                self.outputs.push_back(Output::Event(Event::LeaseExpired { job: id, worker, block }));
+        for (&id, entry) in &mut self.jobs {
+            let Entry::Running(job) = entry else { continue };
+            for (worker, tile) in job.expire(now) {
+                self.outputs.push_back(Output::Event(Event::LeaseExpired { job: id, worker, tile }));
             }
         }
         self.assign(now);
@@ -396,7 +483,7 @@ impl Scheduler {
 
     /// The longest typical task time among running jobs.
     fn typical_task_time(&self) -> Option<Duration> {
-        self.jobs.values().filter_map(Job::task_time).max()
+        self.running().filter_map(|(_, j)| j.task_time()).max()
     }
 
     // ---- outputs ----
@@ -408,8 +495,14 @@ impl Scheduler {
 
     fn next_wake(&self) -> Option<Duration> {
         let idle = self.pool.workers.values().any(|w| w.has_room());
-        let jobs = self.jobs.values().filter_map(|j| j.next_wake(idle));
-        jobs.chain(self.pool.next_wake(self.typical_task_time())).min()
+        let jobs = self.running().filter_map(|(_, j)| j.next_wake(idle));
+        let planning = self.planning_due().filter(|_| self.jobs.values().any(|e| matches!(e, Entry::Unplanned(_))));
+        jobs.chain(self.pool.next_wake(self.typical_task_time())).chain(planning).min()
+    }
+
+    /// When waiting jobs may be planned: once there are workers and no newcomer for a while.
+    fn planning_due(&self) -> Option<Duration> {
+        (!self.pool.workers.is_empty()).then_some(self.last_join + self.config.settle)
     }
 
     fn send(&mut self, to: WorkerId, frame: Frame) {
@@ -418,8 +511,18 @@ impl Scheduler {
 
     // ---- assignment ----
 
-    /// Fills free slots, one task per worker per round, so work spreads evenly.
+    /// Plans waiting jobs when it is time, then fills free slots, one task per
+    /// worker per round, so work spreads evenly.
     fn assign(&mut self, now: Duration) {
+        if self.planning_due().is_some_and(|due| now >= due) {
+            let waiting: Vec<JobId> = self.jobs.iter().filter(|(_, e)| matches!(e, Entry::Unplanned(_))).map(|(&id, _)| id).collect();
+            let budgets = self.pool.budgets();
+            for id in waiting {
+                let Some(Entry::Unplanned(job)) = self.jobs.remove(&id) else { unreachable!("listed above") };
+                self.jobs.insert(id, Entry::Running(job.plan(&budgets)));
+                self.outputs.push_back(Output::Event(Event::JobPlanned { job: id }));
+            }
+        }
         loop {
             let mut gave = false;
             let hungry: Vec<WorkerId> = self.pool.workers.iter().filter(|(_, w)| w.has_room()).map(|(&id, _)| id).collect();
@@ -433,28 +536,65 @@ impl Scheduler {
     }
 
     /// Gives `worker` one task, from the running job it holds the fewest
-    /// leases of (so jobs share the pool). Returns whether it got one.
+    /// leases of (so jobs share the pool), if one fits in its memory. Returns
+    /// whether it got one.
     fn offer(&mut self, worker: WorkerId, now: Duration) -> bool {
         let w = &self.pool.workers[&worker];
-        let held = |job: JobId| w.leases.values().filter(|&&j| j == job).count();
-        let mut order: Vec<JobId> = self.jobs.iter().filter(|(_, j)| !j.is_complete()).map(|(&id, _)| id).collect();
+        let held = |job: JobId| w.leases.values().filter(|h| h.job == job).count();
+        let mut order: Vec<JobId> = self.running().filter(|(_, j)| !j.is_complete()).map(|(id, _)| id).collect();
         order.sort_by_key(|&id| held(id));
         for id in order {
-            let job = self.jobs.get_mut(&id).expect("listed above");
-            let Some((block, speculative)) = job.next_block(worker, now) else { continue };
-            let w = self.pool.workers.get_mut(&worker).expect("a member");
-            let taker = Taker { id: worker, holds_a: !w.holds.insert(id), task_time: w.task_time };
-            let lease = self.next_lease;
-            self.next_lease += 1;
-            w.leases.insert(lease, id);
-            if speculative {
-                self.outputs.push_back(Output::Event(Event::Speculated { job: id, worker, block }));
+            if self.offer_from(worker, id, now) {
+                return true;
             }
-            for frame in job.issue(taker, block, lease, now) {
-                self.outputs.push_back(Output::Send { to: worker, frame });
-            }
-            return true;
         }
         false
+    }
+
+    /// Gives `worker` a tile of job `id`: evicts what it must, sends the job's
+    /// header and the panels the worker lacks, then the task.
+    fn offer_from(&mut self, worker: WorkerId, id: JobId, now: Duration) -> bool {
+        let Some(Entry::Running(job)) = self.jobs.get_mut(&id) else { return false };
+        let w = self.pool.workers.get_mut(&worker).expect("a member");
+        let held: Vec<PanelId> = w.cache.panels_of(id).collect();
+        let Some(order @ Order { tile, speculative }) = job.next_order(worker, &held, now) else { return false };
+        let panels = job.panels_of(tile);
+        let missing: Vec<PanelId> = panels.into_iter().filter(|p| !held.contains(p)).collect();
+        let product = job.product_size(tile);
+        let need = missing.iter().map(|&p| job.panel_size(p)).sum::<u64>() + product;
+        // Pin what it holds, so making room cannot evict it.
+        for &p in &panels {
+            w.cache.pin(id, p);
+        }
+        let Some(evicted) = w.cache.make_room(need) else {
+            for &p in &panels {
+                w.cache.unpin(id, p);
+            }
+            return false; // it cannot hold this tile now
+        };
+        let mut frames = Vec::new();
+        let mut by_job: BTreeMap<JobId, Vec<PanelId>> = BTreeMap::new();
+        for (job, panel) in evicted {
+            by_job.entry(job).or_default().push(panel);
+        }
+        frames.extend(by_job.into_iter().map(|(job, panels)| Frame::new(Message::Evict { job, panels })));
+        if w.jobs.insert(id) {
+            frames.push(job.announce());
+        }
+        for &p in &missing {
+            w.cache.insert(id, p, job.panel_size(p));
+            w.cache.pin(id, p);
+            frames.extend(job.panel_frames(p));
+        }
+        w.cache.reserve(product);
+        let lease = self.next_lease;
+        self.next_lease += 1;
+        w.leases.insert(lease, Held { job: id, panels, product });
+        frames.push(job.issue(worker, w.task_time, order, lease, now));
+        if speculative {
+            self.outputs.push_back(Output::Event(Event::Speculated { job: id, worker, tile }));
+        }
+        self.outputs.extend(frames.into_iter().map(|frame| Output::Send { to: worker, frame }));
+        true
     }
 }

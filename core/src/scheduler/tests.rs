@@ -7,11 +7,12 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::job::{Job, LeaseConfig};
+use crate::job::{Job, LeaseConfig, Unplanned};
+use crate::plan::CostModel;
 use crate::kernel::tests::naive;
 use crate::matrix::{DenseMatrix, Matrix};
 use crate::plan::Plan;
-use crate::protocol::{Token, WorkerKind, PROTOCOL_VERSION};
+use crate::protocol::{Operand, Token, WorkerKind, PROTOCOL_VERSION};
 use crate::verify::Verifier;
 use crate::worker::{WorkerConfig, WorkerSession};
 
@@ -60,14 +61,14 @@ fn operands(m: usize, k: usize, n: usize) -> (Matrix<f64>, Matrix<f64>) {
 
 impl Sim {
     fn new(m: usize, k: usize, n: usize, width: usize, config: SchedulerConfig) -> Self {
-        Self::with_job(m, k, n, width, config, |job| job)
+        Self::with_job(Plan::columns(m, k, n, width), config, |job| job)
     }
 
     /// A sim whose job is first passed through `prepare` (to add a verifier, restore blocks).
-    fn with_job(m: usize, k: usize, n: usize, width: usize, config: SchedulerConfig, prepare: impl FnOnce(Job) -> Job) -> Self {
-        let (a, b) = operands(m, k, n);
+    fn with_job(plan: Plan, config: SchedulerConfig, prepare: impl FnOnce(Job) -> Job) -> Self {
+        let (a, b) = operands(plan.m, plan.k, plan.n);
         let expected = naive(&a, &b);
-        let job = Job::new(JOB, DenseMatrix::from(a), DenseMatrix::from(b), Plan::new(m, k, n, width), config.leases.clone(), config.max_chunk).unwrap();
+        let job = Job::new(JOB, DenseMatrix::from(a), DenseMatrix::from(b), plan, config.leases.clone(), config.max_chunk).unwrap();
         let mut sched = Scheduler::new(config);
         sched.add_job(prepare(job), Duration::ZERO);
         let mut sim = Self {
@@ -86,9 +87,13 @@ impl Sim {
     }
 
     fn join(&mut self, slots: u32) -> WorkerId {
+        self.join_with(WorkerConfig { slots, ..WorkerConfig::new(WorkerKind::Native, "w") })
+    }
+
+    fn join_with(&mut self, config: WorkerConfig) -> WorkerId {
         let id = self.next_id;
         self.next_id += 1;
-        let mut session = WorkerSession::new(WorkerConfig { slots, ..WorkerConfig::new(WorkerKind::Native, format!("w{id}")) }, self.now);
+        let mut session = WorkerSession::new(WorkerConfig { name: format!("w{id}"), ..config }, self.now);
         let hello = codec::encode_frame(&session.poll_transmit().unwrap());
         self.workers.insert(id, SimWorker { session, liar: false, to_worker: VecDeque::new(), to_master: VecDeque::from([hello]) });
         self.sched.handle_input(Input::Connected { worker: id, addr: None }, self.now);
@@ -195,8 +200,8 @@ impl Sim {
         self.job().is_complete()
     }
 
-    fn blocks_done(&self, worker: WorkerId) -> usize {
-        self.sched.pool().info(worker).map_or(0, |i| i.blocks_done)
+    fn tiles_done(&self, worker: WorkerId) -> usize {
+        self.sched.pool().info(worker).map_or(0, |i| i.tiles_done)
     }
 
     /// Every worker serves everything it can, round after round, while time passes.
@@ -232,13 +237,17 @@ fn one_worker_computes_everything_and_gets_a_once() {
     let w = sim.join(2);
     let c = sim.run_to_completion();
     assert_eq!(c, sim.expected);
-    // A is 5*6*8 = 240 bytes: four 64-byte chunks (the first inside Job), sent once.
+    // A is 5*6*8 = 240 bytes: one panel in four 64-byte chunks, sent once; and
+    // six panels of B of 6*3*8 = 144 bytes (the last 6*2*8), each in chunks.
     assert_eq!(sim.count(w, |m| matches!(m, Message::Job { .. })), 1);
-    assert_eq!(sim.count(w, |m| matches!(m, Message::OperandChunk { .. })), 3);
+    assert_eq!(sim.count(w, |m| matches!(m, Message::Panel { operand: Operand::A, .. })), 1);
+    assert_eq!(sim.count(w, |m| matches!(m, Message::Panel { operand: Operand::B, .. })), 6);
+    assert_eq!(sim.count(w, |m| matches!(m, Message::PanelChunk { .. })), 3 + 5 * 2 + 1);
     assert_eq!(sim.count(w, |m| matches!(m, Message::Task { .. })), 6);
+    assert_eq!(sim.count(w, |m| matches!(m, Message::Accepted { .. })), 6);
     assert_eq!(sim.count(w, |m| matches!(m, Message::JobDone { .. })), 1);
     assert!(sim.events.contains(&Event::JobComplete { job: JOB }));
-    assert_eq!(sim.blocks_done(w), 6);
+    assert_eq!(sim.tiles_done(w), 6);
 }
 
 #[test]
@@ -280,7 +289,7 @@ fn fast_workers_take_more() {
         sim.deliver_to_master(slow, usize::MAX);
         sim.advance(ms(1));
     }
-    let (fast_done, slow_done) = (sim.blocks_done(fast), sim.blocks_done(slow));
+    let (fast_done, slow_done) = (sim.tiles_done(fast), sim.tiles_done(slow));
     assert!(fast_done >= 2 * slow_done, "{fast_done} vs {slow_done}");
     assert_eq!(sim.run_to_completion(), sim.expected);
 }
@@ -295,7 +304,7 @@ fn a_vanished_workers_blocks_are_requeued() {
     let heir = sim.join(2);
     let c = sim.run_to_completion();
     assert_eq!(c, sim.expected);
-    assert_eq!(sim.blocks_done(heir), 5);
+    assert_eq!(sim.tiles_done(heir), 5);
 }
 
 #[test]
@@ -343,8 +352,9 @@ fn wrong_results_are_caught_reissued_elsewhere_and_their_sender_is_cut_off() {
     let (m, k, n, width) = (6, 5, 24, 2);
     let (a, b) = operands(m, k, n);
     let weights = (0..n).map(|j| [3.0, -1.0, 2.0, -5.0][j % 4]).collect();
-    let verifier = Verifier::new(DenseMatrix::from(a), &b.into(), &Plan::new(m, k, n, width), weights, true);
-    let mut sim = Sim::with_job(m, k, n, width, quick_config(), |job| job.with_verifier(verifier));
+    let plan = Plan::columns(m, k, n, width);
+    let verifier = Verifier::new(DenseMatrix::from(a), &b.into(), &Job::verified_tiles(&plan), weights, true);
+    let mut sim = Sim::with_job(plan, quick_config(), |job| job.with_verifier(verifier));
     let liar = sim.join(2);
     sim.workers.get_mut(&liar).unwrap().liar = true;
     let honest = sim.join(2);
@@ -371,7 +381,7 @@ fn wrong_results_are_caught_reissued_elsewhere_and_their_sender_is_cut_off() {
     let rejected = sim.events.iter().filter(|e| matches!(e, Event::Rejected { worker, .. } if *worker == liar)).count();
     assert_eq!(rejected, 3);
     assert_eq!(sim.run_to_completion(), sim.expected, "only verified blocks were assembled");
-    assert_eq!(sim.blocks_done(liar), 0);
+    assert_eq!(sim.tiles_done(liar), 0);
 }
 
 #[test]
@@ -417,14 +427,15 @@ fn restored_blocks_are_verified_and_never_recomputed() {
     let (a, b) = operands(m, k, n);
     let c = DenseMatrix::from(naive(&a, &b));
     let weights = (0..n).map(|j| [2.0, -3.0][j % 2]).collect();
-    let verifier = Verifier::new(DenseMatrix::from(a), &b.into(), &Plan::new(m, k, n, width), weights, true);
+    let plan = Plan::columns(m, k, n, width);
+    let verifier = Verifier::new(DenseMatrix::from(a), &b.into(), &Job::verified_tiles(&plan), weights, true);
     let block = |j: usize| c.as_bytes()[j * 2 * m * 8..(j + 1) * 2 * m * 8].to_vec();
     let (good, mut bad) = (block(1), block(4));
     bad[3] ^= 0x40;
-    let mut sim = Sim::with_job(m, k, n, width, quick_config(), |job| {
+    let mut sim = Sim::with_job(plan, quick_config(), |job| {
         let mut job = job.with_verifier(verifier);
         job.restore(1, &good).unwrap();
-        assert_eq!(job.block_bytes(1), Some(&good[..]));
+        assert_eq!(job.block_bytes(1).as_deref(), Some(&good[..]));
         assert!(matches!(job.restore(4, &bad), Err(RestoreError::Mismatch { block: 4, .. })));
         assert!(matches!(job.restore(2, &good[8..]), Err(RestoreError::Length { block: 2, .. })));
         assert!(matches!(job.restore(6, &good), Err(RestoreError::NoSuchBlock { .. })));
@@ -436,7 +447,7 @@ fn restored_blocks_are_verified_and_never_recomputed() {
 }
 
 fn hello(kind: WorkerKind, token: &str) -> Vec<u8> {
-    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind, threads: 1, slots: 1, name: "w".into(), token: Token::new(token) };
+    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind, threads: 1, slots: 1, name: "w".into(), token: Token::new(token), memory: 1 << 20 };
     codec::encode(&hello, &[])
 }
 
@@ -492,7 +503,7 @@ fn protocol_violations_close_the_connection() {
     let w = sim.join(1);
     let done = codec::encode(&Message::JobDone { job: 1 }, &[]);
     assert_eq!(close(&mut sim, w, done).as_deref(), Some("sent JobDone, which only a master sends"));
-    let old = codec::encode(&Message::Hello { protocol: 0, kind: WorkerKind::Native, threads: 1, slots: 1, name: String::new(), token: Token::default() }, &[]);
+    let old = codec::encode(&Message::Hello { protocol: 0, kind: WorkerKind::Native, threads: 1, slots: 1, name: String::new(), token: Token::default(), memory: 0 }, &[]);
     assert!(close(&mut sim, 77, old).unwrap().contains("protocol"));
     // The lease is real but the chunk is out of order.
     let w = sim.join(1);
@@ -509,8 +520,104 @@ fn protocol_violations_close_the_connection() {
 fn mismatched_inputs_are_refused() {
     let a = Matrix::<f64>::zeros(3, 4).unwrap();
     let b = Matrix::<f64>::zeros(5, 2).unwrap();
-    let err = Job::new(1, DenseMatrix::from(a), DenseMatrix::from(b), Plan::new(3, 4, 2, 1), LeaseConfig::default(), 64).unwrap_err();
+    let err = Job::new(1, DenseMatrix::from(a), DenseMatrix::from(b), Plan::columns(3, 4, 2, 1), LeaseConfig::default(), 64).unwrap_err();
     assert_eq!(err.to_string(), "A is 3x4 but B is 5x2: A's columns must equal B's rows");
+}
+
+fn verifier_for(plan: &Plan, integer_weights: bool) -> Verifier {
+    let (a, b) = operands(plan.m, plan.k, plan.n);
+    let weights = (0..plan.n).map(|j| if integer_weights { [3.0, -1.0, 2.0, -5.0][j % 4] } else { 1.0 + (j % 7) as f64 / 7.0 }).collect();
+    Verifier::new(DenseMatrix::from(a), &b.into(), &Job::verified_tiles(plan), weights, true)
+}
+
+#[test]
+fn split_k_tiles_sum_to_the_product_and_each_input_byte_goes_out_once() {
+    let (m, k, n) = (6, 8, 10);
+    let plan = Plan::grid(m, k, n, 2, 2, 2).laid_out((1, 1, 2));
+    let verifier = verifier_for(&plan, true);
+    let mut sim = Sim::with_job(plan, quick_config(), |job| job.with_verifier(verifier));
+    let (w1, w2) = (sim.join(1), sim.join(1));
+    assert_eq!(sim.run_to_completion(), sim.expected);
+    assert_eq!((sim.tiles_done(w1), sim.tiles_done(w2)), (4, 4));
+    // Each worker got one depth slice: half of A and half of B, and nothing twice.
+    let sent: usize = [w1, w2].iter().map(|&w| sim.count(w, |m| matches!(m, Message::Panel { .. }))).sum();
+    assert_eq!(sent, 8, "4 panels of A and 4 of B, each once");
+}
+
+#[test]
+fn a_worker_with_little_memory_gets_panels_in_turn_and_finishes() {
+    // Panels of A are 4x8 (256 bytes), of B 8x2 (128), products 4x2 (64):
+    // 600 bytes hold one tile's panels, one more panel and a product, not all 12 panels.
+    let plan = Plan::grid(8, 8, 10, 2, 5, 1);
+    let verifier = verifier_for(&plan, true);
+    let mut sim = Sim::with_job(plan, quick_config(), |job| job.with_verifier(verifier));
+    let w = sim.join_with(WorkerConfig { slots: 1, memory: 600, ..WorkerConfig::new(WorkerKind::Browser, "tab") });
+    assert_eq!(sim.run_to_completion(), sim.expected, "the worker's session checks every panel fits");
+    assert!(sim.count(w, |m| matches!(m, Message::Evict { .. })) > 0);
+    assert!(sim.sched.pool().info(w).unwrap().memory == 600);
+}
+
+#[test]
+fn a_worker_too_small_for_any_tile_is_given_none() {
+    let plan = Plan::columns(8, 8, 4, 4);
+    let mut sim = Sim::with_job(plan, quick_config(), |job| job);
+    let tiny = sim.join_with(WorkerConfig { memory: 100, ..WorkerConfig::new(WorkerKind::Browser, "tiny") });
+    sim.advance(ms(10));
+    assert_eq!(sim.count(tiny, |m| matches!(m, Message::Task { .. })), 0);
+    sim.join(2);
+    assert_eq!(sim.run_to_completion(), sim.expected);
+}
+
+#[test]
+fn jobs_are_planned_for_the_pool_once_it_settles() {
+    let mut config = quick_config();
+    config.settle = ms(50);
+    let mut sim = Sim::new(1, 1, 1, 1, config.clone());
+    sim.join(2);
+    sim.run_to_completion();
+    let unplanned = |id| {
+        let (a, b) = operands(16, 16, 16);
+        let model = CostModel { min_task_seconds: 0.0, ..CostModel::default() };
+        Unplanned::new(id, DenseMatrix::from(a), DenseMatrix::from(b), model, config.leases.clone(), 64).unwrap()
+    };
+    let workers = |sim: &Sim, id| {
+        let (wr, wc, wk) = sim.sched.job(id).unwrap().plan().layout;
+        wr * wc * wk
+    };
+    sim.advance(ms(100));
+    sim.sched.add_unplanned(unplanned(7), sim.now);
+    sim.pump();
+    assert!(sim.events.contains(&Event::JobPlanned { job: 7 }), "the pool is settled: planned at once");
+    assert_eq!(workers(&sim, 7), 1);
+    sim.join(2);
+    sim.sched.add_unplanned(unplanned(8), sim.now);
+    sim.pump();
+    sim.advance(ms(40));
+    assert!(!sim.events.contains(&Event::JobPlanned { job: 8 }), "a worker joined 40 ms ago");
+    sim.advance(ms(20));
+    assert!(sim.events.contains(&Event::JobPlanned { job: 8 }));
+    assert_eq!(workers(&sim, 8), 2, "laid out for both workers");
+}
+
+#[test]
+fn results_wait_for_a_verifier_that_comes_late() {
+    let plan = Plan::columns(6, 5, 12, 3);
+    let verifier = verifier_for(&plan, true);
+    let mut sim = Sim::with_job(plan, quick_config(), |job| job.awaiting_verifier());
+    let liar = sim.join(1);
+    sim.workers.get_mut(&liar).unwrap().liar = true;
+    for _ in 0..5 {
+        sim.deliver_to_worker(liar, usize::MAX);
+        sim.compute(liar);
+        sim.deliver_to_master(liar, usize::MAX);
+    }
+    assert_eq!(sim.job().tiles_done(), 0, "nothing is assembled unverified");
+    assert_eq!(sim.count(liar, |m| matches!(m, Message::Task { .. })), 4, "its slot is free again each time");
+    sim.sched.set_verifier(JOB, verifier, sim.now);
+    sim.pump();
+    assert_eq!(sim.closed, vec![(liar, "sent 3 wrong results".to_owned(), true)]);
+    sim.join(2);
+    assert_eq!(sim.run_to_completion(), sim.expected);
 }
 
 #[derive(Clone, Debug)]
@@ -537,18 +644,29 @@ fn action() -> impl Strategy<Value = Action> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
-    /// Whatever joins, leaves, delays, expiries and late or duplicate results
-    /// happen, the job ends in exactly the serial product.
+    /// Whatever the grid, the workers' memories, and the joins, leaves, delays,
+    /// expiries and late or duplicate results, the job ends in exactly the
+    /// serial product, with every tile assembled once.
     #[test]
     fn any_history_ends_in_the_serial_product(
-        (m, k, n, width) in (1usize..7, 1usize..7, 1usize..25, 1usize..6),
+        (m, k, n) in (1usize..9, 1usize..9, 1usize..25),
+        (pr, pc, pk) in (1usize..4, 1usize..6, 1usize..4),
+        memories in proptest::collection::vec(prop_oneof![Just(u64::MAX / 4), 300u64..2000], 1..4),
         actions in proptest::collection::vec(action(), 0..80),
     ) {
-        let mut sim = Sim::new(m, k, n, width, quick_config());
+        let plan = Plan::grid(m, k, n, pr, pc, pk).laid_out((1, 2, 1));
+        let tiles = plan.tiles();
+        let verifier = verifier_for(&plan, true);
+        let mut sim = Sim::with_job(plan, quick_config(), |job| job.with_verifier(verifier));
+        let mut joined = 0;
         for action in actions {
             let pick = |sim: &Sim, i: usize| sim.workers.keys().nth(i % sim.workers.len().max(1)).copied();
             match action {
-                Action::Join(slots) => { sim.join(slots); }
+                Action::Join(slots) => {
+                    let memory = memories[joined % memories.len()];
+                    joined += 1;
+                    sim.join_with(WorkerConfig { slots, memory, ..WorkerConfig::new(WorkerKind::Native, "w") });
+                }
                 Action::Leave(i) => if let Some(id) = pick(&sim, i) { sim.leave(id) },
                 Action::ToWorker(i, n) => if let Some(id) = pick(&sim, i) { sim.deliver_to_worker(id, n) },
                 Action::Compute(i) => if let Some(id) = pick(&sim, i) { sim.compute(id); },
@@ -556,12 +674,10 @@ proptest! {
                 Action::Advance(t) => sim.advance(ms(t)),
             }
         }
-        if sim.workers.is_empty() {
-            sim.join(1);
-        }
+        sim.join(1); // one worker with room for any tile
         let c = sim.run_to_completion();
         prop_assert_eq!(c, sim.expected.clone());
-        let done: usize = sim.sched.pool().infos().map(|(_, i)| i.blocks_done).sum();
-        prop_assert_eq!(done, Plan::new(m, k, n, width).blocks(), "each block counted once");
+        let done: usize = sim.sched.pool().infos().map(|(_, i)| i.tiles_done).sum();
+        prop_assert_eq!(done, tiles, "each tile counted once");
     }
 }

@@ -1,4 +1,4 @@
-//! `worker`: connects to a master, computes column blocks, sends them back.
+//! `worker`: connects to a master, computes tiles of C, sends them back.
 //! Reconnects with backoff; on Ctrl-C hands back its tasks and exits 0.
 
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use colonnade_native::worker::{self, WorkerOptions};
 use tokio::sync::watch;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Colonnade worker: computes column blocks for a master")]
+#[command(version, about = "Colonnade worker: computes tiles of C = A·B for a master")]
 struct Args {
     /// The master's WebSocket URL, e.g. ws://master-host:8080/ws
     url: String,
@@ -23,6 +23,10 @@ struct Args {
     /// A file holding the master's token, for a master started with --token-file.
     #[arg(long, value_name = "FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// Memory for the master's panels and products (e.g. 256M, 8G); the master
+    /// never sends more. Default: half of the memory available now.
+    #[arg(long, value_name = "BYTES", value_parser = cli::parse_bytes)]
+    memory: Option<u64>,
     /// PEM file with the master's own certificate (self-signed) or the CA that
     /// signed it, for wss://; the public web's roots are always trusted.
     #[arg(long, value_name = "FILE")]
@@ -56,7 +60,9 @@ fn main() -> ExitCode {
             cli::stop_requested().await;
             let _ = stop.send(true);
         });
-        worker::run(WorkerOptions { token, tls, ca: args.ca, ..WorkerOptions::new(url, threads, name) }, stopped).await
+        let defaults = WorkerOptions::new(url, threads, name);
+        let memory = args.memory.unwrap_or(defaults.memory);
+        worker::run(WorkerOptions { token, tls, ca: args.ca, memory, ..defaults }, stopped).await
     });
     runtime.shutdown_background();
     match result {

@@ -141,10 +141,9 @@ pub fn write_matrix(path: &Path, matrix: &DenseMatrix, integer: bool) -> anyhow:
 }
 
 /// Largest |value| below which every integer is exact in f64.
-const EXACT_INTEGER_LIMIT: f64 = 9_007_199_254_740_992.0;
 
 fn all_exact_integers(m: &DenseMatrix) -> bool {
-    let ok = |v: f64| v.fract() == 0.0 && v.abs() <= EXACT_INTEGER_LIMIT;
+    let ok = |v: f64| v.fract() == 0.0 && v.abs() <= colonnade_core::matrix::EXACT_INTEGER_LIMIT;
     match m {
         DenseMatrix::F64(m) => m.as_slice().iter().all(|&v| ok(v)),
         DenseMatrix::F32(m) => m.as_slice().iter().all(|&v| ok(f64::from(v))),

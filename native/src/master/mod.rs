@@ -13,8 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use colonnade_core::job::Job;
 use colonnade_core::kernel::flops;
 use colonnade_core::plan::Plan;
+use colonnade_core::verify::Verifier;
 use colonnade_core::protocol::Token;
 use colonnade_core::protocol::{Frame, JobId, Message};
 use colonnade_core::scheduler::{self as core, Event, Output, PayloadStats, Scheduler, WorkerId, WorkerInfo};
@@ -55,24 +57,44 @@ pub struct JobReport {
     pub wire_sent: u64,
     pub wire_received: u64,
     /// Master time spent encoding frames, and inside the scheduler (decoding,
-    /// copying results in, assembling C).
+    /// copying results in, checking and assembling them).
     pub encode_time: Duration,
     pub scheduler_time: Duration,
-    /// Time to precompute the verification products (before the job starts).
+    /// Time to precompute the verification products (on a thread of its own,
+    /// while the first tiles travel).
     pub verify_prep: Duration,
-    /// Columns of C taken from a checkpoint rather than computed.
-    pub restored_columns: usize,
+    /// Flops of the blocks taken from a checkpoint rather than computed.
+    pub restored_flops: f64,
 }
 
 impl JobReport {
     /// The speed of what was computed in this run (restored blocks excluded).
     pub fn gflops(&self) -> f64 {
-        let computed = flops(self.plan.m, self.plan.k, self.plan.n - self.restored_columns);
+        let computed = flops(self.plan.m, self.plan.k, self.plan.n) - self.restored_flops;
         if self.elapsed.is_zero() {
             return 0.0;
         }
         computed / self.elapsed.as_secs_f64() / 1e9
     }
+}
+
+/// What the shell adds to a job once it is planned: the verifier (built on a
+/// thread of its own), and the checkpoint's manifest and writer.
+#[derive(Debug)]
+pub struct Preparation {
+    /// Builds the job's verifier for its plan; `None` if it has one already.
+    pub verifier: Option<VerifierRecipe>,
+    pub checkpoint: Option<checkpoint::Checkpoint>,
+}
+
+/// Everything a verifier is made from but the plan.
+#[derive(Debug)]
+pub struct VerifierRecipe {
+    pub a: Arc<DenseMatrix>,
+    pub b: Arc<DenseMatrix>,
+    /// Secret: workers never see them.
+    pub weights: Vec<f64>,
+    pub integer: bool,
 }
 
 impl Master {
@@ -124,59 +146,85 @@ impl Master {
         let handles = (1..=count)
             .map(|i| {
                 let defaults = WorkerOptions::new(url.clone(), threads_each, format!("local-{i}"));
-                let options = WorkerOptions { token: token.clone(), tls: tls.clone().unwrap_or(defaults.tls.clone()), ..defaults };
+                let memory = worker::default_memory(count);
+                let options = WorkerOptions { token: token.clone(), tls: tls.clone().unwrap_or(defaults.tls.clone()), memory, ..defaults };
                 tokio::spawn(worker::run(options, stopped.clone()))
             })
             .collect();
         LocalWorkers { stop, handles }
     }
 
-    /// Runs `job` on `scheduler` to completion, recording each verified block
-    /// in `checkpoint` if given.
-    pub async fn run(&mut self, scheduler: &mut Scheduler, job: JobId, show_progress: bool, checkpoint: Option<&checkpoint::Writer>) -> anyhow::Result<JobReport> {
-        let plan = scheduler.job(job).context("no such job")?.plan().clone();
-        let reporter = Reporter::new(plan.blocks(), show_progress);
-        self.status.send_modify(|s| {
-            s.shape = format!("{}x{} times {}x{}", plan.m, plan.k, plan.k, plan.n);
-            s.blocks_total = plan.blocks();
-            s.n = plan.n;
-            s.width = plan.width;
-            s.done = "0".repeat(plan.blocks());
-            s.worker_command = format!("worker {}", self.worker_url());
-        });
+    /// Runs `job` on `scheduler` to completion; once it is planned, builds its
+    /// verifier and records each verified block of C in the checkpoint.
+    pub async fn run(&mut self, scheduler: &mut Scheduler, job: JobId, mut prep: Preparation, show_progress: bool) -> anyhow::Result<JobReport> {
         let start = Instant::now();
         let mut shell = Shell::default();
+        let mut reporter = Reporter::new(show_progress);
+        let mut planned = false;
+        let mut verifier: Option<tokio::task::JoinHandle<(Verifier, Duration)>> = None;
+        let mut writer: Option<checkpoint::Writer> = None;
+        let mut verify_prep = Duration::ZERO;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        if let Some(p) = scheduler.problem(job) {
+            self.status.send_modify(|s| {
+                s.shape = format!("{}x{} times {}x{}", p.m, p.k, p.k, p.n);
+                s.worker_command = format!("worker {}", self.worker_url());
+            });
+        }
         reporter.waiting(&self.worker_url(), &self.page_url());
         let mut complete = false;
         loop {
+            // Carry out what the scheduler asks, until it asks to wait.
             let wake = loop {
-                match scheduler.poll_output() {
+                let event = match scheduler.poll_output() {
                     Output::Wake(at) => break at,
-                    Output::Event(event) => {
-                        reporter.event(&event, &shell.addrs);
-                        match event {
-                            Event::BlockDone { job: j, block, .. } if j == job => {
-                                if let Some(writer) = checkpoint {
-                                    writer.save(block, scheduler.job(job).and_then(|j| j.block_bytes(block)).expect("a done block is in C"));
-                                }
-                            }
-                            Event::JobComplete { job: j } if j == job => complete = true,
-                            Event::WorkerLeft { .. } if scheduler.headcount().total() == 0 => reporter.waiting(&self.worker_url(), &self.page_url()),
-                            _ => {}
-                        }
+                    Output::Send { to, frame } => {
+                        shell.send(to, frame);
+                        continue;
                     }
                     Output::Close { worker, reason, ban } => {
                         reporter.closed(worker, &reason, ban, &shell.addrs);
                         shell.close(worker, reason.to_string());
+                        continue;
                     }
-                    Output::Send { to, frame } => shell.send(to, frame),
+                    Output::Event(event) => event,
+                };
+                reporter.event(&event, &shell.addrs);
+                match event {
+                    Event::TileDone { job: j, block, block_done: true, .. } if j == job => {
+                        if let (Some(w), Some(bytes)) = (&writer, scheduler.job(job).and_then(|j| j.block_bytes(block))) {
+                            w.save(block, &bytes);
+                        }
+                    }
+                    Event::JobComplete { job: j } if j == job => complete = true,
+                    Event::WorkerLeft { .. } if scheduler.headcount().total() == 0 => {
+                        reporter.waiting(&self.worker_url(), &self.page_url());
+                    }
+                    _ => {}
                 }
             };
-            let j = scheduler.job(job).expect("running");
-            let done_flops = flops(plan.m, plan.k, plan.width) * j.blocks_done() as f64;
-            let elapsed = shell.first_task.map_or(Duration::ZERO, |t| t.elapsed());
-            reporter.update(j.blocks_done(), scheduler.headcount(), done_flops, elapsed);
+            // Once planned: the page and the bar learn the grid; the verifier and the checkpoint start.
+            if let (false, Some(j)) = (planned, scheduler.job(job)) {
+                planned = true;
+                let plan = j.plan().clone();
+                reporter.start(plan.tiles());
+                self.announce(&plan);
+                tracing::info!("job planned: {}", describe(&plan));
+                if let Some(recipe) = prep.verifier.take() {
+                    verifier = Some(tokio::task::spawn_blocking(move || build_verifier(recipe, &plan)));
+                }
+                if let Some(cp) = prep.checkpoint.as_mut() {
+                    let plan = j.plan();
+                    if cp.grid.is_none() {
+                        cp.begin((plan.shape(), plan.layout))?;
+                    }
+                    writer = Some(cp.writer());
+                }
+            }
+            if let Some(j) = scheduler.job(job) {
+                let elapsed = shell.first_task.map_or(Duration::ZERO, |t| t.elapsed());
+                reporter.update(j.tiles_done(), scheduler.headcount(), j.flops_done(), elapsed);
+            }
             if complete {
                 break;
             }
@@ -184,27 +232,15 @@ impl Master {
             tokio::select! {
                 input = self.inputs.recv() => {
                     let now = start.elapsed();
-                    match input.context("the server stopped")? {
-                        Input::Connected { worker, addr, outgoing } => {
-                            tracing::debug!(worker, %addr, "connection");
-                            shell.senders.insert(worker, outgoing);
-                            shell.addrs.insert(worker, addr);
-                            scheduler.handle_input(core::Input::Connected { worker, addr: Some(addr.ip()) }, now);
-                        }
-                        Input::Message { worker, bytes } => {
-                            // A connection already closed may still have messages on the way.
-                            if shell.senders.contains_key(&worker) {
-                                let busy = Instant::now();
-                                scheduler.handle_input(core::Input::Message { worker, bytes: &bytes }, now);
-                                shell.scheduler_time += busy.elapsed();
-                            }
-                        }
-                        Input::Closed { worker } => {
-                            if shell.senders.remove(&worker).is_some() {
-                                scheduler.handle_input(core::Input::Disconnected { worker }, now);
-                            }
-                        }
-                    }
+                    let busy = Instant::now();
+                    shell.input(scheduler, input.context("the server stopped")?, now);
+                    shell.scheduler_time += busy.elapsed();
+                }
+                built = async { verifier.as_mut().expect("guarded").await }, if verifier.is_some() => {
+                    verifier = None;
+                    let (v, took) = built.context("building the verifier failed")?;
+                    verify_prep = took;
+                    scheduler.set_verifier(job, v, start.elapsed());
                 }
                 _ = sleep_until(wake), if wake.is_some() => scheduler.handle_input(core::Input::Timeout, start.elapsed()),
                 _ = tick.tick() => self.publish(scheduler, job),
@@ -221,20 +257,36 @@ impl Master {
             s.complete = true;
         });
         reporter.finish();
+        if let Some(w) = writer {
+            w.finish();
+        }
         let mut finished = scheduler.remove_job(job, start.elapsed()).expect("running");
         Ok(JobReport {
             c: finished.take_result().expect("complete"),
             elapsed,
-            plan,
+            plan: finished.plan().clone(),
             workers: scheduler.pool().infos().map(|(id, info)| (id, info.clone())).collect(),
             stats: finished.stats(),
             wire_sent: self.traffic.sent_bytes.load(Ordering::Relaxed),
             wire_received: self.traffic.received_bytes.load(Ordering::Relaxed),
             encode_time: Duration::from_nanos(self.traffic.encode_nanos.load(Ordering::Relaxed)),
             scheduler_time: shell.scheduler_time,
-            verify_prep: Duration::ZERO,
-            restored_columns: 0,
+            verify_prep,
+            restored_flops: 0.0,
         })
+    }
+
+    /// Tells the page the job's shape and grid.
+    fn announce(&self, plan: &Plan) {
+        self.status.send_modify(|s| {
+            s.shape = format!("{}x{} times {}x{}", plan.m, plan.k, plan.k, plan.n);
+            s.blocks_total = plan.blocks();
+            s.m = plan.m;
+            s.n = plan.n;
+            s.grid = (plan.rows.parts, plan.cols.parts);
+            s.done = "0".repeat(plan.blocks());
+            s.worker_command = format!("worker {}", self.worker_url());
+        });
     }
 
     /// Shows the job's progress to the page.
@@ -244,10 +296,27 @@ impl Master {
         self.status.send_modify(|s| {
             s.done = done;
             s.blocks_done = j.blocks_done();
+            s.tiles_done = j.tiles_done();
+            s.tiles_total = j.plan().tiles();
             s.native_workers = p.native;
             s.browser_workers = p.browser;
         });
     }
+}
+
+/// The plan in a few words, for the log and the summary.
+pub fn describe(plan: &Plan) -> String {
+    let (pr, pc, pk) = plan.shape();
+    let (wr, wc, wk) = plan.layout;
+    format!("{} tiles ({pr} row bands x {pc} column bands x {pk} depth slices), laid out for {wr}x{wc}x{wk} workers", plan.tiles())
+}
+
+/// Builds the verifier for `plan`, and says how long it took.
+fn build_verifier(recipe: VerifierRecipe, plan: &Plan) -> (Verifier, Duration) {
+    let started = Instant::now();
+    let VerifierRecipe { a, b, weights, integer } = recipe;
+    let verifier = Verifier::new(a, &b, &Job::verified_tiles(plan), weights, integer);
+    (verifier, started.elapsed())
 }
 
 /// The shell's side of the connections: where to send each worker's frames.
@@ -261,6 +330,29 @@ struct Shell {
 }
 
 impl Shell {
+    /// Hands what a connection said to the scheduler.
+    fn input(&mut self, scheduler: &mut Scheduler, input: Input, now: Duration) {
+        match input {
+            Input::Connected { worker, addr, outgoing } => {
+                tracing::debug!(worker, %addr, "connection");
+                self.senders.insert(worker, outgoing);
+                self.addrs.insert(worker, addr);
+                scheduler.handle_input(core::Input::Connected { worker, addr: Some(addr.ip()) }, now);
+            }
+            Input::Message { worker, bytes } => {
+                // A connection already closed may still have messages on the way.
+                if self.senders.contains_key(&worker) {
+                    scheduler.handle_input(core::Input::Message { worker, bytes: &bytes }, now);
+                }
+            }
+            Input::Closed { worker } => {
+                if self.senders.remove(&worker).is_some() {
+                    scheduler.handle_input(core::Input::Disconnected { worker }, now);
+                }
+            }
+        }
+    }
+
     fn send(&mut self, to: WorkerId, frame: Frame) {
         let task = matches!(frame.message, Message::Task { .. });
         if let Some(tx) = self.senders.get(&to) {

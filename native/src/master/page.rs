@@ -3,20 +3,28 @@
 
 use std::fmt::Write;
 
-/// A snapshot of the job for the page.
-#[derive(Clone, Debug, Default)]
+/// A snapshot of the job for the page; `/progress` is this, as JSON.
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Status {
     pub shape: String,
+    /// Blocks of C: a row band by a column band.
     pub blocks_done: usize,
     pub blocks_total: usize,
+    /// Tiles: a block, or one of its partial sums when k is split.
+    pub tiles_done: usize,
+    pub tiles_total: usize,
+    #[serde(rename = "native")]
     pub native_workers: usize,
+    #[serde(rename = "browser")]
     pub browser_workers: usize,
+    #[serde(skip)]
     pub worker_command: String,
     pub complete: bool,
-    /// Columns of C and columns per block, for the page's picture.
+    /// C's rows and columns, and its blocks' grid (row bands, column bands), for the page's picture.
+    pub m: usize,
     pub n: usize,
-    pub width: usize,
-    /// One character per block: '1' done, '0' not yet.
+    pub grid: (usize, usize),
+    /// One character per block, row band by row band: '1' done, '0' not yet.
     pub done: String,
 }
 
@@ -26,7 +34,7 @@ pub fn render(s: &Status, not_built: &str) -> String {
     let state = if s.complete { "complete" } else { "running" };
     let _ = write!(
         body,
-        "<p>Job: {shape}, {state}: {done} of {total} column blocks done.</p>\
+        "<p>Job: {shape}, {state}: {done} of {total} blocks of C done.</p>\
          <p>Workers connected: {native} native, {browser} browser.</p>",
         shape = escape(&s.shape),
         done = s.blocks_done,
@@ -47,18 +55,7 @@ pub fn render(s: &Status, not_built: &str) -> String {
 
 /// `/progress`: the job's state as JSON for the volunteer page.
 pub fn progress_json(s: &Status) -> String {
-    format!(
-        "{{\"shape\":\"{}\",\"n\":{},\"width\":{},\"done\":\"{}\",\"blocks_done\":{},\"blocks_total\":{},\"native\":{},\"browser\":{},\"complete\":{}}}",
-        s.shape.replace(['"', '\\'], ""),
-        s.n,
-        s.width,
-        s.done,
-        s.blocks_done,
-        s.blocks_total,
-        s.native_workers,
-        s.browser_workers,
-        s.complete
-    )
+    serde_json::to_string(s).expect("a status always serializes")
 }
 
 fn escape(s: &str) -> String {
@@ -72,17 +69,18 @@ mod tests {
     #[test]
     fn shows_progress_and_escapes() {
         let html = render(&Status { shape: "<3x3>".into(), blocks_done: 1, blocks_total: 4, native_workers: 2, ..Status::default() }, "not built");
-        assert!(html.contains("1 of 4 column blocks done"));
+        assert!(html.contains("1 of 4 blocks of C done"));
         assert!(html.contains("2 native, 0 browser"));
         assert!(html.contains("&lt;3x3&gt;") && html.contains("not built"));
     }
 
     #[test]
     fn progress_is_json() {
-        let s = Status { shape: "2x2 times 2x2".into(), n: 2, width: 1, done: "10".into(), blocks_total: 2, blocks_done: 1, ..Status::default() };
-        assert_eq!(
-            progress_json(&s),
-            r#"{"shape":"2x2 times 2x2","n":2,"width":1,"done":"10","blocks_done":1,"blocks_total":2,"native":0,"browser":0,"complete":false}"#
-        );
+        let s = Status { shape: "2x2 \"times\" 2x2".into(), m: 2, n: 2, grid: (1, 2), done: "10".into(), blocks_total: 2, blocks_done: 1, ..Status::default() };
+        let json: serde_json::Value = serde_json::from_str(&progress_json(&s)).unwrap();
+        assert_eq!(json["shape"], "2x2 \"times\" 2x2");
+        assert_eq!((json["grid"][0].as_u64(), json["grid"][1].as_u64()), (Some(1), Some(2)));
+        assert_eq!((json["done"].as_str(), json["blocks_done"].as_u64(), json["native"].as_u64()), (Some("10"), Some(1), Some(0)));
+        assert!(json.get("worker_command").is_none());
     }
 }

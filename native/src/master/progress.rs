@@ -12,21 +12,28 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Debug)]
 pub struct Reporter {
+    /// Whether to show a bar (on a terminal).
+    show: bool,
     bar: Option<ProgressBar>,
 }
 
 impl Reporter {
-    pub fn new(blocks: usize, show: bool) -> Self {
-        let bar = (show && std::io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::with_draw_target(Some(blocks as u64), ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} blocks · {msg} [{elapsed_precise}]")
-                    .expect("valid template")
-                    .progress_chars("█▉▊▋▌▍▎▏ "),
-            );
-            bar
-        });
-        Self { bar }
+    pub fn new(show: bool) -> Self {
+        Self { show: show && std::io::stderr().is_terminal(), bar: None }
+    }
+
+    /// The job is planned into `tiles`: the bar starts.
+    pub fn start(&mut self, tiles: usize) {
+        if !self.show {
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(Some(tiles as u64), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} tiles · {msg} [{elapsed_precise}]")
+                .expect("valid template")
+                .progress_chars("█▉▊▋▌▍▎▏ "),
+        );
+        self.bar = Some(bar);
     }
 
     /// A line for the person, above the bar if there is one.
@@ -52,16 +59,17 @@ impl Reporter {
                 self.note(&format!("worker {worker} joined: {kind} '{name}' from {}", addr(worker)));
             }
             Event::WorkerLeft { worker, requeued } => {
-                self.note(&format!("worker {worker} left; {requeued} of its blocks go back in the queue"));
+                self.note(&format!("worker {worker} left; {requeued} of its tiles go back in the queue"));
             }
-            Event::LeaseExpired { worker, block, .. } => {
-                self.note(&format!("worker {worker} is overdue with block {block}; re-issuing it"));
+            Event::LeaseExpired { worker, tile, .. } => {
+                self.note(&format!("worker {worker} is overdue with tile {tile}; re-issuing it"));
             }
-            Event::Rejected { worker, block, reason, strikes, .. } => {
-                self.note(&format!("worker {worker} ({}) sent a wrong result for block {block} (strike {strikes}): {reason}", addr(worker)));
+            Event::Rejected { worker, tile, reason, strikes, .. } => {
+                self.note(&format!("worker {worker} ({}) sent a wrong result for tile {tile} (strike {strikes}): {reason}", addr(worker)));
             }
-            Event::Speculated { worker, block, .. } => tracing::debug!(worker, block, "tail: duplicating a straggler's block"),
-            Event::BlockDone { worker, block, .. } => tracing::debug!(worker, block, "block done"),
+            Event::Speculated { worker, tile, .. } => tracing::debug!(worker, tile, "tail: duplicating a straggler's tile"),
+            Event::TileDone { worker, tile, .. } => tracing::debug!(worker, tile, "tile done"),
+            Event::JobPlanned { job } => tracing::debug!(job, "job planned"),
             Event::JobComplete { job } => tracing::debug!(job, "job complete"),
         }
     }
@@ -82,9 +90,9 @@ impl Reporter {
         }
     }
 
-    pub fn update(&self, blocks_done: usize, p: Headcount, done_flops: f64, elapsed: Duration) {
+    pub fn update(&self, tiles_done: usize, p: Headcount, done_flops: f64, elapsed: Duration) {
         if let Some(bar) = &self.bar {
-            bar.set_position(blocks_done as u64);
+            bar.set_position(tiles_done as u64);
             let rate = done_flops / elapsed.as_secs_f64().max(1e-9) / 1e9;
             bar.set_message(format!(
                 "{} workers ({} native, {} browser) · {rate:.1} GFLOP/s",

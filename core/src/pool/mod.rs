@@ -7,12 +7,16 @@
 //! It decides nothing about tasks: [`crate::scheduler`] asks it questions and
 //! tells it what happened.
 
+mod cache;
+
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::liveness::{Heartbeat, Liveness};
+use crate::plan::PanelId;
 use crate::protocol::{JobId, LeaseId, Token, WorkerKind, PROTOCOL_VERSION};
+pub(crate) use cache::Cache;
 
 /// The shell's name for a connection.
 pub type WorkerId = u64;
@@ -64,6 +68,8 @@ pub struct Hello {
     pub slots: u32,
     pub name: String,
     pub token: Token,
+    /// Bytes of panels and products it can hold.
+    pub memory: u64,
 }
 
 /// What is known of a worker, kept after it leaves.
@@ -72,12 +78,24 @@ pub struct WorkerInfo {
     pub kind: WorkerKind,
     pub name: String,
     pub addr: Option<IpAddr>,
-    pub blocks_done: usize,
-    /// Compute time the worker reported for its accepted blocks.
+    /// Memory it announced for panels and products.
+    pub memory: u64,
+    pub tiles_done: usize,
+    /// Compute time the worker reported for its accepted tiles, and their flops.
     pub compute: Duration,
+    pub flops: f64,
     /// Results that failed verification.
     pub strikes: u32,
     pub connected: bool,
+}
+
+/// A lease as its worker's record keeps it: what it pins in the cache.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Held {
+    pub job: JobId,
+    pub panels: [PanelId; 2],
+    /// Bytes reserved for its product.
+    pub product: u64,
 }
 
 /// A connected, welcomed worker.
@@ -85,12 +103,14 @@ pub struct WorkerInfo {
 pub(crate) struct Worker {
     /// Tasks it may hold at once.
     pub slots: usize,
-    /// Its leases, and the job each belongs to.
-    pub leases: BTreeMap<LeaseId, JobId>,
+    /// Its leases.
+    pub leases: BTreeMap<LeaseId, Held>,
     /// Leases cancelled because another copy won; their late chunks are ignored.
     pub cancelled: HashSet<LeaseId>,
-    /// Jobs whose operand A it holds.
-    pub holds: BTreeSet<JobId>,
+    /// Jobs it has been told of.
+    pub jobs: BTreeSet<JobId>,
+    /// What it holds, exactly as it holds it.
+    pub cache: Cache,
     pub liveness: Liveness,
     /// Smoothed time from issuing one of its leases to the result.
     pub task_time: Option<Duration>,
@@ -99,6 +119,16 @@ pub(crate) struct Worker {
 impl Worker {
     pub fn has_room(&self) -> bool {
         self.leases.len() < self.slots
+    }
+
+    /// A lease ended (a result, a cancel, a hand-back): its panels and product are free.
+    pub fn end_lease(&mut self, lease: LeaseId) -> Option<Held> {
+        let held = self.leases.remove(&lease)?;
+        for panel in held.panels {
+            self.cache.unpin(held.job, panel);
+        }
+        self.cache.release(held.product);
+        Some(held)
     }
 }
 
@@ -169,12 +199,23 @@ impl Pool {
             slots: slots as usize,
             leases: BTreeMap::new(),
             cancelled: HashSet::new(),
-            holds: BTreeSet::new(),
+            jobs: BTreeSet::new(),
+            cache: Cache::new(hello.memory),
             liveness,
             task_time: None,
         };
         self.workers.insert(worker, w);
-        let info = WorkerInfo { kind: hello.kind, name: hello.name, addr, blocks_done: 0, compute: Duration::ZERO, strikes: 0, connected: true };
+        let info = WorkerInfo {
+            kind: hello.kind,
+            name: hello.name,
+            addr,
+            memory: hello.memory,
+            tiles_done: 0,
+            compute: Duration::ZERO,
+            flops: 0.0,
+            strikes: 0,
+            connected: true,
+        };
         self.infos.insert(worker, info);
         Ok(slots)
     }
@@ -249,11 +290,13 @@ impl Pool {
         (info.strikes, out)
     }
 
-    /// Records a verified result and the time it took, issue to result.
-    pub(crate) fn credit(&mut self, worker: WorkerId, compute: Duration, took: Duration) {
+    /// Records a verified result of `flops`, the compute time the worker
+    /// reported, and the time it took from issue to result.
+    pub(crate) fn credit(&mut self, worker: WorkerId, flops: f64, compute: Duration, took: Duration) {
         if let Some(info) = self.infos.get_mut(&worker) {
-            info.blocks_done += 1;
+            info.tiles_done += 1;
             info.compute += compute;
+            info.flops += flops;
         }
         if let Some(w) = self.workers.get_mut(&worker) {
             w.task_time = Some(smooth(w.task_time, took));
@@ -271,6 +314,11 @@ impl Pool {
 
     pub fn info(&self, worker: WorkerId) -> Option<&WorkerInfo> {
         self.infos.get(&worker)
+    }
+
+    /// The memory budgets of the connected workers.
+    pub fn budgets(&self) -> Vec<u64> {
+        self.workers.values().map(|w| w.cache.budget()).collect()
     }
 
     /// Connected workers of `kind`.
@@ -292,7 +340,7 @@ mod tests {
     use super::*;
 
     fn hello(kind: WorkerKind, token: &str) -> Hello {
-        Hello { protocol: PROTOCOL_VERSION, kind, slots: 2, name: "w".into(), token: Token::new(token) }
+        Hello { protocol: PROTOCOL_VERSION, kind, slots: 2, name: "w".into(), token: Token::new(token), memory: 1 << 30 }
     }
 
     #[test]

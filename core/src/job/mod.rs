@@ -1,0 +1,621 @@
+//! One job: C = A·B cut into tiles as its plan says, with a lease for every
+//! tile in flight, a queue of tiles waiting (laid out in regions, one per
+//! worker), speculation at the tail, verification of every result, and C's
+//! assembly.
+//!
+//! A job never talks to a worker itself. [`crate::scheduler`] offers it a
+//! worker with room, and it answers with a tile and the frames of its task;
+//! results come back through [`Job::result_chunk`]. Workers' admission,
+//! liveness, strikes and caches are the pool's business ([`crate::pool`]).
+
+mod panels;
+mod queue;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::assembly::{Accepted, Assembly};
+use crate::kernel::flops;
+use crate::matrix::{DenseMatrix, Dtype, ShapeError};
+use crate::payload::{Incoming, PayloadError};
+use crate::plan::model::Problem;
+use crate::plan::{CostModel, PanelId, Plan};
+use crate::pool::{smooth, WorkerId};
+use crate::protocol::{chunk_ranges, Frame, JobId, LeaseId, Message};
+use crate::verify::Verifier;
+use panels::Panels;
+use queue::Queue;
+
+/// How long leases last and when stragglers are copied.
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    /// Lease length before any task has finished, when there is nothing to go by.
+    pub initial: Duration,
+    /// Later leases last this many times the typical task time…
+    pub factor: f64,
+    /// …but never less than this.
+    pub min: Duration,
+    /// At the tail, a block whose only lease has run this many times the
+    /// typical task time is also given to an idle worker.
+    pub straggler_factor: f64,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self { initial: Duration::from_secs(300), factor: 8.0, min: Duration::from_secs(20), straggler_factor: 2.0 }
+    }
+}
+
+/// Why a block from a checkpoint was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("block {block} does not exist (the plan has {blocks})")]
+    NoSuchBlock { block: usize, blocks: usize },
+    #[error("block {block} has {got} bytes, not {want}")]
+    Length { block: usize, got: usize, want: usize },
+    #[error("block {block} fails verification: {reason}")]
+    Mismatch { block: usize, reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("A is {a} but B is {b}: A's columns must equal B's rows")]
+    InnerDimension { a: String, b: String },
+    #[error("A and B must have the same element type (A is {a}, B is {b})")]
+    Dtype { a: Dtype, b: Dtype },
+    #[error("the plan is for {plan}, but A·B is {actual}")]
+    PlanMismatch { plan: String, actual: String },
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+}
+
+impl JobError {
+    /// The one rule for whether A·B can be formed.
+    pub fn check_inner(a: &DenseMatrix, b: &DenseMatrix) -> Result<(), JobError> {
+        if a.cols() != b.rows() {
+            return Err(JobError::InnerDimension { a: a.shape_string(), b: b.shape_string() });
+        }
+        Ok(())
+    }
+}
+
+/// Payload bytes moved, by kind (headers excluded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PayloadStats {
+    /// Panels of A and B sent to workers.
+    pub panel_bytes: u64,
+    /// Products received from workers (duplicates and rejected ones included).
+    pub result_bytes: u64,
+    pub leases_issued: u64,
+}
+
+#[derive(Debug)]
+struct Lease {
+    tile: usize,
+    worker: WorkerId,
+    issued: Duration,
+    deadline: Duration,
+    expired: bool,
+    result: Option<Incoming>,
+}
+
+/// A lease's result, complete, and what became of it.
+#[derive(Debug)]
+pub(crate) enum Finished {
+    /// Verified and assembled; the other copies of its tile are to be cancelled.
+    /// `took` is the time from issue to result, `compute` what the worker
+    /// reported; then the job's state right after it: tiles done, whether the
+    /// tile's block is complete, and whether the job is.
+    Accepted { tile: usize, took: Duration, compute: Duration, losers: Vec<(WorkerId, LeaseId)>, done: usize, block_done: bool, complete: bool },
+    /// Complete, and held until the verifier is ready.
+    Held,
+    /// Failed verification; its tile goes to someone else.
+    Rejected { tile: usize, reason: String },
+    /// Another copy won first.
+    Duplicate,
+}
+
+/// A result complete before the verifier was ready.
+#[derive(Debug)]
+struct Unverified {
+    tile: usize,
+    worker: WorkerId,
+    lease: LeaseId,
+    issued: Duration,
+    compute: Duration,
+    c: DenseMatrix,
+}
+
+/// How results are checked.
+#[derive(Debug)]
+enum Checks {
+    /// Not at all (tests that exercise other things).
+    Off,
+    /// By a verifier still being prepared: results wait for it.
+    Pending(Vec<Unverified>),
+    Ready(Verifier),
+}
+
+/// What it takes to send a worker one tile.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Order {
+    pub tile: usize,
+    /// A copy of a straggler's tile.
+    pub speculative: bool,
+}
+
+/// A job waiting for its plan: the pool it will run on decides its tiles
+/// ([`CostModel::plan`]).
+#[derive(Debug)]
+pub struct Unplanned {
+    id: JobId,
+    a: Arc<DenseMatrix>,
+    b: Arc<DenseMatrix>,
+    model: CostModel,
+    leases_config: LeaseConfig,
+    max_chunk: usize,
+    awaiting_verifier: bool,
+}
+
+impl Unplanned {
+    pub fn new(
+        id: JobId,
+        a: impl Into<Arc<DenseMatrix>>,
+        b: impl Into<Arc<DenseMatrix>>,
+        model: CostModel,
+        leases_config: LeaseConfig,
+        max_chunk: usize,
+    ) -> Result<Self, JobError> {
+        let (a, b) = (a.into(), b.into());
+        JobError::check_inner(&a, &b)?;
+        if a.dtype() != b.dtype() {
+            return Err(JobError::Dtype { a: a.dtype(), b: b.dtype() });
+        }
+        Ok(Self { id, a, b, model, leases_config, max_chunk, awaiting_verifier: false })
+    }
+
+    /// Once planned, the job holds results until its verifier comes.
+    pub fn awaiting_verifier(self) -> Self {
+        Self { awaiting_verifier: true, ..self }
+    }
+
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    /// The job's shape and element size.
+    pub fn problem(&self) -> Problem {
+        Problem { m: self.a.rows(), k: self.a.cols(), n: self.b.cols(), elem: self.a.dtype().size() }
+    }
+
+    /// Plans the job for workers with these memory budgets.
+    pub(crate) fn plan(self, budgets: &[u64]) -> Job {
+        let plan = self.model.plan(self.problem(), budgets);
+        let job = Job::new(self.id, self.a, self.b, plan, self.leases_config, self.max_chunk).expect("shapes were checked");
+        if self.awaiting_verifier {
+            job.awaiting_verifier()
+        } else {
+            job
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Job {
+    id: JobId,
+    leases_config: LeaseConfig,
+    max_chunk: usize,
+    dtype: Dtype,
+    plan: Plan,
+    panels: Panels,
+    assembly: Assembly,
+    result: Option<DenseMatrix>,
+    leases: BTreeMap<LeaseId, Lease>,
+    tile_leases: Vec<Vec<LeaseId>>,
+    queue: Queue,
+    /// Smoothed time from issuing a lease to its result.
+    task_time: Option<Duration>,
+    stats: PayloadStats,
+    /// Flops of the tiles in C (restored blocks included).
+    flops_done: f64,
+    checks: Checks,
+    /// Workers whose result for a tile was wrong: they do not get it again.
+    rejected_by: Vec<Vec<WorkerId>>,
+}
+
+impl Job {
+    /// A job C = A·B cut as `plan` says. A and B may be shared (with a
+    /// [`Verifier`]); the job only reads their bytes. Bodies go out in chunks
+    /// of at most `max_chunk` bytes.
+    pub fn new(
+        id: JobId,
+        a: impl Into<Arc<DenseMatrix>>,
+        b: impl Into<Arc<DenseMatrix>>,
+        plan: Plan,
+        leases_config: LeaseConfig,
+        max_chunk: usize,
+    ) -> Result<Self, JobError> {
+        let (a, b) = (a.into(), b.into());
+        JobError::check_inner(&a, &b)?;
+        if a.dtype() != b.dtype() {
+            return Err(JobError::Dtype { a: a.dtype(), b: b.dtype() });
+        }
+        if (plan.m, plan.k, plan.n) != (a.rows(), a.cols(), b.cols()) {
+            return Err(JobError::PlanMismatch {
+                plan: format!("{}x{} by {}x{}", plan.m, plan.k, plan.k, plan.n),
+                actual: format!("{} by {}", a.shape_string(), b.shape_string()),
+            });
+        }
+        let dtype = a.dtype();
+        let tiles = plan.tiles();
+        Ok(Self {
+            id,
+            leases_config,
+            max_chunk: max_chunk.max(1),
+            assembly: Assembly::new(plan.clone(), dtype)?,
+            dtype,
+            queue: Queue::new(&plan, plan.layout),
+            panels: Panels::new(a, b),
+            plan,
+            result: None,
+            leases: BTreeMap::new(),
+            tile_leases: vec![Vec::new(); tiles],
+            task_time: None,
+            stats: PayloadStats::default(),
+            flops_done: 0.0,
+            checks: Checks::Off,
+            rejected_by: vec![Vec::new(); tiles],
+        })
+    }
+
+    /// Checks every result with `verifier` before assembling it. Its tiles are
+    /// the plan's tiles, then (when k is split) the plan's whole blocks, which
+    /// checkpointed blocks are checked as.
+    pub fn with_verifier(mut self, verifier: Verifier) -> Self {
+        self.checks = Checks::Ready(verifier);
+        self
+    }
+
+    /// Holds every result until [`crate::scheduler::Scheduler::set_verifier`]
+    /// brings the verifier, so it can be prepared while the first tiles travel.
+    pub fn awaiting_verifier(mut self) -> Self {
+        self.checks = Checks::Pending(Vec::new());
+        self
+    }
+
+    /// Takes the verifier; results held for it are judged now. Returns what
+    /// became of each (worker, lease).
+    pub(crate) fn set_verifier(&mut self, verifier: Verifier, now: Duration) -> Vec<(WorkerId, LeaseId, Finished)> {
+        let Checks::Pending(held) = std::mem::replace(&mut self.checks, Checks::Ready(verifier)) else { return Vec::new() };
+        held.into_iter().map(|u| (u.worker, u.lease, self.judge(u, now))).collect()
+    }
+
+    fn verifier(&self) -> Option<&Verifier> {
+        match &self.checks {
+            Checks::Ready(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The tiles a verifier for this plan checks, in the order [`Self::with_verifier`] expects.
+    pub fn verified_tiles(plan: &Plan) -> Vec<crate::plan::Tile> {
+        let mut tiles: Vec<_> = (0..plan.tiles()).map(|t| plan.tile(t)).collect();
+        if plan.depth.parts > 1 {
+            tiles.extend((0..plan.blocks()).map(|b| {
+                let (rows, cols) = plan.block(b);
+                crate::plan::Tile { rows, cols, depth: 0..plan.k }
+            }));
+        }
+        tiles
+    }
+
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    /// Puts a block of C computed earlier (e.g. read from a checkpoint) in
+    /// place, after the same verification a worker's result gets.
+    pub fn restore(&mut self, block: usize, bytes: &[u8]) -> Result<(), RestoreError> {
+        let blocks = self.plan.blocks();
+        if block >= blocks {
+            return Err(RestoreError::NoSuchBlock { block, blocks });
+        }
+        let (rows, cols) = self.plan.block(block);
+        let want = rows.len() * cols.len() * self.dtype.size();
+        if bytes.len() != want {
+            return Err(RestoreError::Length { block, got: bytes.len(), want });
+        }
+        let c = DenseMatrix::from_le_bytes(self.dtype, rows.len(), cols.len(), bytes).expect("length checked");
+        let checked = if self.plan.depth.parts > 1 { self.plan.tiles() + block } else { block };
+        if matches!(self.checks, Checks::Pending(_)) {
+            return Err(RestoreError::Mismatch { block, reason: "the verifier is not ready yet".into() });
+        }
+        if let Some(Err(mismatch)) = self.verifier().map(|v| v.check(checked, &c)) {
+            return Err(RestoreError::Mismatch { block, reason: mismatch.to_string() });
+        }
+        if self.assembly.accept_block(block, bytes) == Ok(Accepted::New) {
+            self.flops_done += flops(rows.len(), self.plan.k, cols.len());
+            for t in self.plan.tiles_of(block) {
+                self.queue.remove(t);
+            }
+            if self.assembly.is_complete() {
+                self.complete();
+            }
+        }
+        Ok(())
+    }
+
+    // ---- results ----
+
+    /// A chunk of `lease`'s result arrived from `worker`. Returns what became
+    /// of the lease once its result is complete.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn result_chunk(
+        &mut self,
+        worker: WorkerId,
+        lease: LeaseId,
+        offset: u64,
+        body: &[u8],
+        compute: Duration,
+        now: Duration,
+    ) -> Result<Option<Finished>, PayloadError> {
+        let Some(l) = self.leases.get_mut(&lease).filter(|l| l.worker == worker) else {
+            return Ok(Some(Finished::Duplicate)); // the tile was won by another copy meanwhile
+        };
+        let tile = self.plan.tile(l.tile);
+        let dtype = self.dtype;
+        let incoming = l.result.get_or_insert_with(|| Incoming::new(dtype, tile.rows.len(), tile.cols.len()).expect("a tile of C is no larger than C"));
+        let complete = incoming.add(offset, body)?;
+        self.stats.result_bytes += body.len() as u64;
+        if !complete {
+            return Ok(None);
+        }
+        let l = self.remove_lease(lease).expect("found above");
+        let c = l.result.expect("complete").into_matrix();
+        let result = Unverified { tile: l.tile, worker, lease, issued: l.issued, compute, c };
+        if let Checks::Pending(held) = &mut self.checks {
+            held.push(result);
+            return Ok(Some(Finished::Held));
+        }
+        Ok(Some(self.judge(result, now)))
+    }
+
+    /// Verifies a complete result and, if it is right, puts it in C.
+    fn judge(&mut self, result: Unverified, now: Duration) -> Finished {
+        let Unverified { tile, worker, issued, compute, c, .. } = result;
+        if let Some(Err(mismatch)) = self.verifier().map(|v| v.check(tile, &c)) {
+            self.rejected_by[tile].push(worker);
+            self.requeue(tile);
+            return Finished::Rejected { tile, reason: mismatch.to_string() };
+        }
+        match self.assembly.accept(tile, c.as_bytes()) {
+            Ok(Accepted::New) => {}
+            // Sizes were fixed by `Incoming`; a duplicate means another copy won.
+            Ok(Accepted::Duplicate) | Err(_) => return Finished::Duplicate,
+        }
+        let took = now.saturating_sub(issued);
+        self.task_time = Some(smooth(self.task_time, took));
+        let t = self.plan.tile(tile);
+        self.flops_done += flops(t.rows.len(), t.depth.len(), t.cols.len());
+        let losers = std::mem::take(&mut self.tile_leases[tile])
+            .into_iter()
+            .filter_map(|other| self.remove_lease(other).map(|o| (o.worker, other)))
+            .collect();
+        if self.assembly.is_complete() {
+            self.complete();
+        }
+        let block_done = self.assembly.is_block_done(self.plan.block_of(tile));
+        Finished::Accepted { tile, took, compute, losers, done: self.tiles_done(), block_done, complete: self.is_complete() }
+    }
+
+    fn complete(&mut self) {
+        self.result = self.assembly.take();
+    }
+
+    // ---- leases ----
+
+    /// A lease was given up (its worker left, or handed it back): its tile goes
+    /// back in the queue if nobody else holds it. Returns whether it did.
+    pub(crate) fn drop_lease(&mut self, lease: LeaseId) -> bool {
+        match self.remove_lease(lease) {
+            Some(l) => self.requeue(l.tile),
+            None => false,
+        }
+    }
+
+    /// `worker` left the pool: its region is anyone's.
+    pub(crate) fn forget(&mut self, worker: WorkerId) {
+        self.queue.forget(worker);
+    }
+
+    fn remove_lease(&mut self, lease: LeaseId) -> Option<Lease> {
+        let l = self.leases.remove(&lease)?;
+        self.tile_leases[l.tile].retain(|&x| x != lease);
+        Some(l)
+    }
+
+    /// Puts `tile` back in the queue unless it is done, queued, or still held
+    /// by a lease that has not expired. Returns whether it queued it.
+    fn requeue(&mut self, tile: usize) -> bool {
+        let held = self.tile_leases[tile].iter().any(|id| !self.leases[id].expired);
+        let waiting = matches!(&self.checks, Checks::Pending(r) if r.iter().any(|u| u.tile == tile));
+        if waiting || self.assembly.is_tile_done(tile) || self.queue.is_pending(tile) || held || self.result.is_some() {
+            return false;
+        }
+        self.queue.push(tile);
+        true
+    }
+
+    /// Expires overdue leases: their tiles go back in the queue, but the
+    /// leases stay, so a late result still counts. Returns (worker, tile) of each.
+    pub(crate) fn expire(&mut self, now: Duration) -> Vec<(WorkerId, usize)> {
+        let overdue: Vec<LeaseId> = self.leases.iter().filter(|(_, l)| !l.expired && l.deadline <= now).map(|(&id, _)| id).collect();
+        let mut expired = Vec::new();
+        for id in overdue {
+            let l = self.leases.get_mut(&id).expect("collected above");
+            l.expired = true;
+            let (worker, tile) = (l.worker, l.tile);
+            expired.push((worker, tile));
+            self.requeue(tile);
+        }
+        expired
+    }
+
+    /// The typical task time of this job, once a result has come back.
+    pub(crate) fn task_time(&self) -> Option<Duration> {
+        self.task_time
+    }
+
+    /// A lease lasts `factor` times the worker's expected task time.
+    fn lease_length(&self, task_time: Option<Duration>) -> Duration {
+        match task_time.or(self.task_time) {
+            None => self.leases_config.initial,
+            Some(t) => t.mul_f64(self.leases_config.factor).max(self.leases_config.min),
+        }
+    }
+
+    fn straggler_threshold(&self) -> Option<Duration> {
+        self.task_time.map(|t| t.mul_f64(self.leases_config.straggler_factor))
+    }
+
+    /// When this job next needs a call: a lease deadline, or (if `someone_idle`)
+    /// the moment a straggler's tile may be copied.
+    pub(crate) fn next_wake(&self, someone_idle: bool) -> Option<Duration> {
+        if self.result.is_some() {
+            return None;
+        }
+        let expiry = self.leases.values().filter(|l| !l.expired).map(|l| l.deadline).min();
+        let straggler = someone_idle
+            .then(|| self.straggler_threshold())
+            .flatten()
+            .and_then(|t| self.leases.values().filter(|l| self.tile_leases[l.tile].len() == 1).map(|l| l.issued + t).min());
+        expiry.into_iter().chain(straggler).min()
+    }
+
+    // ---- assignment ----
+
+    /// The next tile for `worker`, which holds the panels `held` of this job:
+    /// a queued one (see `queue`), or at the tail a straggler's; never one whose
+    /// result from this worker was wrong.
+    pub(crate) fn next_order(&mut self, worker: WorkerId, held: &[PanelId], now: Duration) -> Option<Order> {
+        if self.result.is_some() {
+            return None;
+        }
+        let rejected = &self.rejected_by;
+        if let Some(tile) = self.queue.next(worker, held, |t| rejected[t].contains(&worker)) {
+            return Some(Order { tile, speculative: false });
+        }
+        let threshold = self.straggler_threshold()?;
+        let tile = self
+            .leases
+            .values()
+            .filter(|l| l.worker != worker && self.tile_leases[l.tile].len() == 1 && now >= l.issued + threshold)
+            .filter(|l| !self.rejected_by[l.tile].contains(&worker))
+            .min_by_key(|l| l.issued)?
+            .tile;
+        Some(Order { tile, speculative: true })
+    }
+
+    /// The panels tile `tile` needs: A's, then B's.
+    pub(crate) fn panels_of(&self, tile: usize) -> [PanelId; 2] {
+        self.plan.panels_of(tile)
+    }
+
+    /// Bytes of panel `id`.
+    pub(crate) fn panel_size(&self, id: PanelId) -> u64 {
+        (self.plan.panel(id).elements() * self.dtype.size()) as u64
+    }
+
+    /// Bytes of tile `tile`'s product.
+    pub(crate) fn product_size(&self, tile: usize) -> u64 {
+        self.assembly.tile_bytes(tile) as u64
+    }
+
+    /// The job's header, for a worker new to it.
+    pub(crate) fn announce(&self) -> Frame {
+        let (m, k, n) = (self.plan.m as u64, self.plan.k as u64, self.plan.n as u64);
+        Frame::new(Message::Job { job: self.id, m, k, n, dtype: self.dtype })
+    }
+
+    /// The frames that carry panel `id`.
+    pub(crate) fn panel_frames(&mut self, id: PanelId) -> Vec<Frame> {
+        let panel = self.plan.panel(id);
+        let bytes = self.panels.bytes(&self.plan, id);
+        self.stats.panel_bytes += bytes.len() as u64;
+        let (rows, cols) = (panel.rows.len() as u64, panel.cols.len() as u64);
+        chunk_ranges(bytes.len(), self.max_chunk)
+            .map(|range| {
+                let message = match range.start {
+                    0 => Message::Panel { job: self.id, panel: id, operand: panel.operand, rows, cols },
+                    offset => Message::PanelChunk { job: self.id, panel: id, offset: offset as u64 },
+                };
+                Frame::with_body(message, bytes.slice(range))
+            })
+            .collect()
+    }
+
+    /// Issues `order` to `worker` as `lease` (its panels already sent): the task's frame.
+    pub(crate) fn issue(&mut self, worker: WorkerId, task_time: Option<Duration>, order: Order, lease: LeaseId, now: Duration) -> Frame {
+        self.queue.remove(order.tile);
+        self.stats.leases_issued += 1;
+        let deadline = now + self.lease_length(task_time);
+        self.leases.insert(lease, Lease { tile: order.tile, worker, issued: now, deadline, expired: false, result: None });
+        self.tile_leases[order.tile].push(lease);
+        let tile = self.plan.tile(order.tile);
+        let [a, b] = self.plan.panels_of(order.tile);
+        Frame::new(Message::Task { job: self.id, lease, a, b, row: tile.rows.start as u64, col: tile.cols.start as u64 })
+    }
+
+    // ---- what it has made ----
+
+    pub fn is_complete(&self) -> bool {
+        self.result.is_some()
+    }
+
+    /// The assembled C, once the job is complete.
+    pub fn take_result(&mut self) -> Option<DenseMatrix> {
+        self.result.take()
+    }
+
+    /// Tiles verified and in C, of [`Plan::tiles`].
+    pub fn tiles_done(&self) -> usize {
+        self.assembly.tiles_done()
+    }
+
+    /// Blocks of C complete, of [`Plan::blocks`].
+    pub fn blocks_done(&self) -> usize {
+        self.plan.blocks() - self.assembly.remaining()
+    }
+
+    /// Flops of the tiles in C so far.
+    pub fn flops_done(&self) -> f64 {
+        self.flops_done
+    }
+
+    pub fn block_done(&self, block: usize) -> bool {
+        self.assembly.is_block_done(block)
+    }
+
+    /// Block `block` of C, column-major, once it is complete (until C is taken).
+    pub fn block_bytes(&self, block: usize) -> Option<std::borrow::Cow<'_, [u8]>> {
+        self.assembly.block(block)
+    }
+
+    pub fn stats(&self) -> PayloadStats {
+        self.stats
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    #[cfg(test)]
+    pub(crate) fn lease_span(&self, worker: WorkerId) -> Option<Duration> {
+        self.leases.values().find(|l| l.worker == worker).map(|l| l.deadline - l.issued)
+    }
+}

@@ -1,0 +1,250 @@
+//! Which tile a worker computes next.
+//!
+//! The pool's workers each own a region of the tile grid, a box the plan's
+//! layout laid out for them, so each fetches a distinct part of A and B. A
+//! worker takes the pending tile that needs the fewest new panels, within its
+//! region; a tile whose panels it holds already costs nothing and may come from
+//! anywhere. A worker that joins, or whose region runs dry, takes a region
+//! nobody owns, or else the back half of the fullest one (away from where its
+//! owner works), so the remaining work is laid out again whenever the pool
+//! changes; when no region can be split, it steals single tiles from the back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+
+use crate::plan::{PanelId, Plan};
+use crate::pool::WorkerId;
+
+/// A box of the tile grid, in tile coordinates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Region {
+    rows: Range<usize>,
+    cols: Range<usize>,
+    depth: Range<usize>,
+    owner: Option<WorkerId>,
+    /// Its pending tiles.
+    tiles: BTreeSet<usize>,
+}
+
+impl Region {
+    /// Cuts off the back half along its longest side; `None` for a single tile.
+    fn split(&mut self, plan: &Plan) -> Option<Region> {
+        let sides = [self.cols.len(), self.rows.len(), self.depth.len()];
+        let longest = (0..3).max_by_key(|&i| (sides[i], 2 - i)).expect("three sides");
+        if sides[longest] < 2 {
+            return None;
+        }
+        let mut back = self.clone();
+        let cut = |r: &mut Range<usize>, b: &mut Range<usize>| {
+            let mid = r.start + r.len() / 2;
+            (r.end, b.start) = (mid, mid);
+        };
+        match longest {
+            0 => cut(&mut self.cols, &mut back.cols),
+            1 => cut(&mut self.rows, &mut back.rows),
+            _ => cut(&mut self.depth, &mut back.depth),
+        }
+        back.owner = None;
+        back.tiles = self.tiles.iter().copied().filter(|&t| back.contains(plan, t)).collect();
+        self.tiles.retain(|t| !back.tiles.contains(t));
+        Some(back)
+    }
+
+    fn contains(&self, plan: &Plan, t: usize) -> bool {
+        let (r, c, s) = plan.coords(t);
+        self.rows.contains(&r) && self.cols.contains(&c) && self.depth.contains(&s)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Queue {
+    plan: Plan,
+    regions: Vec<Region>,
+    /// Each pending tile's region.
+    region_of: BTreeMap<usize, usize>,
+    /// Pending tiles that use each panel.
+    by_panel: Vec<BTreeSet<usize>>,
+    owned: BTreeMap<WorkerId, usize>,
+}
+
+/// How many of a held panel's pending tiles to look at before settling.
+const SCAN: usize = 64;
+
+impl Queue {
+    /// Every tile pending, in the regions of `layout` (worker boxes along rows,
+    /// columns and depth).
+    pub fn new(plan: &Plan, layout: (usize, usize, usize)) -> Self {
+        let (pr, pc, pk) = plan.shape();
+        let (wr, wc, wk) = (layout.0.clamp(1, pr), layout.1.clamp(1, pc), layout.2.clamp(1, pk));
+        let cut = |parts: usize, w: usize, i: usize| i * parts / w..(i + 1) * parts / w;
+        let mut regions = Vec::new();
+        for i in 0..wr {
+            for j in 0..wc {
+                for l in 0..wk {
+                    let region = Region { rows: cut(pr, wr, i), cols: cut(pc, wc, j), depth: cut(pk, wk, l), owner: None, tiles: BTreeSet::new() };
+                    regions.push(region);
+                }
+            }
+        }
+        let mut queue = Self { plan: plan.clone(), regions, region_of: BTreeMap::new(), by_panel: vec![BTreeSet::new(); plan.panels()], owned: BTreeMap::new() };
+        for t in 0..plan.tiles() {
+            queue.push(t);
+        }
+        queue
+    }
+
+    pub fn is_pending(&self, t: usize) -> bool {
+        self.region_of.contains_key(&t)
+    }
+
+    /// Puts tile `t` back (or in for the first time).
+    pub fn push(&mut self, t: usize) {
+        if self.is_pending(t) {
+            return;
+        }
+        let region = self.regions.iter().position(|r| r.contains(&self.plan, t)).expect("regions tile the grid");
+        self.regions[region].tiles.insert(t);
+        self.region_of.insert(t, region);
+        for panel in self.plan.panels_of(t) {
+            self.by_panel[panel as usize].insert(t);
+        }
+    }
+
+    /// Takes tile `t` out (it was issued, or is done).
+    pub fn remove(&mut self, t: usize) {
+        let Some(region) = self.region_of.remove(&t) else { return };
+        self.regions[region].tiles.remove(&t);
+        for panel in self.plan.panels_of(t) {
+            self.by_panel[panel as usize].remove(&t);
+        }
+    }
+
+    /// `worker` is gone: its region is anyone's.
+    pub fn forget(&mut self, worker: WorkerId) {
+        if let Some(region) = self.owned.remove(&worker) {
+            self.regions[region].owner = None;
+        }
+    }
+
+    /// The next tile for `worker`, which holds the panels `held` says, never
+    /// one `refused` says it may not have. The tile stays pending until removed.
+    pub fn next(&mut self, worker: WorkerId, held: &[PanelId], refused: impl Fn(usize) -> bool) -> Option<usize> {
+        if self.region_of.is_empty() {
+            return None;
+        }
+        let own = self.region(worker);
+        let mine = |q: &Self, t: usize| own.is_some_and(|r| q.region_of.get(&t) == Some(&r));
+        let own_dry = own.is_none_or(|r| self.regions[r].tiles.iter().all(|&t| refused(t)));
+        // Tiles that use a panel it holds: those needing no new panel first,
+        // then its own region's, then (once its region is dry) anyone's.
+        let mut best: Option<(usize, bool, usize)> = None;
+        for &panel in held {
+            let Some(tiles) = self.by_panel.get(panel as usize) else { continue };
+            for &t in tiles.iter().take(SCAN) {
+                if refused(t) {
+                    continue;
+                }
+                let missing = self.plan.panels_of(t).iter().filter(|p| !held.contains(p)).count();
+                let outside = !mine(self, t);
+                if missing > 0 && outside && !own_dry {
+                    continue;
+                }
+                if best.is_none_or(|b| (missing, outside, t) < b) {
+                    best = Some((missing, outside, t));
+                }
+            }
+        }
+        if let Some((_, _, t)) = best {
+            return Some(t);
+        }
+        if let Some(t) = own.and_then(|r| self.regions[r].tiles.iter().copied().find(|&t| !refused(t))) {
+            return Some(t);
+        }
+        // Steal from the back of the fullest region.
+        let fullest = (0..self.regions.len()).max_by_key(|&r| self.regions[r].tiles.len())?;
+        self.regions[fullest].tiles.iter().rev().copied().find(|&t| !refused(t))
+    }
+
+    /// The region `worker` owns, claiming one if it has none: one nobody owns
+    /// with work in it, or else the back half of the fullest region.
+    fn region(&mut self, worker: WorkerId) -> Option<usize> {
+        if let Some(&r) = self.owned.get(&worker) {
+            if !self.regions[r].tiles.is_empty() {
+                return Some(r);
+            }
+            self.regions[r].owner = None;
+            self.owned.remove(&worker);
+        }
+        let free = (0..self.regions.len())
+            .filter(|&r| self.regions[r].owner.is_none() && !self.regions[r].tiles.is_empty())
+            .max_by_key(|&r| (self.regions[r].tiles.len(), std::cmp::Reverse(r)));
+        let r = match free {
+            Some(r) => r,
+            None => {
+                let fullest = (0..self.regions.len()).max_by_key(|&r| (self.regions[r].tiles.len(), std::cmp::Reverse(r)))?;
+                let back = self.regions[fullest].split(&self.plan)?;
+                let empty = back.tiles.is_empty();
+                self.regions.push(back);
+                let r = self.regions.len() - 1;
+                for &t in &self.regions[r].tiles {
+                    self.region_of.insert(t, r);
+                }
+                if empty {
+                    return None; // nothing pending there now: it steals instead
+                }
+                r
+            }
+        };
+        self.regions[r].owner = Some(worker);
+        self.owned.insert(worker, r);
+        Some(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_start_in_regions_of_their_own_and_keep_to_their_panels() {
+        let plan = Plan::grid(8, 8, 8, 2, 2, 2);
+        let mut q = Queue::new(&plan, (1, 1, 2));
+        let first = q.next(1, &[], |_| false).unwrap();
+        let second = q.next(2, &[], |_| false).unwrap();
+        assert_ne!(plan.coords(first).2, plan.coords(second).2, "one depth slice each");
+        q.remove(first);
+        // Holding the first tile's panels, worker 1 next takes a tile sharing one of them.
+        let held = plan.panels_of(first);
+        let next = q.next(1, &held, |_| false).unwrap();
+        assert_eq!(plan.panels_of(next).iter().filter(|p| held.contains(p)).count(), 1);
+        assert_eq!(plan.coords(next).2, plan.coords(first).2);
+    }
+
+    #[test]
+    fn a_dry_worker_takes_the_back_half_of_the_fullest_region() {
+        let plan = Plan::columns(4, 4, 40, 1);
+        let mut q = Queue::new(&plan, (1, 2, 1));
+        assert_eq!(q.next(1, &[], |_| false), Some(0));
+        assert_eq!(q.next(2, &[], |_| false), Some(20));
+        for t in 0..20 {
+            q.remove(t);
+        }
+        assert_eq!(q.next(1, &[], |_| false), Some(30), "its own region (columns 0..20) is done");
+        for t in 21..40 {
+            q.remove(t);
+        }
+        assert_eq!(q.next(1, &[], |_| false), Some(20), "the last tile: no region to split, so it steals");
+    }
+
+    #[test]
+    fn newcomers_split_the_fullest_region() {
+        let plan = Plan::columns(4, 4, 16, 1);
+        let mut q = Queue::new(&plan, (1, 1, 1));
+        assert_eq!(q.next(1, &[], |_| false), Some(0));
+        assert_eq!(q.next(2, &[], |_| false), Some(8), "the back half of the only region");
+        assert_eq!(q.next(3, &[], |_| false), Some(4));
+        q.forget(2);
+        assert_eq!(q.next(4, &[], |_| false), Some(8), "the region worker 2 left");
+        assert_eq!(q.next(1, &[], |t| t == 0), Some(1), "never a tile it may not have");
+    }
+}

@@ -1,0 +1,353 @@
+//! Choosing the tile grid from the pool: a communication model.
+//!
+//! The master holds A and B and is the hub of a star: every byte a worker
+//! receives leaves the master's link once, and every partial product comes
+//! back over it. So the model counts bytes across that link.
+//!
+//! **Worker grid.** p workers are laid out as wr × wc × wk boxes of C·k: worker
+//! (i, j, l) computes rows I_i, columns J_j and depth slice K_l. It needs A[I_i,
+//! K_l] and B[K_l, J_j], and sends back C[I_i, J_j] (a partial sum when wk > 1).
+//! With each box's panels fitting in its worker's memory:
+//!
+//! | shape          | egress (master → workers) | ingress       | memory per worker            |
+//! |----------------|---------------------------|---------------|------------------------------|
+//! | 1-D (1, p, 1)  | p·|A| + |B|               | |C|           | |A| + |B|/p + |C|/p          |
+//! | 2-D (wr, wc, 1)| wc·|A| + wr·|B|           | |C|           | |A|/wr + |B|/wc + |C|/(wr·wc) |
+//! | 3-D (wr, wc, wk)| wc·|A| + wr·|B|          | wk·|C|        | (|A|/wc + |B|/wr + |C|·wk)/p  |
+//!
+//! For square matrices and wr = wc = wk = p^(1/3), egress is p^(1/3)·(|A|+|B|)
+//! against (p+1)·|A| for 1-D. Time is modelled as max(egress, ingress) over the
+//! link (egress and ingress travel opposite ways on a full-duplex link) against
+//! the flops over the pool's speed; compute overlaps transfer once the first
+//! tile's panels have arrived.
+//!
+//! **Memory.** When a worker's box does not fit in its budget M, its panels
+//! cannot all stay cached: it holds what part of one operand's box fits and
+//! streams the other past it, so that operand crosses the link once per such
+//! part. The Irony–Toledo–Tiskin bound says no schedule does much better: a
+//! worker doing F multiply-adds with M words of memory must receive at least
+//! F / (2·√2·√M) − M words. [`lower_bound`] combines that with the link and
+//! the pool's speed; the simulator measures plans against it.
+//!
+//! **Tiles.** Each worker's box is cut into tiles small enough that `slots`
+//! tiles (A panel + B panel + C tile) fit its budget, numerous enough that fast
+//! workers can take from slow ones at the end, and large enough that a tile
+//! is worth its fixed costs (at least `min_task_seconds` of compute). Depth is
+//! cut finer than wk only when rows and columns alone cannot meet the budget,
+//! since every extra partial sum crosses the link again.
+
+use super::Plan;
+use crate::kernel::flops;
+
+/// What the tile-grid cost model aims at.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CostModel {
+    /// Work per task worth its fixed costs (messages, a lease, a kernel call).
+    pub min_task_seconds: f64,
+    /// A conservative per-worker rate, so a slow worker's task still meets the floor.
+    pub assumed_flops_per_second: f64,
+    /// Tiles per worker box: enough for stealing at the tail and for the first
+    /// tile to start early.
+    pub tiles_per_worker: usize,
+    /// Tiles a worker holds at once (one computing, the next arriving).
+    pub slots: usize,
+    /// Memory assumed for a worker when the pool is empty.
+    pub default_budget: u64,
+}
+
+impl Default for CostModel {
+    fn default() -> Self {
+        Self { min_task_seconds: 0.005, assumed_flops_per_second: 50e9, tiles_per_worker: 8, slots: 2, default_budget: 1 << 30 }
+    }
+}
+
+/// A job's shape and element size, in what the model needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    /// Bytes per element.
+    pub elem: usize,
+}
+
+impl Problem {
+    fn bytes(&self, rows: usize, cols: usize) -> f64 {
+        rows as f64 * cols as f64 * self.elem as f64
+    }
+}
+
+/// Bytes a plan moves, by the model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Traffic {
+    pub egress: f64,
+    pub ingress: f64,
+}
+
+impl CostModel {
+    /// The tile grid for `problem` on a pool whose workers have these memory
+    /// budgets (bytes). An empty pool is planned as one worker.
+    pub fn plan(&self, problem: Problem, budgets: &[u64]) -> Plan {
+        let p = budgets.len().max(1);
+        let memory = budgets.iter().copied().min().unwrap_or(self.default_budget) as f64;
+        let mut best: Option<(f64, f64, Plan)> = None;
+        for (wr, wc, wk) in factorizations(p, problem) {
+            let plan = self.tiles(problem, (wr, wc, wk), memory);
+            let traffic = self.traffic(problem, &plan, (wr, wc, wk), memory);
+            let score = traffic.egress.max(traffic.ingress);
+            let total = traffic.egress + traffic.ingress;
+            let better = best.as_ref().is_none_or(|(s, t, b)| {
+                (score, total, b.tiles()) < (*s * (1.0 - 1e-9), *t * (1.0 - 1e-9), plan.tiles()) || (score <= *s && total < *t * (1.0 - 1e-9))
+            });
+            if better {
+                best = Some((score, total, plan));
+            }
+        }
+        best.expect("p >= 1 has a factorization").2
+    }
+
+    /// The 1-D plan of old: columns only, the width by this model's task floor
+    /// and balance (about 16 tiles; a multiple of 4 once there are 4 or more).
+    pub fn column_width(&self, problem: Problem) -> usize {
+        let Problem { m, k, n, .. } = problem;
+        if n == 0 {
+            return 1;
+        }
+        let per_column = flops(m, k, 1).max(1.0);
+        let min_width = (self.min_task_seconds * self.assumed_flops_per_second / per_column).ceil() as usize;
+        let width = min_width.max(n.div_ceil(16)).clamp(1, n);
+        let blocks = n.div_ceil(width);
+        if blocks < 4 {
+            return width;
+        }
+        n.div_ceil(blocks.next_multiple_of(4).min(n))
+    }
+
+    /// Cuts each worker box of the grid `w` into tiles: halves the longer of a
+    /// tile's rows and columns while the slots' working set is over `memory`, or
+    /// while there are too few tiles and a tile is still worth its cost; then,
+    /// if need be, halves its depth.
+    fn tiles(&self, problem: Problem, (wr, wc, wk): (usize, usize, usize), memory: f64) -> Plan {
+        let Problem { m, k, n, .. } = problem;
+        let (mut qr, mut qc, mut qk) = (1usize, 1usize, 1usize);
+        let size = |q: usize, w: usize, len: usize| len.div_ceil(w * q).max(1);
+        let working_set = |qr, qc, qk| {
+            let (tr, tc, td) = (size(qr, wr, m), size(qc, wc, n), size(qk, wk, k));
+            self.slots as f64 * (problem.bytes(tr, td) + problem.bytes(td, tc) + problem.bytes(tr, tc))
+        };
+        let worth_it = |qr, qc| flops(size(qr, wr, m), k.div_ceil(wk), size(qc, wc, n)) / 2.0 >= self.min_task_seconds * self.assumed_flops_per_second;
+        loop {
+            let (tr, tc) = (size(qr, wr, m), size(qc, wc, n));
+            let too_big = working_set(qr, qc, qk) > memory;
+            let too_few = qr * qc < self.tiles_per_worker && worth_it(qr * 2, qc).max(worth_it(qr, qc * 2));
+            if !(too_big || too_few) || (tr == 1 && tc == 1) {
+                break;
+            }
+            if tr >= tc && tr > 1 {
+                qr *= 2;
+            } else {
+                qc *= 2;
+            }
+        }
+        while working_set(qr, qc, qk) > memory && size(qk, wk, k) > 1 {
+            qk *= 2;
+        }
+        Plan::grid(m, k, n, wr * qr, wc * qc, wk * qk).laid_out((wr, wc, wk))
+    }
+
+    /// Bytes over the master's link for `plan` laid out on the worker grid `w`.
+    pub fn traffic(&self, problem: Problem, plan: &Plan, (wr, wc, wk): (usize, usize, usize), memory: f64) -> Traffic {
+        let Problem { m, k, n, .. } = problem;
+        // One worker's box, and one tile.
+        let (box_a, box_b) = (problem.bytes(m.div_ceil(wr), k.div_ceil(wk)), problem.bytes(k.div_ceil(wk), n.div_ceil(wc)));
+        let (tr, tc, td) = (plan.rows.largest(), plan.cols.largest(), plan.depth.largest());
+        let tile_c = problem.bytes(tr, tc) * self.slots as f64;
+        let room = (memory - tile_c).max(problem.bytes(tr, td) + problem.bytes(td, tc));
+        let per_worker = if box_a + box_b <= room {
+            box_a + box_b
+        } else {
+            // Hold what fits of one operand's box, stream the other past each part.
+            let hold_a = box_a + box_b * (box_a / (room - problem.bytes(td, tc)).max(1.0)).ceil();
+            let hold_b = box_b + box_a * (box_b / (room - problem.bytes(tr, td)).max(1.0)).ceil();
+            hold_a.min(hold_b)
+        };
+        let p = (wr * wc * wk) as f64;
+        Traffic { egress: per_worker * p, ingress: problem.bytes(m, n) * plan.depth.parts as f64 }
+    }
+}
+
+/// Every (wr, wc, wk) with wr·wc·wk = p that the problem's dimensions allow.
+fn factorizations(p: usize, problem: Problem) -> Vec<(usize, usize, usize)> {
+    let mut out = Vec::new();
+    for wr in (1..=p).filter(|d| p % d == 0 && *d <= problem.m.max(1)) {
+        for wc in (1..=p / wr).filter(|d| (p / wr) % d == 0 && *d <= problem.n.max(1)) {
+            let wk = p / wr / wc;
+            if wk <= problem.k.max(1) {
+                out.push((wr, wc, wk));
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push((1, 1, 1)); // more workers than any dimension allows: some will steal
+    }
+    out
+}
+
+/// A lower bound on the makespan of C = A·B over a star: each worker (its
+/// speed in flop/s, its memory in bytes, its link in bytes/s) gets its inputs
+/// only from the master, whose link carries `master_link` bytes/s.
+///
+/// For any split of the n³-like work W = m·k·n multiply-adds into shares w_i,
+/// worker i must receive at least max(ITT(w_i, M_i), 0) words (Irony–Toledo–
+/// Tiskin: w/(2√2·√M) − M), and the job lasts at least
+/// - max_i 2·w_i / speed_i (compute),
+/// - max_i received_i / link_i (the worker's own link),
+/// - Σ_i received_i / master_link (the star's hub),
+/// - (|A| + |B|) / master_link (every input byte must leave the master once).
+///
+/// The bound minimizes the maximum of these over the shares by bisection on
+/// the makespan T: a share is feasible for worker i if both its compute and its
+/// own link fit in T; T is feasible if the feasible shares cover W and the
+/// hub's total fits in T.
+pub fn lower_bound(problem: Problem, workers: &[(f64, f64, f64)], master_link: f64) -> f64 {
+    let Problem { m, k, n, elem } = problem;
+    let work = m as f64 * k as f64 * n as f64;
+    let elem = elem as f64;
+    let inputs = (m * k + k * n) as f64 * elem / master_link;
+    // Words worker i must receive to do w multiply-adds with memory `mem` (bytes).
+    let received = |w: f64, mem: f64| {
+        let words = mem / elem;
+        (w / (2.0 * std::f64::consts::SQRT_2 * words.sqrt()) - words).max(0.0) * elem
+    };
+    // Each worker's largest share within t: its compute, and its own link.
+    let cap = |t: f64, &(speed, mem, link): &(f64, f64, f64)| {
+        let mut share = t * speed / 2.0;
+        if received(share, mem) / link > t {
+            let words = mem / elem;
+            // received is linear past the free part: solve received(w) = t·link.
+            share = share.min((t * link / elem + words) * 2.0 * std::f64::consts::SQRT_2 * words.sqrt());
+        }
+        share
+    };
+    // Feasible if the caps cover the work, and the hub's total is within t when
+    // shares go first to each worker's free part (received = 0), then to the
+    // workers whose extra work costs the fewest bytes (the largest memories):
+    // received is convex in the share, so that order minimises the total.
+    let mut by_memory: Vec<&(f64, f64, f64)> = workers.iter().collect();
+    by_memory.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let feasible = |t: f64| {
+        let caps: Vec<f64> = by_memory.iter().map(|w| cap(t, w)).collect();
+        let free: Vec<f64> = by_memory.iter().zip(&caps).map(|(w, &c)| c.min(2.0 * std::f64::consts::SQRT_2 * (w.1 / elem).powf(1.5))).collect();
+        let mut left = work - free.iter().sum::<f64>();
+        let mut hub = 0.0;
+        for ((w, &c), &f) in by_memory.iter().zip(&caps).zip(&free) {
+            if left <= 0.0 {
+                break;
+            }
+            let extra = (c - f).min(left);
+            hub += received(f + extra, w.1);
+            left -= extra;
+        }
+        left <= work * 1e-12 && hub / master_link <= t
+    };
+    let (mut lo, mut hi) = (inputs, inputs.max(1e-9));
+    while !feasible(hi) {
+        hi *= 2.0;
+        if hi > 1e12 {
+            return f64::INFINITY;
+        }
+    }
+    for _ in 0..100 {
+        let mid = (lo + hi) / 2.0;
+        if feasible(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn square(n: usize) -> Problem {
+        Problem { m: n, k: n, n, elem: 8 }
+    }
+
+    #[test]
+    fn few_workers_split_k_to_send_each_input_byte_once() {
+        let model = CostModel::default();
+        for p in [1usize, 2, 3] {
+            let plan = model.plan(square(4096), &vec![8 * GIB; p]);
+            assert_eq!(plan.depth.parts % p, 0, "p={p}: {:?}", plan.shape());
+            let traffic = model.traffic(square(4096), &plan, (1, 1, p), 8.0 * GIB as f64);
+            let inputs = 2.0 * square(4096).bytes(4096, 4096);
+            assert!(traffic.egress <= 1.01 * inputs, "p={p}: {traffic:?}");
+        }
+    }
+
+    #[test]
+    fn many_equal_workers_get_a_cube() {
+        let model = CostModel::default();
+        let problem = square(65536);
+        let plan = model.plan(problem, &vec![64 * GIB; 64]);
+        let (pr, pc, pk) = plan.shape();
+        assert_eq!((pr % 4, pc % 4, pk), (0, 0, 4), "{:?}", plan.shape());
+        let traffic = model.traffic(problem, &plan, (4, 4, 4), 64.0 * GIB as f64);
+        let inputs = 2.0 * problem.bytes(65536, 65536);
+        assert!(traffic.egress <= 1.15 * 4.0 * inputs, "{} vs {}", traffic.egress / inputs, 4.0);
+    }
+
+    #[test]
+    fn tall_skinny_splits_rows() {
+        let model = CostModel::default();
+        let problem = Problem { m: 200_000, k: 256, n: 256, elem: 8 };
+        let plan = model.plan(problem, &[8 * GIB, 8 * GIB]);
+        assert_eq!(plan.rows.parts % 2, 0, "{:?}", plan.shape());
+        assert_eq!((plan.cols.parts, plan.depth.parts), (1, 1), "{:?}", plan.shape());
+    }
+
+    #[test]
+    fn tiles_fit_the_smallest_budget() {
+        let model = CostModel::default();
+        for (n, budget) in [(4096, 32u64 << 20), (8192, 256 << 20), (1000, 1 << 20)] {
+            let plan = model.plan(square(n), &[budget]);
+            let tile = plan.largest_tile_elements() as u64 * 8 * model.slots as u64;
+            assert!(tile <= budget, "n={n}: {:?} needs {tile} > {budget}", plan.shape());
+        }
+    }
+
+    #[test]
+    fn small_jobs_stay_in_few_tiles() {
+        let model = CostModel::default();
+        assert_eq!(model.plan(square(3), &[GIB]).tiles(), 1);
+        let plan = model.plan(square(512), &[GIB, GIB]);
+        let per_tile = flops(plan.rows.largest(), plan.depth.largest(), plan.cols.largest());
+        assert!(per_tile / model.assumed_flops_per_second >= 0.5 * model.min_task_seconds, "{:?}", plan.shape());
+    }
+
+    #[test]
+    fn column_width_follows_the_old_model() {
+        let model = CostModel::default();
+        assert_eq!(model.column_width(square(4096)), 256);
+        assert_eq!(1024usize.div_ceil(model.column_width(square(1024))), 12);
+        assert_eq!(model.column_width(square(3)), 3);
+    }
+
+    #[test]
+    fn the_lower_bound_respects_the_link_and_the_pool() {
+        let problem = square(4096);
+        let inputs = 2.0 * problem.bytes(4096, 4096);
+        let link = 125e6; // 1 Gbit/s
+        let one = lower_bound(problem, &[(50e9, 8.0 * GIB as f64, 1e12)], link);
+        assert!((one - (inputs / link).max(2.0 * 4096f64.powi(3) / 50e9)).abs() / one < 1e-3, "{one}");
+        // Tiny memories force traffic far above the inputs (ITT's bound is weak:
+        // 4 MiB each would still allow about the inputs' bytes here).
+        let starved = lower_bound(problem, &vec![(50e9, 256.0 * 1024.0, 1e12); 4], link);
+        assert!(starved > 2.0 * one, "{starved} vs {one}");
+    }
+}
