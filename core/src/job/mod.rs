@@ -11,7 +11,7 @@
 mod panels;
 mod queue;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -212,6 +212,10 @@ pub struct Job {
     assembly: Assembly,
     result: Option<DenseMatrix>,
     leases: BTreeMap<LeaseId, Lease>,
+    /// Deadlines of the leases not yet expired, and every lease by issue time:
+    /// so neither the next wake-up nor the oldest straggler takes a scan.
+    deadlines: BTreeSet<(Duration, LeaseId)>,
+    by_issue: BTreeSet<(Duration, LeaseId)>,
     tile_leases: Vec<Vec<LeaseId>>,
     queue: Queue,
     /// Smoothed time from issuing a lease to its result.
@@ -260,6 +264,8 @@ impl Job {
             plan,
             result: None,
             leases: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            by_issue: BTreeSet::new(),
             tile_leases: vec![Vec::new(); tiles],
             task_time: None,
             stats: PayloadStats::default(),
@@ -432,6 +438,8 @@ impl Job {
     fn remove_lease(&mut self, lease: LeaseId) -> Option<Lease> {
         let l = self.leases.remove(&lease)?;
         self.tile_leases[l.tile].retain(|&x| x != lease);
+        self.deadlines.remove(&(l.deadline, lease));
+        self.by_issue.remove(&(l.issued, lease));
         Some(l)
     }
 
@@ -450,10 +458,10 @@ impl Job {
     /// Expires overdue leases: their tiles go back in the queue, but the
     /// leases stay, so a late result still counts. Returns (worker, tile) of each.
     pub(crate) fn expire(&mut self, now: Duration) -> Vec<(WorkerId, usize)> {
-        let overdue: Vec<LeaseId> = self.leases.iter().filter(|(_, l)| !l.expired && l.deadline <= now).map(|(&id, _)| id).collect();
         let mut expired = Vec::new();
-        for id in overdue {
-            let l = self.leases.get_mut(&id).expect("collected above");
+        while let Some(&(at, id)) = self.deadlines.first().filter(|&&(at, _)| at <= now) {
+            self.deadlines.remove(&(at, id));
+            let l = self.leases.get_mut(&id).expect("deadlines are of live leases");
             l.expired = true;
             let (worker, tile) = (l.worker, l.tile);
             expired.push((worker, tile));
@@ -485,12 +493,23 @@ impl Job {
         if self.result.is_some() {
             return None;
         }
-        let expiry = self.leases.values().filter(|l| !l.expired).map(|l| l.deadline).min();
-        let straggler = someone_idle
-            .then(|| self.straggler_threshold())
-            .flatten()
-            .and_then(|t| self.leases.values().filter(|l| self.tile_leases[l.tile].len() == 1).map(|l| l.issued + t).min());
+        let expiry = self.deadlines.first().map(|&(at, _)| at);
+        let straggler = someone_idle.then(|| self.straggler_threshold()).flatten().and_then(|t| self.oldest_single().map(|l| l.issued + t));
         expiry.into_iter().chain(straggler).min()
+    }
+
+    /// Whether a worker with room could be given something now: a queued
+    /// tile, or a straggler's to copy.
+    pub(crate) fn has_work(&self, now: Duration) -> bool {
+        if self.result.is_some() {
+            return false;
+        }
+        self.queue.has_pending() || self.straggler_threshold().zip(self.oldest_single()).is_some_and(|(t, l)| now >= l.issued + t)
+    }
+
+    /// The oldest lease that is its tile's only copy.
+    fn oldest_single(&self) -> Option<&Lease> {
+        self.by_issue.iter().map(|(_, id)| &self.leases[id]).find(|l| self.tile_leases[l.tile].len() == 1)
     }
 
     // ---- assignment ----
@@ -508,11 +527,11 @@ impl Job {
         }
         let threshold = self.straggler_threshold()?;
         let tile = self
-            .leases
-            .values()
-            .filter(|l| l.worker != worker && self.tile_leases[l.tile].len() == 1 && now >= l.issued + threshold)
-            .filter(|l| !self.rejected_by[l.tile].contains(&worker))
-            .min_by_key(|l| l.issued)?
+            .by_issue
+            .iter()
+            .map(|(_, id)| &self.leases[id])
+            .take_while(|l| now >= l.issued + threshold)
+            .find(|l| l.worker != worker && self.tile_leases[l.tile].len() == 1 && !self.rejected_by[l.tile].contains(&worker))?
             .tile;
         Some(Order { tile, speculative: true })
     }
@@ -561,6 +580,8 @@ impl Job {
         self.stats.leases_issued += 1;
         let deadline = now + self.lease_length(task_time);
         self.leases.insert(lease, Lease { tile: order.tile, worker, issued: now, deadline, expired: false, result: None });
+        self.deadlines.insert((deadline, lease));
+        self.by_issue.insert((now, lease));
         self.tile_leases[order.tile].push(lease);
         let tile = self.plan.tile(order.tile);
         let [a, b] = self.plan.panels_of(order.tile);

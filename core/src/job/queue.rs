@@ -9,6 +9,7 @@
 //! owner works), so the remaining work is laid out again whenever the pool
 //! changes; when no region can be split, it steals single tiles from the back.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
@@ -28,13 +29,13 @@ struct Region {
 
 impl Region {
     /// Cuts off the back half along its longest side; `None` for a single tile.
-    fn split(&mut self, plan: &Plan) -> Option<Region> {
+    fn split(&mut self) -> Option<Region> {
         let sides = [self.cols.len(), self.rows.len(), self.depth.len()];
         let longest = (0..3).max_by_key(|&i| (sides[i], 2 - i)).expect("three sides");
         if sides[longest] < 2 {
             return None;
         }
-        let mut back = self.clone();
+        let mut back = Region { owner: None, tiles: BTreeSet::new(), ..self.clone() };
         let cut = |r: &mut Range<usize>, b: &mut Range<usize>| {
             let mid = r.start + r.len() / 2;
             (r.end, b.start) = (mid, mid);
@@ -44,9 +45,6 @@ impl Region {
             1 => cut(&mut self.rows, &mut back.rows),
             _ => cut(&mut self.depth, &mut back.depth),
         }
-        back.owner = None;
-        back.tiles = self.tiles.iter().copied().filter(|&t| back.contains(plan, t)).collect();
-        self.tiles.retain(|t| !back.tiles.contains(t));
         Some(back)
     }
 
@@ -54,17 +52,29 @@ impl Region {
         let (r, c, s) = plan.coords(t);
         self.rows.contains(&r) && self.cols.contains(&c) && self.depth.contains(&s)
     }
+
+    /// Every tile in the box.
+    fn every_tile<'a>(&'a self, plan: &'a Plan) -> impl Iterator<Item = usize> + 'a {
+        self.rows.clone().flat_map(move |r| self.cols.clone().flat_map(move |c| self.depth.clone().map(move |s| plan.index(r, c, s))))
+    }
 }
+
+/// Regions by how much is pending in them, fullest (then lowest index) first.
+type BySize = BTreeSet<(Reverse<usize>, usize)>;
 
 #[derive(Debug)]
 pub(crate) struct Queue {
     plan: Plan,
     regions: Vec<Region>,
-    /// Each pending tile's region.
-    region_of: BTreeMap<usize, usize>,
+    /// Every tile's region, pending or not.
+    home: Vec<usize>,
+    pending: usize,
     /// Pending tiles that use each panel.
     by_panel: Vec<BTreeSet<usize>>,
     owned: BTreeMap<WorkerId, usize>,
+    /// Regions with pending tiles, fullest first; and those of them nobody owns.
+    fullest: BySize,
+    fullest_free: BySize,
 }
 
 /// How many of a held panel's pending tiles to look at before settling.
@@ -86,25 +96,65 @@ impl Queue {
                 }
             }
         }
-        let mut queue = Self { plan: plan.clone(), regions, region_of: BTreeMap::new(), by_panel: vec![BTreeSet::new(); plan.panels()], owned: BTreeMap::new() };
+        let mut home = vec![0; plan.tiles()];
+        for (index, region) in regions.iter().enumerate() {
+            for t in region.every_tile(plan) {
+                home[t] = index;
+            }
+        }
+        let mut queue = Self {
+            plan: plan.clone(),
+            regions,
+            home,
+            pending: 0,
+            by_panel: vec![BTreeSet::new(); plan.panels()],
+            owned: BTreeMap::new(),
+            fullest: BySize::new(),
+            fullest_free: BySize::new(),
+        };
         for t in 0..plan.tiles() {
             queue.push(t);
         }
         queue
     }
 
+    pub fn has_pending(&self) -> bool {
+        self.pending > 0
+    }
+
     pub fn is_pending(&self, t: usize) -> bool {
-        self.region_of.contains_key(&t)
+        self.regions[self.home[t]].tiles.contains(&t)
+    }
+
+    /// Region `r`'s entries in the size orders, before and after a change.
+    fn unlist(&mut self, r: usize) {
+        let key = (Reverse(self.regions[r].tiles.len()), r);
+        self.fullest.remove(&key);
+        self.fullest_free.remove(&key);
+    }
+
+    fn list(&mut self, r: usize) {
+        let region = &self.regions[r];
+        if region.tiles.is_empty() {
+            return;
+        }
+        let key = (Reverse(region.tiles.len()), r);
+        self.fullest.insert(key);
+        if region.owner.is_none() {
+            self.fullest_free.insert(key);
+        }
     }
 
     /// Puts tile `t` back (or in for the first time).
     pub fn push(&mut self, t: usize) {
-        if self.is_pending(t) {
+        let r = self.home[t];
+        if self.regions[r].tiles.contains(&t) {
             return;
         }
-        let region = self.regions.iter().position(|r| r.contains(&self.plan, t)).expect("regions tile the grid");
-        self.regions[region].tiles.insert(t);
-        self.region_of.insert(t, region);
+        self.unlist(r);
+        self.regions[r].tiles.insert(t);
+        self.list(r);
+        self.pending += 1;
         for panel in self.plan.panels_of(t) {
             self.by_panel[panel as usize].insert(t);
         }
@@ -112,28 +162,39 @@ impl Queue {
 
     /// Takes tile `t` out (it was issued, or is done).
     pub fn remove(&mut self, t: usize) {
-        let Some(region) = self.region_of.remove(&t) else { return };
-        self.regions[region].tiles.remove(&t);
+        let r = self.home[t];
+        if !self.regions[r].tiles.contains(&t) {
+            return;
+        }
+        self.unlist(r);
+        self.regions[r].tiles.remove(&t);
+        self.list(r);
+        self.pending -= 1;
         for panel in self.plan.panels_of(t) {
             self.by_panel[panel as usize].remove(&t);
         }
     }
 
+    fn set_owner(&mut self, r: usize, owner: Option<WorkerId>) {
+        self.unlist(r);
+        self.regions[r].owner = owner;
+        self.list(r);
+    }
+
     /// `worker` is gone: its region is anyone's.
     pub fn forget(&mut self, worker: WorkerId) {
-        if let Some(region) = self.owned.remove(&worker) {
-            self.regions[region].owner = None;
+        if let Some(r) = self.owned.remove(&worker) {
+            self.set_owner(r, None);
         }
     }
 
     /// The next tile for `worker`, which holds the panels `held` says, never
     /// one `refused` says it may not have. The tile stays pending until removed.
     pub fn next(&mut self, worker: WorkerId, held: &[PanelId], refused: impl Fn(usize) -> bool) -> Option<usize> {
-        if self.region_of.is_empty() {
+        if self.pending == 0 {
             return None;
         }
         let own = self.region(worker);
-        let mine = |q: &Self, t: usize| own.is_some_and(|r| q.region_of.get(&t) == Some(&r));
         let own_dry = own.is_none_or(|r| self.regions[r].tiles.iter().all(|&t| refused(t)));
         // Tiles that use a panel it holds: those needing no new panel first,
         // then its own region's, then (once its region is dry) anyone's.
@@ -145,7 +206,7 @@ impl Queue {
                     continue;
                 }
                 let missing = self.plan.panels_of(t).iter().filter(|p| !held.contains(p)).count();
-                let outside = !mine(self, t);
+                let outside = own != Some(self.home[t]);
                 if missing > 0 && outside && !own_dry {
                     continue;
                 }
@@ -161,7 +222,7 @@ impl Queue {
             return Some(t);
         }
         // Steal from the back of the fullest region.
-        let fullest = (0..self.regions.len()).max_by_key(|&r| self.regions[r].tiles.len())?;
+        let &(_, fullest) = self.fullest.first()?;
         self.regions[fullest].tiles.iter().rev().copied().find(|&t| !refused(t))
     }
 
@@ -172,30 +233,32 @@ impl Queue {
             if !self.regions[r].tiles.is_empty() {
                 return Some(r);
             }
-            self.regions[r].owner = None;
             self.owned.remove(&worker);
+            self.set_owner(r, None);
         }
-        let free = (0..self.regions.len())
-            .filter(|&r| self.regions[r].owner.is_none() && !self.regions[r].tiles.is_empty())
-            .max_by_key(|&r| (self.regions[r].tiles.len(), std::cmp::Reverse(r)));
-        let r = match free {
-            Some(r) => r,
+        let r = match self.fullest_free.first() {
+            Some(&(_, r)) => r,
             None => {
-                let fullest = (0..self.regions.len()).max_by_key(|&r| (self.regions[r].tiles.len(), std::cmp::Reverse(r)))?;
-                let back = self.regions[fullest].split(&self.plan)?;
+                let &(_, fullest) = self.fullest.first()?;
+                let mut back = self.regions[fullest].split()?;
+                let r = self.regions.len();
+                self.unlist(fullest);
+                back.tiles = self.regions[fullest].tiles.iter().copied().filter(|&t| back.contains(&self.plan, t)).collect();
+                self.regions[fullest].tiles.retain(|t| !back.tiles.contains(t));
+                for t in back.every_tile(&self.plan) {
+                    self.home[t] = r;
+                }
                 let empty = back.tiles.is_empty();
                 self.regions.push(back);
-                let r = self.regions.len() - 1;
-                for &t in &self.regions[r].tiles {
-                    self.region_of.insert(t, r);
-                }
+                self.list(fullest);
+                self.list(r);
                 if empty {
                     return None; // nothing pending there now: it steals instead
                 }
                 r
             }
         };
-        self.regions[r].owner = Some(worker);
+        self.set_owner(r, Some(worker));
         self.owned.insert(worker, r);
         Some(r)
     }

@@ -135,7 +135,7 @@ impl CostModel {
             let (tr, tc, td) = (size(qr, wr, m), size(qc, wc, n), size(qk, wk, k));
             self.slots as f64 * (problem.bytes(tr, td) + problem.bytes(td, tc) + problem.bytes(tr, tc))
         };
-        let worth_it = |qr, qc| flops(size(qr, wr, m), k.div_ceil(wk), size(qc, wc, n)) / 2.0 >= self.min_task_seconds * self.assumed_flops_per_second;
+        let worth_it = |qr, qc| flops(size(qr, wr, m), k.div_ceil(wk), size(qc, wc, n)) >= self.min_task_seconds * self.assumed_flops_per_second;
         loop {
             let (tr, tc) = (size(qr, wr, m), size(qc, wc, n));
             let too_big = working_set(qr, qc, qk) > memory;

@@ -120,16 +120,6 @@ impl Worker {
     pub fn has_room(&self) -> bool {
         self.leases.len() < self.slots
     }
-
-    /// A lease ended (a result, a cancel, a hand-back): its panels and product are free.
-    pub fn end_lease(&mut self, lease: LeaseId) -> Option<Held> {
-        let held = self.leases.remove(&lease)?;
-        for panel in held.panels {
-            self.cache.unpin(held.job, panel);
-        }
-        self.cache.release(held.product);
-        Some(held)
-    }
 }
 
 #[derive(Debug)]
@@ -141,6 +131,14 @@ pub struct Pool {
     /// Connections not yet welcomed (or refused), by address.
     connecting: BTreeMap<WorkerId, Option<IpAddr>>,
     pub(crate) workers: BTreeMap<WorkerId, Worker>,
+    /// Workers with room for another task.
+    room: BTreeSet<WorkerId>,
+    /// Each worker's next liveness check (a heartbeat due, or its silence
+    /// limit), earliest first. Kept lazily: hearing from a worker does not move
+    /// its check; a check that finds nothing due sets the next one.
+    checks: BTreeSet<(Duration, WorkerId)>,
+    /// Connected workers by kind: native, browser.
+    headcount: [usize; 2],
     infos: BTreeMap<WorkerId, WorkerInfo>,
     /// Addresses that sent too many wrong results: refused for the pool's life.
     banned: BTreeSet<IpAddr>,
@@ -155,6 +153,9 @@ impl Pool {
             max_strikes,
             connecting: BTreeMap::new(),
             workers: BTreeMap::new(),
+            room: BTreeSet::new(),
+            checks: BTreeSet::new(),
+            headcount: [0; 2],
             infos: BTreeMap::new(),
             banned: BTreeSet::new(),
         }
@@ -204,7 +205,12 @@ impl Pool {
             liveness,
             task_time: None,
         };
+        self.checks.insert((w.liveness.next_wake(self.heartbeat.timeout), worker));
+        if w.has_room() {
+            self.room.insert(worker);
+        }
         self.workers.insert(worker, w);
+        self.headcount[kind_index(hello.kind)] += 1;
         let info = WorkerInfo {
             kind: hello.kind,
             name: hello.name,
@@ -238,10 +244,44 @@ impl Pool {
     /// The worker's connection is gone; returns what it held.
     pub(crate) fn leave(&mut self, worker: WorkerId) -> Option<Worker> {
         self.connecting.remove(&worker);
+        let w = self.workers.remove(&worker)?;
+        self.room.remove(&worker);
+        self.checks.retain(|&(_, id)| id != worker);
         if let Some(info) = self.infos.get_mut(&worker) {
             info.connected = false;
+            self.headcount[kind_index(info.kind)] -= 1;
         }
-        self.workers.remove(&worker)
+        Some(w)
+    }
+
+    /// Gives `worker` a lease.
+    pub(crate) fn add_lease(&mut self, worker: WorkerId, lease: LeaseId, held: Held) {
+        let w = self.workers.get_mut(&worker).expect("a member");
+        w.leases.insert(lease, held);
+        if !w.has_room() {
+            self.room.remove(&worker);
+        }
+    }
+
+    /// A lease ended (a result, a cancel, a hand-back): its panels and product are free.
+    pub(crate) fn end_lease(&mut self, worker: WorkerId, lease: LeaseId) -> Option<Held> {
+        let w = self.workers.get_mut(&worker)?;
+        let held = w.leases.remove(&lease)?;
+        for panel in held.panels {
+            w.cache.unpin(held.job, panel);
+        }
+        w.cache.release(held.product);
+        self.room.insert(worker);
+        Some(held)
+    }
+
+    /// Workers with room for another task.
+    pub(crate) fn with_room(&self) -> impl Iterator<Item = WorkerId> + '_ {
+        self.room.iter().copied()
+    }
+
+    pub(crate) fn someone_has_room(&self) -> bool {
+        !self.room.is_empty()
     }
 
     pub fn heard(&mut self, worker: WorkerId, now: Duration) {
@@ -250,18 +290,29 @@ impl Pool {
         }
     }
 
-    /// Workers a heartbeat is due to (each is then scheduled for the next one).
-    pub(crate) fn beats_due(&mut self, now: Duration) -> Vec<WorkerId> {
-        let heartbeat = self.heartbeat;
-        self.workers.iter_mut().filter_map(|(&id, w)| w.liveness.beat_due(now, &heartbeat).then_some(id)).collect()
+    /// Time has reached `now`: the workers a heartbeat is due to, and those
+    /// silent past their limit (with how long), whose checks are then dropped.
+    pub(crate) fn due(&mut self, now: Duration, typical: Option<Duration>) -> (Vec<WorkerId>, Vec<(WorkerId, Duration)>) {
+        let (mut beats, mut silent) = (Vec::new(), Vec::new());
+        while let Some(&(at, id)) = self.checks.first().filter(|&&(at, _)| at <= now) {
+            self.checks.remove(&(at, id));
+            let limit = self.silence_limit_of(id, typical);
+            let w = self.workers.get_mut(&id).expect("checks are of members");
+            if w.liveness.beat_due(now, &self.heartbeat) {
+                beats.push(id);
+            }
+            match w.liveness.silent_past(now, limit) {
+                Some(quiet) => silent.push((id, quiet)),
+                None => {
+                    self.checks.insert((w.liveness.next_wake(limit), id));
+                }
+            }
+        }
+        (beats, silent)
     }
 
-    /// Workers silent past their limit, and for how long.
-    pub(crate) fn silent(&self, now: Duration, typical: Option<Duration>) -> Vec<(WorkerId, Duration)> {
-        self.workers
-            .iter()
-            .filter_map(|(&id, w)| w.liveness.silent_past(now, self.silence_limit(w, typical)).map(|s| (id, s)))
-            .collect()
+    fn silence_limit_of(&self, worker: WorkerId, typical: Option<Duration>) -> Duration {
+        self.silence_limit(&self.workers[&worker], typical)
     }
 
     /// Silence allowed before `w` is given up on: a browser tab says nothing
@@ -271,9 +322,9 @@ impl Pool {
         self.heartbeat.timeout.max(computing)
     }
 
-    /// The next moment a heartbeat is due or a silence limit passes.
-    pub(crate) fn next_wake(&self, typical: Option<Duration>) -> Option<Duration> {
-        self.workers.values().map(|w| w.liveness.next_wake(self.silence_limit(w, typical))).min()
+    /// The next liveness check.
+    pub(crate) fn next_wake(&self) -> Option<Duration> {
+        self.checks.first().map(|&(at, _)| at)
     }
 
     /// Records a wrong result; returns the strikes so far and whether that is
@@ -323,7 +374,14 @@ impl Pool {
 
     /// Connected workers of `kind`.
     pub fn connected(&self, kind: WorkerKind) -> usize {
-        self.infos.values().filter(|i| i.connected && i.kind == kind).count()
+        self.headcount[kind_index(kind)]
+    }
+}
+
+fn kind_index(kind: WorkerKind) -> usize {
+    match kind {
+        WorkerKind::Native => 0,
+        WorkerKind::Browser => 1,
     }
 }
 

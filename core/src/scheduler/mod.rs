@@ -260,13 +260,15 @@ impl Scheduler {
             Entry::Running(job) => job,
             Entry::Unplanned(_) => return None,
         };
-        for (&worker, w) in &mut self.pool.workers {
-            let leases: Vec<LeaseId> = w.leases.iter().filter(|(_, h)| h.job == id).map(|(&l, _)| l).collect();
+        let ids: Vec<WorkerId> = self.pool.workers.keys().copied().collect();
+        for worker in ids {
+            let leases: Vec<LeaseId> = self.pool.workers[&worker].leases.iter().filter(|(_, h)| h.job == id).map(|(&l, _)| l).collect();
             for lease in leases {
-                w.end_lease(lease);
-                w.cancelled.insert(lease);
+                self.pool.end_lease(worker, lease);
+                self.pool.workers.get_mut(&worker).expect("listed").cancelled.insert(lease);
                 self.outputs.push_back(Output::Send { to: worker, frame: Frame::new(Message::Cancel { lease }) });
             }
+            let w = self.pool.workers.get_mut(&worker).expect("listed");
             if w.jobs.remove(&id) {
                 w.cache.drop_job(id);
                 self.outputs.push_back(Output::Send { to: worker, frame: Frame::new(Message::JobDone { job: id }) });
@@ -325,7 +327,7 @@ impl Scheduler {
             }
             Message::Release { leases } => {
                 for lease in leases {
-                    let held = self.pool.workers.get_mut(&worker).and_then(|w| w.end_lease(lease));
+                    let held = self.pool.end_lease(worker, lease);
                     if let Some(Entry::Running(job)) = held.and_then(|h| self.jobs.get_mut(&h.job)) {
                         job.drop_lease(lease);
                     }
@@ -391,9 +393,7 @@ impl Scheduler {
 
     /// Acts on what became of a finished lease.
     fn settle(&mut self, job_id: JobId, worker: WorkerId, lease: LeaseId, finished: Finished) -> Result<(), CloseReason> {
-        if let Some(w) = self.pool.workers.get_mut(&worker) {
-            w.end_lease(lease);
-        }
+        self.pool.end_lease(worker, lease);
         let Some(Entry::Running(job)) = self.jobs.get(&job_id) else { return Ok(()) };
         match finished {
             Finished::Accepted { tile, took, compute, losers, done, block_done, complete } => {
@@ -404,9 +404,8 @@ impl Scheduler {
                 self.outputs.push_back(Output::Event(Event::TileDone { job: job_id, worker, tile, block, block_done }));
                 self.send(worker, Frame::new(Message::Accepted { lease, done, total }));
                 for (loser, lease) in losers {
-                    if let Some(w) = self.pool.workers.get_mut(&loser) {
-                        w.end_lease(lease);
-                        w.cancelled.insert(lease);
+                    if self.pool.end_lease(loser, lease).is_some() {
+                        self.pool.workers.get_mut(&loser).expect("a member").cancelled.insert(lease);
                     }
                     self.send(loser, Frame::new(Message::Cancel { lease }));
                 }
@@ -466,10 +465,11 @@ impl Scheduler {
     /// Time has reached `now`: send heartbeats, close silent workers, expire
     /// overdue leases and give stragglers' tiles to idle workers.
     fn on_timeout(&mut self, now: Duration) {
-        for worker in self.pool.beats_due(now) {
+        let (beats, silent) = self.pool.due(now, self.typical_task_time());
+        for worker in beats {
             self.send(worker, Frame::new(Message::Heartbeat));
         }
-        for (worker, silent_for) in self.pool.silent(now, self.typical_task_time()) {
+        for (worker, silent_for) in silent {
             self.close(worker, CloseReason::Silent(silent_for), false, now);
         }
         for (&id, entry) in &mut self.jobs {
@@ -494,10 +494,10 @@ impl Scheduler {
     }
 
     fn next_wake(&self) -> Option<Duration> {
-        let idle = self.pool.workers.values().any(|w| w.has_room());
+        let idle = self.pool.someone_has_room();
         let jobs = self.running().filter_map(|(_, j)| j.next_wake(idle));
         let planning = self.planning_due().filter(|_| self.jobs.values().any(|e| matches!(e, Entry::Unplanned(_))));
-        jobs.chain(self.pool.next_wake(self.typical_task_time())).chain(planning).min()
+        jobs.chain(self.pool.next_wake()).chain(planning).min()
     }
 
     /// When waiting jobs may be planned: once there are workers and no newcomer for a while.
@@ -524,8 +524,11 @@ impl Scheduler {
             }
         }
         loop {
+            if !self.running().any(|(_, j)| j.has_work(now)) {
+                return;
+            }
             let mut gave = false;
-            let hungry: Vec<WorkerId> = self.pool.workers.iter().filter(|(_, w)| w.has_room()).map(|(&id, _)| id).collect();
+            let hungry: Vec<WorkerId> = self.pool.with_room().collect();
             for worker in hungry {
                 gave |= self.offer(worker, now);
             }
@@ -589,8 +592,8 @@ impl Scheduler {
         w.cache.reserve(product);
         let lease = self.next_lease;
         self.next_lease += 1;
-        w.leases.insert(lease, Held { job: id, panels, product });
         frames.push(job.issue(worker, w.task_time, order, lease, now));
+        self.pool.add_lease(worker, lease, Held { job: id, panels, product });
         if speculative {
             self.outputs.push_back(Output::Event(Event::Speculated { job: id, worker, tile }));
         }

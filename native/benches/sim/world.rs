@@ -1,0 +1,389 @@
+//! One simulated run: the real core scheduler (pool and job) and real worker
+//! sessions, on a virtual clock, with links and compute times modelled.
+//!
+//! The matrices are scaled down so that they fit in memory: the same grid of
+//! tiles, with bands of two rows, columns or depth. Every size that costs time
+//! is taken from the full-size plan instead: a panel's bytes and a tile's
+//! product and flops, looked up by their place in the grid. Each worker's
+//! memory budget is scaled by the ratio of one tile's working set at the two
+//! scales, so as many tiles fit in it. The grid is the same at both scales, so
+//! the scheduler makes the decisions it would make on the real job; and the
+//! small matrices are real, so every result is verified and C is checked.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use colonnade_core::codec;
+use colonnade_core::job::Job;
+use colonnade_core::plan::Plan;
+use colonnade_core::protocol::{Frame, Message, WorkerKind};
+use colonnade_core::scheduler::{Event, Input, Output, Scheduler, SchedulerConfig, WorkerId};
+use colonnade_core::verify::Verifier;
+use colonnade_core::worker::{WorkerConfig, WorkerSession};
+use colonnade_core::{DenseMatrix, Matrix};
+
+/// Bytes of a message's header, on the wire.
+const HEADER: f64 = 32.0;
+
+/// One simulated worker.
+#[derive(Clone, Debug)]
+pub struct WorkerSpec {
+    pub kind: WorkerKind,
+    /// Kernel speed, flop/s.
+    pub flops: f64,
+    /// Its own link, bytes/s each way.
+    pub link: f64,
+    /// One-way latency to the master, seconds.
+    pub latency: f64,
+    /// Memory budget, bytes.
+    pub memory: u64,
+    pub join_at: f64,
+    pub leave_at: Option<f64>,
+    /// Adds 1 to an element of every result.
+    pub liar: bool,
+}
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// The plan, at full scale.
+    pub plan: Plan,
+    /// The master's link, bytes/s each way.
+    pub master_link: f64,
+    pub workers: Vec<WorkerSpec>,
+    /// A panel another worker already holds comes from that worker (over its
+    /// uplink) rather than from the master: the relay, evaluated on paper.
+    pub relay: bool,
+    /// Give up after this much virtual time.
+    pub horizon: f64,
+}
+
+/// What happened.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub makespan: f64,
+    pub complete: bool,
+    /// Bytes out of and into the master's link, at full scale.
+    pub egress: f64,
+    pub ingress: f64,
+    /// Bytes that went worker to worker (relay only).
+    pub relayed: f64,
+    pub leases: u64,
+    pub rejected: u64,
+    /// Real CPU time spent inside the scheduler, per lease issued.
+    pub cpu_per_task: Duration,
+    pub events: u64,
+    pub correct: bool,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Happening {
+    Join(usize),
+    Leave(WorkerId),
+    ToWorker(WorkerId, Vec<u8>),
+    ToMaster(WorkerId, Vec<u8>),
+    Computed(WorkerId, u64),
+    WorkerWake(WorkerId),
+    MasterWake,
+}
+
+#[derive(Debug)]
+struct SimWorker {
+    spec: WorkerSpec,
+    session: WorkerSession,
+    /// When its downlink and uplink are next free.
+    down_free: f64,
+    up_free: f64,
+    /// The product being computed, and when it is done.
+    computing: Option<(u64, DenseMatrix, f64)>,
+    wake_at: f64,
+}
+
+/// Time as an ordered integer (nanoseconds), for the event queue.
+fn ns(t: f64) -> u64 {
+    (t * 1e9).round() as u64
+}
+
+pub fn run(setup: &Setup) -> Outcome {
+    let plan = &setup.plan;
+    let (pr, pc, pk) = plan.shape();
+    let small = Plan::grid(2 * pr, 2 * pk, 2 * pc, pr, pc, pk).laid_out(plan.layout);
+    let mut sizes = Sizes::new(plan, &small);
+    let a = Matrix::from_fn(small.m, small.k, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+    let b = Matrix::from_fn(small.k, small.n, |i, j| ((i * 5 + j * 13) % 9) as f64 - 4.0);
+    let expected = colonnade_core::kernel::multiply(&a, b.as_slice());
+    let (a, b) = (Arc::new(DenseMatrix::from(a)), Arc::new(DenseMatrix::from(b)));
+    let weights = (0..small.n).map(|j| [3.0, -1.0, 2.0, -5.0, 1.0, 4.0][j % 6]).collect();
+    let verifier = Verifier::new(Arc::clone(&a), &b, &Job::verified_tiles(&small), weights, true);
+    let config = SchedulerConfig { settle: Duration::ZERO, ..SchedulerConfig::default() };
+    let job = Job::new(1, a, b, small.clone(), config.leases.clone(), config.max_chunk).expect("a valid job").with_verifier(verifier);
+    let mut sched = Scheduler::new(config);
+    sched.add_job(job, Duration::ZERO);
+
+    let mut out = Outcome::default();
+    let mut queue: BinaryHeap<Reverse<(u64, u64, Happening)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut push = |queue: &mut BinaryHeap<Reverse<(u64, u64, Happening)>>, at: f64, what: Happening| {
+        seq += 1;
+        queue.push(Reverse((ns(at), seq, what)));
+    };
+    for (i, w) in setup.workers.iter().enumerate() {
+        push(&mut queue, w.join_at, Happening::Join(i));
+    }
+    let mut workers: BTreeMap<WorkerId, SimWorker> = BTreeMap::new();
+    let mut spec_of: HashMap<WorkerId, usize> = HashMap::new();
+    let (mut egress_free, mut ingress_free) = (0.0f64, 0.0f64);
+    let mut master_wake: Option<f64> = None;
+    // Who holds which panel, for the relay.
+    let mut holders: HashMap<(u64, u32), Vec<WorkerId>> = HashMap::new();
+    let mut cpu = Duration::ZERO;
+    let mut next_id: WorkerId = 1;
+
+    while let Some(Reverse((at, _, happening))) = queue.pop() {
+        let now = at as f64 / 1e9;
+        if now > setup.horizon {
+            break;
+        }
+        out.events += 1;
+        let now_d = Duration::from_nanos(at);
+        let started = Instant::now();
+        let mut touched_master = true;
+        match happening {
+            Happening::Join(i) => {
+                let spec = setup.workers[i].clone();
+                let id = next_id;
+                next_id += 1;
+                let config = WorkerConfig { memory: sizes.memory(spec.memory), ..WorkerConfig::new(spec.kind, format!("sim-{i}")) };
+                let session = WorkerSession::new(config, now_d);
+                if let Some(leave) = spec.leave_at {
+                    push(&mut queue, leave.max(now), Happening::Leave(id));
+                }
+                spec_of.insert(id, i);
+                workers.insert(id, SimWorker { spec, session, down_free: now, up_free: now, computing: None, wake_at: f64::INFINITY });
+                sched.handle_input(Input::Connected { worker: id, addr: None }, now_d);
+                flush_worker(id, now, &mut workers, &mut queue, &mut push, &mut ingress_free, setup.master_link, &mut sizes, &mut out);
+            }
+            Happening::Leave(id) => {
+                if workers.remove(&id).is_some() {
+                    sched.handle_input(Input::Disconnected { worker: id }, now_d);
+                    for list in holders.values_mut() {
+                        list.retain(|&w| w != id);
+                    }
+                }
+            }
+            Happening::ToMaster(id, bytes) => {
+                if workers.contains_key(&id) {
+                    sched.handle_input(Input::Message { worker: id, bytes: &bytes }, now_d);
+                }
+            }
+            Happening::MasterWake => {
+                if master_wake.is_some_and(|w| ns(w) == at) {
+                    master_wake = None;
+                    sched.handle_input(Input::Timeout, now_d);
+                }
+            }
+            Happening::ToWorker(id, bytes) => {
+                touched_master = false;
+                let Some(w) = workers.get_mut(&id) else { continue };
+                if w.session.handle_message(&bytes, now_d).is_err() {
+                    continue; // e.g. a master gone silent: the session would reconnect; the sim ignores it
+                }
+                start_compute(id, now, &mut workers, &mut queue, &mut push, &sizes);
+                flush_worker(id, now, &mut workers, &mut queue, &mut push, &mut ingress_free, setup.master_link, &mut sizes, &mut out);
+            }
+            Happening::Computed(id, lease) => {
+                touched_master = false;
+                let Some(w) = workers.get_mut(&id) else { continue };
+                let Some((l, c, took)) = w.computing.take() else { continue };
+                debug_assert_eq!(l, lease);
+                w.session.complete(lease, c, Duration::from_secs_f64(took));
+                start_compute(id, now, &mut workers, &mut queue, &mut push, &sizes);
+                flush_worker(id, now, &mut workers, &mut queue, &mut push, &mut ingress_free, setup.master_link, &mut sizes, &mut out);
+            }
+            Happening::WorkerWake(id) => {
+                touched_master = false;
+                let Some(w) = workers.get_mut(&id) else { continue };
+                if ns(w.wake_at) != at {
+                    continue;
+                }
+                w.wake_at = f64::INFINITY;
+                if w.session.handle_timeout(now_d).is_err() {
+                    continue;
+                }
+                flush_worker(id, now, &mut workers, &mut queue, &mut push, &mut ingress_free, setup.master_link, &mut sizes, &mut out);
+            }
+        }
+        if !touched_master {
+            continue;
+        }
+        // Carry out what the scheduler asks.
+        loop {
+            match sched.poll_output() {
+                Output::Send { to, frame } => {
+                    if !workers.contains_key(&to) {
+                        continue;
+                    }
+                    let size = HEADER + sizes.sent(&frame.message);
+                    let relay_from = match (&frame.message, setup.relay) {
+                        (Message::Panel { job, panel, .. }, true) => holders.get(&(*job, *panel)).and_then(|h| h.iter().find(|&&x| x != to).copied()),
+                        _ => None,
+                    };
+                    if let Message::Panel { job, panel, .. } = &frame.message {
+                        holders.entry((*job, *panel)).or_default().push(to);
+                    }
+                    let sent = match relay_from.and_then(|r| workers.get(&r).map(|h| (r, h.up_free, h.spec.link))) {
+                        Some((r, up_free, link)) => {
+                            let done = up_free.max(now) + size / link;
+                            workers.get_mut(&r).expect("listed").up_free = done;
+                            out.relayed += size;
+                            done
+                        }
+                        None => {
+                            egress_free = egress_free.max(now) + size / setup.master_link;
+                            out.egress += size;
+                            egress_free
+                        }
+                    };
+                    let w = workers.get_mut(&to).expect("checked");
+                    w.down_free = sent.max(w.down_free + size / w.spec.link);
+                    let arrive = w.down_free + w.spec.latency;
+                    push(&mut queue, arrive, Happening::ToWorker(to, codec::encode_frame(&frame)));
+                }
+                Output::Close { worker, .. } => {
+                    workers.remove(&worker);
+                }
+                Output::Event(Event::JobComplete { .. }) => {
+                    out.complete = true;
+                    out.makespan = now;
+                }
+                Output::Event(Event::Rejected { .. }) => out.rejected += 1,
+                Output::Event(_) => {}
+                Output::Wake(at) => {
+                    if let Some(at) = at {
+                        let at = (at.as_secs_f64()).max(now);
+                        if master_wake.is_none_or(|w| w > at) {
+                            master_wake = Some(at);
+                            push(&mut queue, at, Happening::MasterWake);
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        cpu += started.elapsed();
+        if out.complete {
+            break;
+        }
+    }
+    if let Some(mut job) = sched.remove_job(1, Duration::ZERO) {
+        out.leases = job.stats().leases_issued;
+        out.correct = job.take_result().is_some_and(|c| c == DenseMatrix::from(expected));
+    }
+    out.cpu_per_task = cpu / out.leases.max(1) as u32;
+    out
+}
+
+type Push<'a> = dyn FnMut(&mut BinaryHeap<Reverse<(u64, u64, Happening)>>, f64, Happening) + 'a;
+
+/// Starts the worker's next task if it is idle and one is ready.
+fn start_compute(id: WorkerId, now: f64, workers: &mut BTreeMap<WorkerId, SimWorker>, queue: &mut BinaryHeap<Reverse<(u64, u64, Happening)>>, push: &mut Push<'_>, sizes: &Sizes) {
+    let w = workers.get_mut(&id).expect("a live worker");
+    if w.computing.is_some() {
+        return;
+    }
+    let Some(task) = w.session.next_task() else { return };
+    let mut c = task.compute();
+    if w.spec.liar {
+        let bytes = c.as_bytes_mut();
+        let first = f64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        bytes[..8].copy_from_slice(&(first + 1.0).to_le_bytes());
+    }
+    let took = sizes.flops(task.lease) / w.spec.flops;
+    w.computing = Some((task.lease, c, took));
+    push(queue, now + took, Happening::Computed(id, task.lease));
+}
+
+/// Sends what the worker's session has queued, over its uplink and the
+/// master's ingress, and schedules its next timer.
+#[allow(clippy::too_many_arguments)]
+fn flush_worker(
+    id: WorkerId,
+    now: f64,
+    workers: &mut BTreeMap<WorkerId, SimWorker>,
+    queue: &mut BinaryHeap<Reverse<(u64, u64, Happening)>>,
+    push: &mut Push<'_>,
+    ingress_free: &mut f64,
+    master_link: f64,
+    sizes: &mut Sizes,
+    out: &mut Outcome,
+) {
+    let w = workers.get_mut(&id).expect("a live worker");
+    while let Some(frame) = w.session.poll_transmit() {
+        let size = HEADER + sizes.received(&frame.message);
+        w.up_free = w.up_free.max(now) + size / w.spec.link;
+        *ingress_free = ingress_free.max(w.up_free - size / w.spec.link) + size / master_link;
+        let arrive = ingress_free.max(w.up_free) + w.spec.latency;
+        out.ingress += size;
+        push(queue, arrive, Happening::ToMaster(id, codec::encode_frame(&Frame { message: frame.message, body: frame.body })));
+    }
+    let wake = w.session.poll_timeout().as_secs_f64().max(now);
+    if wake < w.wake_at {
+        w.wake_at = wake;
+        push(queue, wake, Happening::WorkerWake(id));
+    }
+}
+
+/// Full-size bytes and flops of what travels and what is computed.
+#[derive(Debug)]
+struct Sizes {
+    full: Plan,
+    /// Each lease's tile, from the tasks sent.
+    leases: HashMap<u64, usize>,
+    /// One tile's working set (panels and product), full size over small.
+    memory_ratio: f64,
+}
+
+impl Sizes {
+    fn new(full: &Plan, small: &Plan) -> Self {
+        let working_set = |p: &Plan| (p.largest_tile_elements() * 8) as f64;
+        Self { full: full.clone(), leases: HashMap::new(), memory_ratio: working_set(small) / working_set(full) }
+    }
+
+    /// A worker's memory at the small scale.
+    fn memory(&self, full: u64) -> u64 {
+        ((full as f64 * self.memory_ratio) as u64).max(1)
+    }
+
+    /// Bytes of a message the master sends, at full size (bodies only), noting tasks' tiles.
+    fn sent(&mut self, message: &Message) -> f64 {
+        match message {
+            Message::Panel { panel, .. } => (self.full.panel(*panel).elements() * 8) as f64,
+            Message::Task { lease, a, b, .. } => {
+                let (pk, pc) = (self.full.depth.parts, self.full.cols.parts);
+                let (r, s) = (*a as usize / pk, *a as usize % pk);
+                let c = (*b as usize - self.full.rows.parts * pk) % pc;
+                self.leases.insert(*lease, self.full.index(r, c, s));
+                0.0
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Bytes of a message a worker sends, at full size (bodies only).
+    fn received(&self, message: &Message) -> f64 {
+        match message {
+            Message::ResultChunk { lease, offset: 0, .. } => self.leases.get(lease).map_or(0.0, |&t| {
+                let tile = self.full.tile(t);
+                (tile.rows.len() * tile.cols.len() * 8) as f64
+            }),
+            _ => 0.0,
+        }
+    }
+
+    fn flops(&self, lease: u64) -> f64 {
+        let tile = self.full.tile(self.leases[&lease]);
+        colonnade_core::kernel::flops(tile.rows.len(), tile.depth.len(), tile.cols.len())
+    }
+}
