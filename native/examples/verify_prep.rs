@@ -10,12 +10,13 @@ use colonnade_core::{DenseMatrix, Matrix};
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(4096);
     let a = std::sync::Arc::new(DenseMatrix::F64(Matrix::from_fn(n, n, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0)));
-    let b = DenseMatrix::F64(Matrix::from_fn(n, n, |i, j| ((i * 5 + j * 13) % 9) as f64 - 4.0));
+    let b = std::sync::Arc::new(DenseMatrix::F64(Matrix::from_fn(n, n, |i, j| ((i * 5 + j * 13) % 9) as f64 - 4.0)));
     let plan = Plan::new(n, n, n, CostModel::default().block_width(n, n, n, 8));
+    let tiles: Vec<_> = (0..plan.blocks()).map(|i| plan.tile(i)).collect();
     let mut times: Vec<f64> = (0..5)
         .map(|_| {
             let start = Instant::now();
-            let v = Verifier::new(std::sync::Arc::clone(&a), &b, &plan, vec![1.5; n], false);
+            let v = Verifier::new(std::sync::Arc::clone(&a), std::sync::Arc::clone(&b), &tiles, vec![1.5; n], false);
             std::hint::black_box(v);
             start.elapsed().as_secs_f64()
         })

@@ -265,7 +265,8 @@ fn prepare(spec: JobSpec, config: &SchedulerConfig, checkpoint: Option<&(PathBuf
     let (a, b) = (Arc::new(a), Arc::new(b));
     let job = Job::new(rng.random::<u64>(), Arc::clone(&a), Arc::clone(&b), plan.clone(), config.leases.clone(), config.max_chunk)?;
     let started = Instant::now();
-    let verifier = Verifier::new(a, &b, &plan, weights, integer);
+    let tiles: Vec<_> = (0..plan.blocks()).map(|i| plan.tile(i)).collect();
+    let verifier = Verifier::new(a, b, &tiles, weights, integer);
     let verify_prep = started.elapsed();
     let mut job = job.with_verifier(verifier);
     let mut restored_columns = 0;

@@ -343,7 +343,9 @@ fn wrong_results_are_caught_reissued_elsewhere_and_their_sender_is_cut_off() {
     let (m, k, n, width) = (6, 5, 24, 2);
     let (a, b) = operands(m, k, n);
     let weights = (0..n).map(|j| [3.0, -1.0, 2.0, -5.0][j % 4]).collect();
-    let verifier = Verifier::new(DenseMatrix::from(a), &b.into(), &Plan::new(m, k, n, width), weights, true);
+    let plan = Plan::new(m, k, n, width);
+    let tiles: Vec<_> = (0..plan.blocks()).map(|i| plan.tile(i)).collect();
+    let verifier = Verifier::new(DenseMatrix::from(a), DenseMatrix::from(b), &tiles, weights, true);
     let mut sim = Sim::with_job(m, k, n, width, quick_config(), |job| job.with_verifier(verifier));
     let liar = sim.join(2);
     sim.workers.get_mut(&liar).unwrap().liar = true;
@@ -417,7 +419,9 @@ fn restored_blocks_are_verified_and_never_recomputed() {
     let (a, b) = operands(m, k, n);
     let c = DenseMatrix::from(naive(&a, &b));
     let weights = (0..n).map(|j| [2.0, -3.0][j % 2]).collect();
-    let verifier = Verifier::new(DenseMatrix::from(a), &b.into(), &Plan::new(m, k, n, width), weights, true);
+    let plan = Plan::new(m, k, n, width);
+    let tiles: Vec<_> = (0..plan.blocks()).map(|i| plan.tile(i)).collect();
+    let verifier = Verifier::new(DenseMatrix::from(a), DenseMatrix::from(b), &tiles, weights, true);
     let block = |j: usize| c.as_bytes()[j * 2 * m * 8..(j + 1) * 2 * m * 8].to_vec();
     let (good, mut bad) = (block(1), block(4));
     bad[3] ^= 0x40;
