@@ -47,9 +47,13 @@ pub(super) fn within(x: f64, limit: f64) -> bool {
 pub(super) struct Precision {
     /// Unit roundoff: every operation's relative error is at most u.
     pub u: f64,
-    /// The smallest positive subnormal: more than the absolute error of one
-    /// operation whose result underflows (round to nearest loses at most half).
-    pub tiny: f64,
+    /// The smallest positive subnormal ("tiny": more than the absolute error
+    /// of one operation whose result underflows) over 2^-1022, f64's smallest
+    /// normal number: tiny itself is a subnormal in f64, slow to compute with.
+    pub tiny_over_min_normal: f64,
+    /// Below this, a sum t_p = Σ_j |b_pj·r_j| may have lost to underflow an
+    /// amount that is not negligible next to itself (see [`Self::small_t`]).
+    pub small_t_below: f64,
     /// The largest finite value.
     pub max: f64,
     /// Every integer below this is exact, and so is every sum of them.
@@ -58,14 +62,16 @@ pub(super) struct Precision {
 
 pub(super) const F64: Precision = Precision {
     u: f64::EPSILON / 2.0,
-    tiny: f64::from_bits(1),
+    tiny_over_min_normal: f64::EPSILON, // 2^-1074 / 2^-1022
+    small_t_below: f64::from_bits((1023 - 900) << 52), // 2^-900
     max: f64::MAX,
     exact_below: 9_007_199_254_740_992.0,
 };
 
 pub(super) const F32: Precision = Precision {
     u: f32::EPSILON as f64 / 2.0,
-    tiny: 1.401_298_464_324_817e-45,
+    tiny_over_min_normal: f64::from_bits((1023 + 873) << 52), // 2^-149 / 2^-1022
+    small_t_below: f64::from_bits((1023 - 100) << 52),        // 2^-100
     max: f32::MAX as f64,
     exact_below: 16_777_216.0,
 };
@@ -89,10 +95,29 @@ impl Precision {
         }
     }
 
+    /// At least `count` times tiny, and never subnormal: arithmetic on
+    /// subnormals takes a slow path on x86 (about 100 times slower), and for
+    /// f64 the exact figure would be one. It is at least f64's smallest normal
+    /// number, which loosens nothing that matters.
+    pub(super) fn underflow(self, count: f64) -> f64 {
+        f64::MIN_POSITIVE * (count * self.tiny_over_min_normal).max(1.0)
+    }
+
+    /// Where a column of t = |B|·|r| over a group of `w` columns is positive
+    /// but below `.0`, our x_p (summed in f64, then held in this precision)
+    /// may have lost up to w·tiny to underflow, which |a_ip| could magnify;
+    /// `.1` is that loss over u, so that raising t_p by it puts the loss inside
+    /// the worker's γ_k·S_i (see `Verifier::precompute`). Above `.0` the loss
+    /// is below 2^-20·u·t_p, inside the roundings already counted. (With every
+    /// |r_j| ≥ 1, t_p is 0 only where every b_pj is.)
+    pub(super) fn small_t(self, w: usize) -> (f64, f64) {
+        (self.small_t_below, self.underflow(w as f64 + 1.0) / self.u)
+    }
+
     /// The worst-case error of an honest dot product of length `k` whose
     /// magnitude sum Σ|a_p||b_p| is at most `s` (including underflow).
     pub(super) fn dot_error(self, k: usize, s: f64) -> f64 {
-        self.gamma(k) * s + k as f64 * self.tiny
+        self.gamma(k) * s + self.underflow(k as f64)
     }
 }
 
@@ -102,12 +127,17 @@ mod tests {
 
     #[test]
     fn the_constants_are_what_they_say() {
-        assert_eq!(F64.tiny, 2f64.powi(-1074));
-        assert_eq!(F32.tiny, f64::from(f32::from_bits(1)));
+        assert_eq!(F64.tiny_over_min_normal * f64::MIN_POSITIVE, 2f64.powi(-1074));
+        assert_eq!(F32.tiny_over_min_normal * f64::MIN_POSITIVE, f64::from(f32::from_bits(1)));
+        assert_eq!((F64.small_t_below, F32.small_t_below), (2f64.powi(-900), 2f64.powi(-100)));
         assert_eq!(F32.u, 2f64.powi(-24));
         assert_eq!(F64.u, 2f64.powi(-53));
         assert_eq!(F32.max, f64::from(f32::MAX));
         assert!(F64.gamma(1 << 60).is_infinite());
+        for count in [0.0, 1.0, 1e6, 1e20] {
+            assert!(F64.underflow(count) >= count * 2f64.powi(-1074) && F64.underflow(count) >= f64::MIN_POSITIVE);
+            assert!(F32.underflow(count) >= count * 2f64.powi(-149) && F32.underflow(count) >= f64::MIN_POSITIVE);
+        }
     }
 
     #[test]

@@ -99,7 +99,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::kernel;
-use crate::matrix::{DenseMatrix, Dtype, Element, Matrix};
+use crate::matrix::{DenseMatrix, Element, Matrix};
 use crate::plan::Tile;
 
 use bound::{within, Precision, F64, LAMBDA, SLACK};
@@ -207,8 +207,8 @@ pub struct Verifier {
     /// Ŝ = |A[:, K]|·(|B[K, g]|·|r_g|). m × groups, column-major.
     y: Vec<f64>,
     scale: Vec<f64>,
-    /// Per depth range, ‖A[i, K]‖₁ for every row (bounds our underflow). m × depths.
-    l1: Vec<f64>,
+    /// Per depth range, the arithmetic Ŝ and ‖·‖₁ were computed in.
+    scale_precision: Vec<Precision>,
 }
 
 impl fmt::Debug for Verifier {
@@ -233,20 +233,22 @@ enum RowVerdict {
 
 impl Verifier {
     /// Precomputes the checks of `tiles`. `weights` holds one secret random
-    /// weight per column of C, nonzero, best of magnitude 1 to 2 (the tiles
-    /// that share a column share its weight); for an integer job (`integer`:
+    /// weight per column of C, at least 1 in magnitude, best at most 2 (the
+    /// tiles that share a column share its weight); for an integer job (`integer`:
     /// every entry of A and B an integer) use small integers, so the check is
     /// exact. A and B are kept (shared, not copied) for stage 2.
     ///
     /// # Panics
     /// If A and B cannot be multiplied or differ in dtype, if there is not
-    /// one weight per column of C, or if a tile reaches outside C or A·B.
+    /// one weight per column of C or one is below 1 in magnitude, or if a tile
+    /// reaches outside C or A·B.
     pub fn new(a: impl Into<Arc<DenseMatrix>>, b: impl Into<Arc<DenseMatrix>>, tiles: &[Tile], weights: Vec<f64>, integer: bool) -> Self {
         let (a, b) = (a.into(), b.into());
         let (m, k, n) = (a.rows(), a.cols(), b.cols());
         assert_eq!(b.rows(), k, "A is {} but B is {}", a.shape_string(), b.shape_string());
         assert_eq!(a.dtype(), b.dtype(), "A and B differ in dtype");
         assert_eq!(weights.len(), n, "one weight per column of C");
+        assert!(weights.iter().all(|w| w.abs() >= 1.0 && w.is_finite()), "weights must be finite and at least 1 in magnitude");
         let exact = integer && weights.iter().all(|w| w.fract() == 0.0 && w.abs() <= 1024.0);
 
         // Distinct (depth, columns) groups, numbered so each depth's are contiguous.
@@ -302,7 +304,7 @@ impl Verifier {
             tile_groups,
             y: vec![0.0; m * groups.len()],
             scale: vec![0.0; m * groups.len()],
-            l1: vec![0.0; m * depths.len()],
+            scale_precision: vec![F64; depths.len()],
             groups,
             depths,
         };
@@ -312,7 +314,7 @@ impl Verifier {
         verifier
     }
 
-    /// y and Ŝ for the groups of depth range `d`, and ‖A[i, K]‖₁.
+    /// y and Ŝ for the groups of depth range `d`.
     fn precompute(&mut self, d: usize) {
         let depth = self.depths[d].clone();
         let (m, kd) = (self.a.rows(), depth.len());
@@ -321,11 +323,9 @@ impl Verifier {
         if m == 0 || kd == 0 {
             return; // an empty product: y = Ŝ = 0
         }
-        // x = B[K, g]·r and t = |B[K, g]|·|r|, as kd × count matrices (in f64);
-        // t gets a last column of ones for ‖A[i, K]‖₁.
+        // x = B[K, g]·r and t = |B[K, g]|·|r|, as kd × count matrices (in f64).
         let mut x = vec![0.0; kd * count];
-        let mut t = vec![0.0; kd * (count + 1)];
-        t[kd * count..].fill(1.0);
+        let mut t = vec![0.0; kd * count];
         for (g, group) in self.groups[first..first + count].iter().enumerate() {
             let (xg, tg) = (&mut x[g * kd..(g + 1) * kd], &mut t[g * kd..(g + 1) * kd]);
             for j in group.cols.clone() {
@@ -334,14 +334,22 @@ impl Verifier {
                     DenseMatrix::F32(b) => weigh(&b.columns(j..j + 1)[depth.clone()], self.weights[j], xg, tg),
                 }
             }
+            // Where t_p is tiny, x_p (in f64, or narrowed to f32) may have lost
+            // up to w·tiny (or f32's tiny) to underflow, which |a_ip| could
+            // magnify. Raising such t_p by that loss over u puts it inside the
+            // worker's γ_k·S_i term, and keeps Ŝ an upper bound.
+            let (threshold, raise) = self.precision.small_t(group.cols.len());
+            for tp in tg.iter_mut().filter(|tp| **tp > 0.0 && **tp < threshold) {
+                *tp += raise;
+            }
         }
-        let (y, scale) = match &*self.a {
-            DenseMatrix::F64(a) => products(a, depth, &x, &t),
-            DenseMatrix::F32(a) => products(a, depth, &x, &t),
+        let (y, scale, precision) = match &*self.a {
+            DenseMatrix::F64(a) => products_f64(a, depth, &x, &t),
+            DenseMatrix::F32(a) => products_f32(a, depth, &x, &t),
         };
+        self.scale_precision[d] = precision;
         self.y[first * m..(first + count) * m].copy_from_slice(&y);
-        self.scale[first * m..(first + count) * m].copy_from_slice(&scale[..m * count]);
-        self.l1[d * m..(d + 1) * m].copy_from_slice(&scale[m * count..]);
+        self.scale[first * m..(first + count) * m].copy_from_slice(&scale);
     }
 
     /// Checks a claimed tile `c` (|rows| × |cols|, column-major) of tile `tile`.
@@ -374,20 +382,19 @@ impl Verifier {
             self.integers_only(t, c)?;
         }
         let m = self.a.rows();
-        let (mut z, mut z_abs, mut walk) = (vec![0.0; rows], vec![0.0; rows], vec![0.0; rows]);
+        let (mut z, mut walk) = (vec![0.0; rows], vec![0.0; rows]);
         let mut flagged: Vec<(usize, Vec<usize>)> = Vec::new();
         for &g in &self.tile_groups[tile] {
             let group = &self.groups[g];
             let local = group.cols.start - t.cols.start..group.cols.end - t.cols.start;
             let weights = &self.weights[group.cols.clone()];
             match c {
-                DenseMatrix::F64(c) => exact::weighted_rows(c.columns(local), rows, weights, &mut z, &mut z_abs, &mut walk),
-                DenseMatrix::F32(c) => exact::weighted_rows(c.columns(local), rows, weights, &mut z, &mut z_abs, &mut walk),
+                DenseMatrix::F64(c) => exact::weighted_rows(c.columns(local), rows, weights, &mut z, &mut walk),
+                DenseMatrix::F32(c) => exact::weighted_rows(c.columns(local), rows, weights, &mut z, &mut walk),
             }
             let mut rows_flagged = Vec::new();
             for (i, row) in t.rows.clone().enumerate() {
-                let (want, s_hat, l1) = (self.y[g * m + row], self.scale[g * m + row], self.l1[group.depth * m + row]);
-                match self.row_verdict(group, row, [z[i], z_abs[i], walk[i]], want, s_hat, l1) {
+                match self.row_verdict(group, row, z[i], walk[i], self.y[g * m + row], self.scale[g * m + row]) {
                     RowVerdict::Pass => {}
                     RowVerdict::Flag => rows_flagged.push(i),
                     RowVerdict::Reject(mismatch) => return Err(mismatch),
@@ -405,12 +412,11 @@ impl Verifier {
         Ok(())
     }
 
-    /// Stage 1 for one row of one group: see the module docs. `sums` are
-    /// z, z_abs and walk from [`exact::weighted_rows`]; `want`, `s_hat` and
-    /// `l1` are y, Ŝ and ‖A[row, K]‖₁ from the precompute.
-    fn row_verdict(&self, group: &Group, row: usize, sums: [f64; 3], want: f64, s_hat: f64, l1: f64) -> RowVerdict {
-        let [z, z_abs, walk] = sums;
-        // The worker's arithmetic, which is also ours for y and Ŝ; z is ours in f64.
+    /// Stage 1 for one row of one group: see the module docs. `z` and `walk`
+    /// come from [`exact::weighted_rows`]; `want` and `s_hat` are y and Ŝ
+    /// from the precompute.
+    fn row_verdict(&self, group: &Group, row: usize, z: f64, walk: f64, want: f64, s_hat: f64) -> RowVerdict {
+        // The worker's arithmetic, which is also ours for y; z is ours in f64.
         let (p, k, w) = (self.precision, self.depths[group.depth].len(), group.cols.len());
         let reject = |tolerance: f64| {
             RowVerdict::Reject(Mismatch {
@@ -422,32 +428,32 @@ impl Verifier {
                 tolerance,
             })
         };
-        // Our underflow: products in x, t (times |a|), y, Ŝ and z.
-        let l1_up = l1 * (1.0 + p.gamma(k + 1));
-        let underflow = 4.0 * ((k + w + 1) as f64 + w as f64 * l1_up) * p.tiny;
+        // Our underflow: products in y, Ŝ and z (x's is inside Ŝ, see `precompute`).
+        let underflow = p.underflow(4.0 * (k + w + 1) as f64);
         // S_i ≥ Σ_j |r_j|·s_ij, the row's scale.
-        let s_up = s_hat * (1.0 + p.gamma(k + w + 3)) + underflow;
+        let s_up = s_hat * (1.0 + self.scale_precision[group.depth].gamma(k + w + 4)) + underflow;
         if !within(s_up, p.max / 4.0) {
             return RowVerdict::Flag; // an honest result may overflow (or inputs are not finite): element by element
         }
         let diff = (z - want).abs();
-        if self.exact && s_up < p.exact_below && z_abs < F64.exact_below {
+        if self.exact && s_up < p.exact_below && walk < 2f64.powi(104) {
+            // Every partial sum and product on both sides is an integer below 2^53.
             return if diff == 0.0 { RowVerdict::Pass } else { reject(0.0) };
         }
-        // An honest row has |z| ≤ z_abs ≤ (1 + γ_k)·S_i and walk ≤ 2w·(z_abs)²,
-        // so these caps change nothing for it, and keep a liar's huge values
-        // from widening the tolerance.
-        let z_abs = z_abs.min(2.0 * s_up);
-        let walk = walk.min(8.0 * w as f64 * s_up * s_up);
-        let worker_underflow = k as f64 * p.tiny * group.weight_sum;
+        // An honest row has every partial sum of z within 2·S_i, so walk ≤ 4w·S_i²:
+        // the cap changes nothing for it, and keeps a liar's huge values from
+        // widening the tolerance.
+        let walk = walk.min(4.0 * w as f64 * s_up * s_up);
+        let worker_underflow = p.underflow(k as f64 * group.weight_sum);
         // Worst cases: the worker's, ours in y (and Ŝ), ours in z.
-        let rigorous = (p.gamma(k) * s_up + p.gamma(k + w + 2) * s_up + F64.gamma(w) * z_abs + worker_underflow + underflow) * (1.0 + 1e-6);
+        let z_error = 4.0 * F64.u * (w as f64 * walk).sqrt();
+        let rigorous = (p.gamma(k) * s_up + p.gamma(k + w + 2) * s_up + z_error + worker_underflow + underflow) * (1.0 + 1e-6);
         if !within(diff, rigorous) {
             return reject(rigorous); // NaN too
         }
         // Probabilistic: the worker's and ours in y, over S_i/√w ≤ √(Σ_j r_j²·s_ij²); ours in z.
         let spread = p.u * (((k + 1) as f64).sqrt() + ((k + w + 1) as f64).sqrt());
-        let statistical = LAMBDA * (spread * s_up / (w as f64).sqrt() + F64.u * walk.sqrt()) + worker_underflow + underflow;
+        let statistical = LAMBDA * (spread * s_up / (w as f64).sqrt() + F64.u * (6.0 * walk).sqrt()) + worker_underflow + underflow;
         if diff <= statistical {
             RowVerdict::Pass
         } else {
@@ -523,7 +529,7 @@ impl Verifier {
     ) -> Result<(), Mismatch> {
         let (p, k) = (self.precision, depth.len());
         let mismatch = |want: f64, tolerance: f64| Mismatch { row, at: At::Element { col }, depth: depth.clone(), got, want, tolerance };
-        let underflow = 2.0 * (k + 1) as f64 * F64.tiny;
+        let underflow = F64.underflow(2.0 * (k + 1) as f64);
         let s_up = s_hat * (1.0 + F64.gamma(k + 1)) + underflow;
         if !within(s_up * (1.0 + p.gamma(k)), p.max / 2.0) {
             return Ok(()); // an honest result may overflow, or inputs are not finite: nothing to hold it to
@@ -582,9 +588,9 @@ impl Verifier {
 /// x += column·r and t += |column|·|r|.
 fn weigh<T: Element>(column: &[T], r: f64, x: &mut [f64], t: &mut [f64]) {
     for ((xp, tp), &v) in x.iter_mut().zip(t.iter_mut()).zip(column) {
-        let v = v.to_f64();
-        *xp += v * r;
-        *tp += v.abs() * r.abs();
+        let p = v.to_f64() * r;
+        *xp += p;
+        *tp += p.abs();
     }
 }
 
@@ -617,45 +623,97 @@ fn dot_and_scale<T: Element>(a: &[f64], b: &[T]) -> (f64, f64) {
     (value, scale)
 }
 
-/// (A[:, K]·x, |A[:, K]|·t) for kd-row matrices x and t, in A's own
-/// precision (the kernel's), a panel of A's columns at a time, summed over
-/// panels in f64.
-fn products<T: Element>(a: &Matrix<T>, depth: Range<usize>, x: &[f64], t: &[f64]) -> (Vec<f64>, Vec<f64>) {
+/// Nonzero magnitudes of |A| and t within which f32 products and their sums
+/// (for k < 2^27) neither underflow nor overflow.
+const F32_SAFE: Range<f64> = 8.881_784_197_001_252e-16..1_125_899_906_842_624.0; // 2^-50..2^50
+
+/// (A[:, K]·x, |A[:, K]|·t, the precision Ŝ was computed in) for kd-row
+/// matrices x and t, a panel of A's columns at a time, summed over panels in
+/// f64. y is in f64. Ŝ is in f32 where every nonzero entry of the panel and of
+/// t lies within [`F32_SAFE`] (half the bytes through the kernel; Ŝ only
+/// bounds rounding errors, so f32's relative error, with the two conversions
+/// counted as two more roundings, is plenty).
+fn products_f64(a: &Matrix<f64>, depth: Range<usize>, x: &[f64], t: &[f64]) -> (Vec<f64>, Vec<f64>, Precision) {
     let (m, kd) = (a.rows(), depth.len());
     let (x_cols, t_cols) = (x.len() / kd, t.len() / kd);
-    // Rows offset..offset + kp of each column of a kd-row matrix, narrowed to T.
-    let rows = |source: &[f64], offset: usize, kp: usize| -> Vec<T> {
-        source.chunks_exact(kd).flat_map(|column| column[offset..offset + kp].iter().map(|&v| T::from_f64(v))).collect()
-    };
     let (mut y, mut scale) = (vec![0.0; m * x_cols], vec![0.0; m * t_cols]);
-    let mut product = vec![T::default(); m * x_cols.max(t_cols)];
+    let mut product = vec![0.0; m * x_cols.max(t_cols)];
+    let mut precision = F64;
+    let t_f32: Option<Vec<f32>> = t.iter().all(|&v| v == 0.0 || F32_SAFE.contains(&v)).then(|| t.iter().map(|&v| v as f32).collect());
+    let mut product_f32 = vec![0.0f32; if t_f32.is_some() { m * t_cols } else { 0 }];
+    let (mut absolute, mut absolute_f32) = (Vec::new(), Vec::new());
     let panel = (PANEL_ELEMENTS / m).clamp(1, MAX_PANEL);
-    let mut buffer: Vec<T> = Vec::with_capacity(m * panel.min(kd));
     for start in depth.clone().step_by(panel) {
         let end = (start + panel).min(depth.end);
         let (offset, kp) = (start - depth.start, end - start);
-        let panel_values = a.columns(start..end);
-        if T::DTYPE == Dtype::F64 {
-            // f64: the kernel takes A's columns as they are.
-            let product: &mut [f64] = bytemuck::cast_slice_mut(&mut product[..m * x_cols]);
-            kernel::gemm_into(m, bytemuck::cast_slice(panel_values), bytemuck::cast_slice(&rows(x, offset, kp)), product);
-            accumulate(&mut y, product);
-        } else {
-            buffer.clear();
-            buffer.extend_from_slice(panel_values);
-            let values = Matrix::from_col_major(m, kp, buffer).expect("m × kp elements");
-            kernel::multiply_into(&values, &rows(x, offset, kp), &mut product[..m * x_cols]);
-            accumulate(&mut y, &product[..m * x_cols]);
-            buffer = values.into_vec();
+        let values = a.columns(start..end);
+        kernel::gemm_into(m, values, &rows_of(x, kd, offset, kp), &mut product[..m * x_cols]);
+        accumulate(&mut y, &product[..m * x_cols]);
+        match &t_f32 {
+            Some(t_f32) if magnitudes_f32(values, &mut absolute_f32) => {
+                let panel = Matrix::from_col_major(m, kp, std::mem::take(&mut absolute_f32)).expect("m × kp elements");
+                kernel::multiply_into(&panel, &rows_of(t_f32, kd, offset, kp), &mut product_f32);
+                accumulate(&mut scale, &product_f32);
+                absolute_f32 = panel.into_vec();
+                precision = bound::F32;
+            }
+            _ => {
+                absolute.clear();
+                absolute.extend(values.iter().map(|v| v.abs()));
+                kernel::gemm_into(m, &absolute, &rows_of(t, kd, offset, kp), &mut product[..m * t_cols]);
+                accumulate(&mut scale, &product[..m * t_cols]);
+            }
         }
-        buffer.clear();
-        buffer.extend(panel_values.iter().map(|v| T::from_f64(v.to_f64().abs())));
-        let absolute = Matrix::from_col_major(m, kp, buffer).expect("m × kp elements");
-        kernel::multiply_into(&absolute, &rows(t, offset, kp), &mut product[..m * t_cols]);
-        accumulate(&mut scale, &product[..m * t_cols]);
-        buffer = absolute.into_vec();
     }
-    (y, scale)
+    (y, scale, precision)
+}
+
+/// As [`products_f64`], all in f32 (the job's precision).
+fn products_f32(a: &Matrix<f32>, depth: Range<usize>, x: &[f64], t: &[f64]) -> (Vec<f64>, Vec<f64>, Precision) {
+    let (m, kd) = (a.rows(), depth.len());
+    let (x_cols, t_cols) = (x.len() / kd, t.len() / kd);
+    let narrow = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    let (x, t) = (narrow(x), narrow(t));
+    let (mut y, mut scale) = (vec![0.0; m * x_cols], vec![0.0; m * t_cols]);
+    let mut product = vec![0.0f32; m * x_cols.max(t_cols)];
+    let panel = (PANEL_ELEMENTS / m).clamp(1, MAX_PANEL);
+    let mut buffer: Vec<f32> = Vec::with_capacity(m * panel.min(kd));
+    for start in depth.clone().step_by(panel) {
+        let end = (start + panel).min(depth.end);
+        let (offset, kp) = (start - depth.start, end - start);
+        let values = a.columns(start..end);
+        buffer.clear();
+        buffer.extend_from_slice(values);
+        let panel = Matrix::from_col_major(m, kp, buffer).expect("m × kp elements");
+        kernel::multiply_into(&panel, &rows_of(&x, kd, offset, kp), &mut product[..m * x_cols]);
+        accumulate(&mut y, &product[..m * x_cols]);
+        buffer = panel.into_vec();
+        buffer.iter_mut().for_each(|v| *v = v.abs());
+        let panel = Matrix::from_col_major(m, kp, buffer).expect("m × kp elements");
+        kernel::multiply_into(&panel, &rows_of(&t, kd, offset, kp), &mut product[..m * t_cols]);
+        accumulate(&mut scale, &product[..m * t_cols]);
+        buffer = panel.into_vec();
+    }
+    (y, scale, bound::F32)
+}
+
+/// Rows offset..offset + kp of each column of a kd-row matrix.
+fn rows_of<T: Copy>(source: &[T], kd: usize, offset: usize, kp: usize) -> Vec<T> {
+    source.chunks_exact(kd).flat_map(|column| column[offset..offset + kp].iter().copied()).collect()
+}
+
+/// |values| in f32 into `out`; whether every nonzero one lies within
+/// [`F32_SAFE`] (else `out` is not to be used).
+fn magnitudes_f32(values: &[f64], out: &mut Vec<f32>) -> bool {
+    out.clear();
+    out.resize(values.len(), 0.0);
+    let mut outside = 0u32;
+    for (o, &v) in out.iter_mut().zip(values) {
+        let v = v.abs();
+        outside |= u32::from(!(v == 0.0 || F32_SAFE.contains(&v)));
+        *o = v as f32;
+    }
+    outside == 0
 }
 
 fn accumulate<T: Element>(into: &mut [f64], product: &[T]) {
