@@ -1,28 +1,119 @@
-//! Time to precompute result checks for an n×n job (median of 5):
+//! What result checks cost the master for an n×n job, in f64 and f32
+//! (medians of 5): the precompute, the check of one honest tile, and the check
+//! of one tile with an element off by 10 times the honest bound (the flagged
+//! row's exact recheck).
 //! `cargo run --release -p colonnade-native --example verify_prep [n]`.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use colonnade_core::job::Job;
+use colonnade_core::kernel;
 use colonnade_core::plan::model::Problem;
-use colonnade_core::plan::CostModel;
+use colonnade_core::plan::{CostModel, Plan};
 use colonnade_core::verify::Verifier;
-use colonnade_core::{DenseMatrix, Matrix};
+use colonnade_core::{DenseMatrix, Element, Matrix};
 
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(4096);
-    let a = std::sync::Arc::new(DenseMatrix::F64(Matrix::from_fn(n, n, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0)));
-    let b = DenseMatrix::F64(Matrix::from_fn(n, n, |i, j| ((i * 5 + j * 13) % 9) as f64 - 4.0));
-    let plan = CostModel::default().plan(Problem { m: n, k: n, n, elem: 8 }, &[8 << 30, 8 << 30]);
-    let tiles = Job::verified_tiles(&plan);
-    let mut times: Vec<f64> = (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            let v = Verifier::new(std::sync::Arc::clone(&a), &b, &tiles, vec![1.5; n], false);
-            std::hint::black_box(v);
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    println!("verify prep n={n}, {} tiles: median {:.1} ms", tiles.len(), times[2] * 1e3);
+    run::<f64>(n);
+    run::<f32>(n);
+}
+
+/// A small deterministic generator: uniform in [0, 1).
+struct Rng(u64);
+impl Rng {
+    fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn median(mut times: Vec<Duration>) -> f64 {
+    times.sort();
+    times[times.len() / 2].as_secs_f64() * 1e3
+}
+
+fn run<T: Element>(n: usize)
+where
+    DenseMatrix: From<Matrix<T>>,
+{
+    let mut rng = Rng(42);
+    let a = Matrix::<T>::from_fn(n, n, |_, _| T::from_f64(rng.unit() * 2.0 - 1.0));
+    let b = Matrix::<T>::from_fn(n, n, |_, _| T::from_f64(rng.unit() * 2.0 - 1.0));
+    let plan = Plan::columns(n, n, n, CostModel::default().column_width(Problem { m: n, k: n, n, elem: T::DTYPE.size() }));
+    let tiles: Vec<_> = (0..plan.tiles()).map(|i| plan.tile(i)).collect();
+    let weights: Vec<f64> = (0..n).map(|_| if rng.unit() < 0.5 { -1.0 } else { 1.0 } * (1.0 + rng.unit())).collect();
+    let (a_shared, b_shared) = (Arc::new(DenseMatrix::from(a.clone())), Arc::new(DenseMatrix::from(b.clone())));
+
+    let mut verifier = None;
+    let prep = median(
+        (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                verifier = Some(Verifier::new(Arc::clone(&a_shared), Arc::clone(&b_shared), &tiles, weights.clone(), false));
+                start.elapsed()
+            })
+            .collect(),
+    );
+    let verifier = verifier.expect("built five times");
+
+    let cols = plan.tile(0).cols;
+    let mut honest = None;
+    let compute = median(
+        (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                honest = Some(kernel::multiply(&a, b.columns(cols.clone())));
+                start.elapsed()
+            })
+            .collect(),
+    );
+    let honest = DenseMatrix::from(honest.expect("computed five times"));
+    let check_honest = median(
+        (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                assert_eq!(verifier.check(0, &honest), Ok(()), "an honest tile fails");
+                start.elapsed()
+            })
+            .collect(),
+    );
+
+    // Element (i, j) off by 10·k·u·(|A||B|)_ij.
+    let (i, j) = (n / 3, cols.len() / 2);
+    let s: f64 = (0..n).map(|p| (a.get(i, p).to_f64() * b.get(p, cols.start + j).to_f64()).abs()).sum();
+    let u = match T::DTYPE {
+        colonnade_core::Dtype::F64 => f64::EPSILON / 2.0,
+        colonnade_core::Dtype::F32 => f64::from(f32::EPSILON) / 2.0,
+    };
+    let mut lie = honest.clone();
+    nudge(&mut lie, j * n + i, 10.0 * n as f64 * u * s);
+    let mut flagged = 0;
+    let check_lie = median(
+        (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                let report = verifier.check_report(0, &lie);
+                let took = start.elapsed();
+                assert!(report.verdict.is_err(), "a 10x lie passes");
+                flagged = report.flagged_rows;
+                took
+            })
+            .collect(),
+    );
+    println!(
+        "{} n={n}, {} tiles of {} columns: precompute {prep:.1} ms; check of one tile: honest {check_honest:.2} ms, \
+         with a 10x-bound lie {check_lie:.2} ms ({flagged} row flagged); computing the tile on 1 thread: {compute:.1} ms",
+        T::DTYPE,
+        plan.tiles(),
+        cols.len(),
+    );
+}
+
+/// Adds `delta` to element `at`, in the matrix's own precision.
+fn nudge(c: &mut DenseMatrix, at: usize, delta: f64) {
+    match c {
+        DenseMatrix::F64(c) => c.as_mut_slice()[at] += delta,
+        DenseMatrix::F32(c) => c.as_mut_slice()[at] = (f64::from(c.as_slice()[at]) + delta) as f32,
+    }
 }

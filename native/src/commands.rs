@@ -298,7 +298,7 @@ fn prepare(spec: JobSpec, scheduler: &mut Scheduler) -> anyhow::Result<(JobId, P
     let (dir, cp) = checkpoint.expect("resuming");
     // Resuming: blocks read back get the same verification as a worker's result.
     let VerifierRecipe { a, b, weights, integer } = recipe;
-    let mut job = job.with_verifier(Verifier::new(a, &b, &Job::verified_tiles(&plan), weights, integer));
+    let mut job = job.with_verifier(Verifier::new(a, Arc::clone(&b), &Job::verified_tiles(&plan), weights, integer));
     let block_len = |i: usize| (i < plan.blocks()).then(|| plan.block(i)).map(|(r, c)| r.len() * c.len() * b.dtype().size());
     let (mut restored, mut restored_flops) = (0, 0.0);
     for saved in cp.saved_blocks(block_len) {

@@ -353,7 +353,7 @@ fn wrong_results_are_caught_reissued_elsewhere_and_their_sender_is_cut_off() {
     let (a, b) = operands(m, k, n);
     let weights = (0..n).map(|j| [3.0, -1.0, 2.0, -5.0][j % 4]).collect();
     let plan = Plan::columns(m, k, n, width);
-    let verifier = Verifier::new(DenseMatrix::from(a), &b.into(), &Job::verified_tiles(&plan), weights, true);
+    let verifier = Verifier::new(DenseMatrix::from(a), DenseMatrix::from(b), &Job::verified_tiles(&plan), weights, true);
     let mut sim = Sim::with_job(plan, quick_config(), |job| job.with_verifier(verifier));
     let liar = sim.join(2);
     sim.workers.get_mut(&liar).unwrap().liar = true;
@@ -428,7 +428,7 @@ fn restored_blocks_are_verified_and_never_recomputed() {
     let c = DenseMatrix::from(naive(&a, &b));
     let weights = (0..n).map(|j| [2.0, -3.0][j % 2]).collect();
     let plan = Plan::columns(m, k, n, width);
-    let verifier = Verifier::new(DenseMatrix::from(a), &b.into(), &Job::verified_tiles(&plan), weights, true);
+    let verifier = Verifier::new(DenseMatrix::from(a), DenseMatrix::from(b), &Job::verified_tiles(&plan), weights, true);
     let block = |j: usize| c.as_bytes()[j * 2 * m * 8..(j + 1) * 2 * m * 8].to_vec();
     let (good, mut bad) = (block(1), block(4));
     bad[3] ^= 0x40;
@@ -527,7 +527,7 @@ fn mismatched_inputs_are_refused() {
 fn verifier_for(plan: &Plan, integer_weights: bool) -> Verifier {
     let (a, b) = operands(plan.m, plan.k, plan.n);
     let weights = (0..plan.n).map(|j| if integer_weights { [3.0, -1.0, 2.0, -5.0][j % 4] } else { 1.0 + (j % 7) as f64 / 7.0 }).collect();
-    Verifier::new(DenseMatrix::from(a), &b.into(), &Job::verified_tiles(plan), weights, true)
+    Verifier::new(DenseMatrix::from(a), DenseMatrix::from(b), &Job::verified_tiles(plan), weights, true)
 }
 
 #[test]

@@ -116,7 +116,7 @@ pub fn run(setup: &Setup) -> Outcome {
     let expected = colonnade_core::kernel::multiply(&a, b.as_slice());
     let (a, b) = (Arc::new(DenseMatrix::from(a)), Arc::new(DenseMatrix::from(b)));
     let weights = (0..small.n).map(|j| [3.0, -1.0, 2.0, -5.0, 1.0, 4.0][j % 6]).collect();
-    let verifier = Verifier::new(Arc::clone(&a), &b, &Job::verified_tiles(&small), weights, true);
+    let verifier = Verifier::new(Arc::clone(&a), Arc::clone(&b), &Job::verified_tiles(&small), weights, true);
     let config = SchedulerConfig { settle: Duration::ZERO, ..SchedulerConfig::default() };
     let job = Job::new(1, a, b, small.clone(), config.leases.clone(), config.max_chunk).expect("a valid job").with_verifier(verifier);
     let mut sched = Scheduler::new(config);

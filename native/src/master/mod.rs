@@ -315,7 +315,7 @@ pub fn describe(plan: &Plan) -> String {
 fn build_verifier(recipe: VerifierRecipe, plan: &Plan) -> (Verifier, Duration) {
     let started = Instant::now();
     let VerifierRecipe { a, b, weights, integer } = recipe;
-    let verifier = Verifier::new(a, &b, &Job::verified_tiles(plan), weights, integer);
+    let verifier = Verifier::new(a, b, &Job::verified_tiles(plan), weights, integer);
     (verifier, started.elapsed())
 }
 
