@@ -72,8 +72,9 @@ pub fn read_matrix(path: &Path, limit: u64) -> Result<Loaded, InputError> {
         return Err(InputError::new(path, format!("the file is {}, {}", human_bytes(size.into()), over_limit(limit))));
     }
     let parsed = match format {
-        // Read straight into the matrix: the file is never held whole.
+        // Streamed: the file is never held whole.
         Format::Npy => npy::read(&mut file, size, limit),
+        Format::Csv => csv::read(file, limit),
         _ => {
             let bytes = std::fs::read(path).map_err(io_error)?;
             parse(format, &bytes, limit)
