@@ -75,10 +75,7 @@ pub fn read_matrix(path: &Path, limit: u64) -> Result<Loaded, InputError> {
         // Streamed: the file is never held whole.
         Format::Npy => npy::read(&mut file, size, limit),
         Format::Csv => csv::read(file, limit),
-        _ => {
-            let bytes = std::fs::read(path).map_err(io_error)?;
-            parse(format, &bytes, limit)
-        }
+        Format::Mtx => mtx::read(std::io::BufReader::with_capacity(64 << 10, file), size, limit),
     };
     parsed.map_err(|problem| InputError::new(path, problem))
 }
