@@ -51,7 +51,9 @@ pub(super) fn read(input: impl Read, limit: u64) -> Result<Loaded, String> {
             Some(c) => c,
         };
         if rows % band_rows == 0 {
-            bands.push(Vec::with_capacity(band_rows * width));
+            // The first band grows as rows come, so a small file stays small;
+            // later ones are allocated whole.
+            bands.push(if rows == 0 { Vec::new() } else { Vec::with_capacity(band_rows * width) });
         }
         let band = bands.last_mut().expect("a band was just pushed");
         for (j, cell) in record.iter().enumerate() {
