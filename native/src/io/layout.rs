@@ -66,11 +66,12 @@ pub(crate) const fn tile_for<T>() -> usize {
     64 / std::mem::size_of::<T>()
 }
 
-/// A `rows`×`cols` matrix of zeros whose pages are not touched yet (the
-/// allocator hands out fresh zeroed pages), so filling it is the first write.
-/// Large ones are backed by huge pages where the system allows, as numpy does
-/// for its arrays: far fewer page faults and TLB misses while the matrix is
-/// filled, most of all when it is filled column by column in a transposition.
+/// A `rows`×`cols` matrix of zeros. A large one comes from fresh pages that
+/// nothing has touched yet (the allocator's zeroed memory), so filling it is
+/// the first write, and is backed by huge pages where the system allows, as
+/// numpy does for its arrays: far fewer page faults and TLB misses while the
+/// matrix is filled, most of all when it is filled across its columns by a
+/// transposition.
 pub(crate) fn zeroed<T: Element>(rows: usize, cols: usize) -> Result<Matrix<T>, String> {
     let mut m = Matrix::<T>::zeros(rows, cols).map_err(|e| e.to_string())?;
     advise_huge_pages(bytemuck::cast_slice_mut(m.as_mut_slice()));
@@ -88,14 +89,16 @@ pub(crate) fn advise_huge_pages(bytes: &mut [u8]) {
     if bytes.len() < MIN {
         return;
     }
-    let skip = bytes.as_ptr().align_offset(PAGE);
-    let range = &mut bytes[skip..];
+    // The whole pages inside the slice (madvise wants a page-aligned start).
+    let addr = bytes.as_ptr() as usize;
+    let skip = addr.next_multiple_of(PAGE) - addr;
+    let len = (bytes.len() - skip) / PAGE * PAGE;
+    let pages = &mut bytes[skip..skip + len];
     // SAFETY: madvise only advises: MADV_HUGEPAGE changes how the kernel backs
-    // these pages, never their contents, and the range (page-aligned at its
-    // start, as madvise requires) lies within memory this slice owns.
-    // Failure (e.g. huge pages disabled) just leaves normal pages.
+    // these pages, never their contents, and the range lies within memory this
+    // slice owns. Failure (e.g. huge pages disabled) just leaves normal pages.
     unsafe {
-        libc::madvise(range.as_mut_ptr().cast(), range.len(), libc::MADV_HUGEPAGE);
+        libc::madvise(pages.as_mut_ptr().cast(), pages.len(), libc::MADV_HUGEPAGE);
     }
 }
 

@@ -206,8 +206,8 @@ const CHUNK: usize = if cfg!(test) { 4 << 10 } else { 512 << 10 };
 /// The same for a C-order file, read in bands of whole rows. Tall bands make
 /// long runs down each column of the matrix (2 KiB for 256 rows of f64 at
 /// n=8192): measured, writing the matrix in runs of one cache line per column
-/// costs about 6 times as much as in runs of a page.
-// (Tests use small buffers, so that small files cross their edges.)
+/// costs about 6 times as much as in runs of a page. (Tests use small
+/// buffers, so that small files cross their edges.)
 const BAND: usize = if cfg!(test) { 64 << 10 } else { 16 << 20 };
 
 fn io_problem(e: std::io::Error) -> String {
