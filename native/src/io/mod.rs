@@ -6,6 +6,7 @@
 //! so a half-written output never replaces a good file.
 
 mod csv;
+mod layout;
 mod mtx;
 mod npy;
 
@@ -64,12 +65,19 @@ impl Format {
 /// they are allocated.
 pub fn read_matrix(path: &Path, limit: u64) -> Result<Loaded, InputError> {
     let format = Format::of(path)?;
-    let size = std::fs::metadata(path).map_err(|e| InputError::new(path, describe_io(&e)))?.len();
+    let io_error = |e: std::io::Error| InputError::new(path, describe_io(&e));
+    let mut file = File::open(path).map_err(io_error)?;
+    let size = file.metadata().map_err(io_error)?.len();
     if size > limit {
         return Err(InputError::new(path, format!("the file is {}, {}", human_bytes(size.into()), over_limit(limit))));
     }
-    let bytes = std::fs::read(path).map_err(|e| InputError::new(path, describe_io(&e)))?;
-    parse(format, &bytes, limit).map_err(|problem| InputError::new(path, problem))
+    let parsed = match format {
+        // Streamed: the file is never held whole.
+        Format::Npy => npy::read(&mut file, size, limit),
+        Format::Csv => csv::read(file, limit),
+        Format::Mtx => mtx::read(std::io::BufReader::with_capacity(64 << 10, file), size, limit),
+    };
+    parsed.map_err(|problem| InputError::new(path, problem))
 }
 
 /// Parses a file's untrusted bytes into a matrix of at most `limit` bytes.

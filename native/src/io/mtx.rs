@@ -1,11 +1,11 @@
 //! Matrix Market: `array` and `coordinate` (read as dense), `real`, `integer`
 //! and `pattern` fields, `general`, `symmetric` and `skew-symmetric`.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 
 use colonnade_core::{DenseMatrix, Matrix};
 
-use super::{check_dense_size, format_value, Loaded};
+use super::{check_dense_size, format_value, layout, Loaded};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Symmetry {
@@ -15,10 +15,14 @@ enum Symmetry {
 }
 
 pub(super) fn parse(bytes: &[u8], limit: u64) -> Result<Loaded, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "not a text file")?;
-    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim()));
-    let (_, banner) = lines.next().ok_or("empty file")?;
-    let words: Vec<String> = banner.split_whitespace().map(str::to_ascii_lowercase).collect();
+    read(bytes, bytes.len() as u64, limit)
+}
+
+/// Reads a file of `len` bytes line by line: the text is never held whole.
+pub(super) fn read(input: impl BufRead, len: u64, limit: u64) -> Result<Loaded, String> {
+    let mut lines = Lines { input, line: String::new(), number: 0 };
+    lines.next()?.ok_or("empty file")?;
+    let words: Vec<String> = lines.text().split_whitespace().map(str::to_ascii_lowercase).collect();
     if words.len() != 5 || words[0] != "%%matrixmarket" || words[1] != "matrix" {
         return Err("not a Matrix Market file (expected '%%MatrixMarket matrix <format> <field> <symmetry>')".into());
     }
@@ -39,9 +43,9 @@ pub(super) fn parse(bytes: &[u8], limit: u64) -> Result<Loaded, String> {
         "skew-symmetric" => Symmetry::Skew,
         other => return Err(format!("unsupported symmetry '{other}' (use general or symmetric)")),
     };
-    let mut data = lines.filter(|(_, l)| !l.is_empty() && !l.starts_with('%'));
-    let (size_line, size) = data.next().ok_or("no size line")?;
-    let dims: Vec<usize> = size
+    let size_line = lines.next_data()?.ok_or("no size line")?;
+    let dims: Vec<usize> = lines
+        .text()
         .split_whitespace()
         .map(|w| w.parse().map_err(|_| format!("line {size_line}: bad size '{w}'")))
         .collect::<Result<_, _>>()?;
@@ -56,12 +60,12 @@ pub(super) fn parse(bytes: &[u8], limit: u64) -> Result<Loaded, String> {
     if !coordinate {
         // Every array entry takes at least two bytes; refuse sizes the file cannot hold.
         let stored = if symmetry == Symmetry::General { rows as u128 * cols as u128 } else { rows as u128 * (rows as u128 + 1) / 2 };
-        if stored > bytes.len() as u128 / 2 + 1 {
+        if stored > u128::from(len) / 2 + 1 {
             return Err(format!("truncated: a {rows}x{cols} array needs {stored} values"));
         }
     }
     check_dense_size(rows, cols, 8, limit)?;
-    let mut m = Matrix::<f64>::zeros(rows, cols).map_err(|e| e.to_string())?;
+    let mut m = layout::zeroed::<f64>(rows, cols)?;
     let number = |line: usize, w: &str| -> Result<f64, String> {
         w.parse::<f64>().map_err(|_| format!("line {line}: '{w}' is not a number"))
     };
@@ -75,8 +79,8 @@ pub(super) fn parse(bytes: &[u8], limit: u64) -> Result<Loaded, String> {
     };
     let mut count = 0usize;
     if let Some(nnz) = entries {
-        for (line, l) in data.by_ref() {
-            let w: Vec<&str> = l.split_whitespace().collect();
+        while let Some(line) = lines.next_data()? {
+            let w: Vec<&str> = lines.text().split_whitespace().collect();
             let want = if pattern { 2 } else { 3 };
             if w.len() != want {
                 return Err(format!("line {line}: expected {want} fields, found {}", w.len()));
@@ -103,8 +107,8 @@ pub(super) fn parse(bytes: &[u8], limit: u64) -> Result<Loaded, String> {
             let start = if symmetry == Symmetry::General { 0 } else { j + usize::from(symmetry == Symmetry::Skew) };
             (start..rows).map(move |i| (i, j))
         });
-        for (line, l) in data.by_ref() {
-            for w in l.split_whitespace() {
+        while let Some(line) = lines.next_data()? {
+            for w in lines.text().split_whitespace() {
                 let Some((i, j)) = cells.next() else {
                     return Err(format!("line {line}: more values than a {rows}x{cols} array holds"));
                 };
@@ -116,10 +120,47 @@ pub(super) fn parse(bytes: &[u8], limit: u64) -> Result<Loaded, String> {
             return Err(format!("truncated: the array has {count} values, fewer than its {rows}x{cols} size needs"));
         }
     }
-    if let Some((line, _)) = data.next() {
+    if let Some(line) = lines.next_data()? {
         return Err(format!("line {line}: more entries than the size line promises"));
     }
     Ok(Loaded { matrix: DenseMatrix::F64(m), integer })
+}
+
+/// The file's lines, one at a time in one reused buffer.
+struct Lines<R> {
+    input: R,
+    line: String,
+    number: usize,
+}
+
+impl<R: BufRead> Lines<R> {
+    /// Moves to the next line and returns its number (from 1), or None at the end.
+    fn next(&mut self) -> Result<Option<usize>, String> {
+        self.line.clear();
+        match self.input.read_line(&mut self.line) {
+            Ok(0) => Ok(None),
+            Ok(_) => {
+                self.number += 1;
+                Ok(Some(self.number))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err("not a text file".into()),
+            Err(e) => Err(super::describe_io(&e)),
+        }
+    }
+    /// Moves to the next line that is neither blank nor a comment.
+    fn next_data(&mut self) -> Result<Option<usize>, String> {
+        while let Some(number) = self.next()? {
+            let text = self.text();
+            if !text.is_empty() && !text.starts_with('%') {
+                return Ok(Some(number));
+            }
+        }
+        Ok(None)
+    }
+    /// The current line, trimmed.
+    fn text(&self) -> &str {
+        self.line.trim()
+    }
 }
 
 pub(super) fn write(out: &mut impl Write, m: &DenseMatrix, integer: bool) -> std::io::Result<()> {
@@ -152,6 +193,19 @@ mod tests {
         assert_eq!(dense("%%MatrixMarket matrix coordinate pattern symmetric\n2 2 1\n2 1\n"), vec![0.0, 1.0, 1.0, 0.0]);
         assert_eq!(dense("%%MatrixMarket matrix coordinate real skew-symmetric\n2 2 1\n2 1 3\n"), vec![0.0, 3.0, -3.0, 0.0]);
         assert!(parse(b"%%MatrixMarket matrix coordinate integer general\n1 1 1\n1 1 7\n", u64::MAX).unwrap().integer);
+    }
+
+    #[test]
+    fn reads_line_by_line_through_a_small_buffer() {
+        let text = "%%MatrixMarket matrix array real general\r\n% comment\r\n\r\n2 3\r\n1 2\n3\n  4 5 6\n";
+        let m = read(std::io::BufReader::with_capacity(3, text.as_bytes()), text.len() as u64, u64::MAX).unwrap();
+        assert_eq!(m.matrix.into_f64().into_vec(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let err = |b: &[u8]| parse(b, u64::MAX).unwrap_err();
+        assert_eq!(err(b"\xff\xfe\n"), "not a text file");
+        assert_eq!(err(b"%%MatrixMarket matrix array real general\n1 1\n1\n% \xff\n"), "not a text file");
+        assert_eq!(err(b""), "empty file");
+        assert_eq!(err(b"%%MatrixMarket matrix array real general\n% only comments\n"), "no size line");
+        assert_eq!(err(b"%%MatrixMarket matrix array real general\n1 1\n1\n2\n"), "line 4: more values than a 1x1 array holds");
     }
 
     #[test]
