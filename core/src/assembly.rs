@@ -128,18 +128,7 @@ impl Assembly {
         if !self.is_block_done(index) || self.c.cols() != self.plan.n {
             return None;
         }
-        let (rows, cols) = self.plan.block(index);
-        let full = self.c.column_byte_range(cols.clone());
-        if rows.len() == self.plan.m {
-            return Some(Cow::Borrowed(&self.c.as_bytes()[full]));
-        }
-        let (elem, column) = (self.c.dtype().size(), self.plan.m * self.c.dtype().size());
-        let mut out = Vec::with_capacity(rows.len() * cols.len() * elem);
-        for j in cols {
-            let start = j * column + rows.start * elem;
-            out.extend_from_slice(&self.c.as_bytes()[start..start + rows.len() * elem]);
-        }
-        Some(Cow::Owned(out))
+        Some(block_of(&self.c, &self.plan, index))
     }
 
     pub fn tiles_done(&self) -> usize {
@@ -168,6 +157,23 @@ impl Assembly {
         let empty = DenseMatrix::zeros(self.c.dtype(), 0, 0).expect("empty matrix");
         Some(std::mem::replace(&mut self.c, empty))
     }
+}
+
+/// Block `index` of `c` as `plan` cuts it, column-major: borrowed when it
+/// spans all of C's rows, gathered otherwise.
+pub fn block_of<'c>(c: &'c DenseMatrix, plan: &Plan, index: usize) -> Cow<'c, [u8]> {
+    let (rows, cols) = plan.block(index);
+    let full = c.column_byte_range(cols.clone());
+    if rows.len() == plan.m {
+        return Cow::Borrowed(&c.as_bytes()[full]);
+    }
+    let (elem, column) = (c.dtype().size(), plan.m * c.dtype().size());
+    let mut out = Vec::with_capacity(rows.len() * cols.len() * elem);
+    for j in cols {
+        let start = j * column + rows.start * elem;
+        out.extend_from_slice(&c.as_bytes()[start..start + rows.len() * elem]);
+    }
+    Cow::Owned(out)
 }
 
 /// C[rows, cols] = product (if `first`), else += product; `product` is block-shaped.

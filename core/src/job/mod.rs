@@ -620,7 +620,10 @@ impl Job {
 
     /// Block `block` of C, column-major, once it is complete (until C is taken).
     pub fn block_bytes(&self, block: usize) -> Option<std::borrow::Cow<'_, [u8]>> {
-        self.assembly.block(block)
+        match &self.result {
+            Some(c) => Some(crate::assembly::block_of(c, &self.plan, block)),
+            None => self.assembly.block(block),
+        }
     }
 
     pub fn stats(&self) -> PayloadStats {
