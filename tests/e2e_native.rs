@@ -242,7 +242,7 @@ type RawSocket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std:
 /// A WebSocket to the master, opened by hand, that has said Hello as `kind` with no token.
 fn raw_hello(addr: &str, kind: WorkerKind) -> RawSocket {
     let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/ws")).expect("WebSocket handshake");
-    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind, threads: 1, slots: 1, name: "raw".into(), token: Token::default(), memory: 1 << 30 };
+    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind, threads: 1, slots: 1, name: "raw".into(), token: Token::default(), memory: 1 << 30, flops: 0 };
     ws.send(tungstenite::Message::Binary(colonnade_core::codec::encode(&hello, &[]).into())).unwrap();
     ws
 }

@@ -75,7 +75,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let messages = [
-            Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Browser, threads: 3, slots: 2, name: "tab".into(), token: Token::new("s3cret"), memory: 1 << 30 },
+            Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Browser, threads: 3, slots: 2, name: "tab".into(), token: Token::new("s3cret"), memory: 1 << 30, flops: 20_000_000_000 },
             Message::Heartbeat,
             Message::Job { job: 7, m: 1 << 40, k: 3, n: 4, dtype: Dtype::F32 },
             Message::Evict { job: 7, panels: vec![0, 3, u32::MAX] },
@@ -93,7 +93,7 @@ mod tests {
     #[test]
     fn hello_keeps_its_version_readable() {
         // Variant 0, then the version as a varint: a future master can always read it.
-        let bytes = encode(&Message::Hello { protocol: 1, kind: WorkerKind::Native, threads: 1, slots: 1, name: String::new(), token: Token::default(), memory: 0 }, &[]);
+        let bytes = encode(&Message::Hello { protocol: 1, kind: WorkerKind::Native, threads: 1, slots: 1, name: String::new(), token: Token::default(), memory: 0, flops: 0 }, &[]);
         assert_eq!(&bytes[..2], &[0, 1]);
     }
 

@@ -47,6 +47,9 @@ pub enum Message {
         /// Bytes of panels and results it can hold at once: the master never
         /// sends more.
         memory: u64,
+        /// Its kernel's speed as it measured it at start, flop/s (a hint for
+        /// planning until its verified results show the real one).
+        flops: u64,
     },
     /// Master → worker: accepted, with the tasks it may hold at once (its
     /// credit) and the largest body the master accepts per message.

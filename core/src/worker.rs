@@ -32,6 +32,8 @@ pub struct WorkerConfig {
     /// Bytes of panels and results this worker holds at most; the master is
     /// told, and a master that sends more breaks the protocol.
     pub memory: u64,
+    /// Its kernel's measured speed, flop/s (0 if not measured).
+    pub flops: u64,
     /// Sent in Hello; admits a native worker to a master that requires it.
     pub token: Token,
     pub heartbeat: Heartbeat,
@@ -45,6 +47,7 @@ impl WorkerConfig {
             slots: DEFAULT_SLOTS,
             name: name.into(),
             memory: 1 << 30,
+            flops: 0,
             token: Token::default(),
             heartbeat: Heartbeat::default(),
         }
@@ -182,6 +185,7 @@ impl WorkerSession {
             name: config.name.clone(),
             token: config.token.clone(),
             memory: config.memory,
+            flops: config.flops,
         };
         let master = Liveness::new(now, &config.heartbeat);
         let outbox = VecDeque::from([Frame::new(hello)]);

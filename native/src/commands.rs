@@ -31,6 +31,9 @@ pub struct MultiplyArgs {
     pub b: PathBuf,
     pub output: PathBuf,
     pub block: Option<usize>,
+    /// The master's link rate, bytes/s, if the user knows it: the plan then
+    /// weighs bytes against flops.
+    pub link_rate: Option<f64>,
     /// Where to write the run's figures as JSON, if anywhere.
     pub stats_json: Option<PathBuf>,
     /// Where to record verified blocks, and resume from.
@@ -77,7 +80,7 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
     };
     let read_time = started.elapsed();
     let cpu_before = procstats::cpu_time();
-    let spec = JobSpec { a, b, integer, block: args.block, checkpoint: args.checkpoint.clone() };
+    let spec = JobSpec { a, b, integer, block: args.block, link_rate: args.link_rate, checkpoint: args.checkpoint.clone() };
     let report = run(spec, &args.serving, served).await?;
     let job_cpu = procstats::cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     let write_start = Instant::now();
@@ -152,7 +155,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0xC0_1055);
     let mut random = || DenseMatrix::F64(Matrix::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0)));
     let (a, b) = (random(), random());
-    let spec = JobSpec { a: a.clone(), b: b.clone(), integer: false, block: args.block, checkpoint: None };
+    let spec = JobSpec { a: a.clone(), b: b.clone(), integer: false, block: args.block, link_rate: None, checkpoint: None };
     let served = serve(&args.serving).await?;
     let report = run(spec, &args.serving, served).await?;
     println!("distributed: {:.3} s, {:.1} GFLOP/s ({})", report.elapsed.as_secs_f64(), report.gflops(), describe(&report.plan));
@@ -186,6 +189,7 @@ struct JobSpec {
     integer: bool,
     /// Columns per tile, if the user chose them; otherwise the pool's model plans.
     block: Option<usize>,
+    link_rate: Option<f64>,
     checkpoint: Option<PathBuf>,
 }
 
@@ -254,7 +258,7 @@ async fn run(spec: JobSpec, serving: &Serving, served: Served) -> anyhow::Result
 /// resumes (whose blocks are then restored, each verified first). Returns the
 /// job's id, what the shell adds once it is planned, and the flops restored.
 fn prepare(spec: JobSpec, scheduler: &mut Scheduler) -> anyhow::Result<(JobId, Preparation, f64)> {
-    let JobSpec { a, b, integer, block, checkpoint } = spec;
+    let JobSpec { a, b, integer, block, link_rate, checkpoint } = spec;
     let checkpoint = checkpoint.map(|dir| Checkpoint::open(&dir, &Inputs::of(&a, &b)).map(|cp| (dir, cp))).transpose()?;
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     let mut rng = rand::rng();
@@ -282,7 +286,7 @@ fn prepare(spec: JobSpec, scheduler: &mut Scheduler) -> anyhow::Result<(JobId, P
             println!("checkpoint {}: starting afresh; the job is planned once workers join", dir.display());
         }
         let model = CostModel { slots: DEFAULT_SLOTS as usize, ..CostModel::default() };
-        let job = Unplanned::new(id, Arc::clone(&recipe.a), Arc::clone(&recipe.b), model, leases, chunk)?.awaiting_verifier();
+        let job = Unplanned::new(id, Arc::clone(&recipe.a), Arc::clone(&recipe.b), model, leases, chunk)?.with_link(link_rate).awaiting_verifier();
         scheduler.add_unplanned(job, Duration::ZERO);
         return Ok((id, Preparation { verifier: Some(recipe), checkpoint: checkpoint.map(|(_, cp)| cp) }, 0.0));
     };

@@ -35,6 +35,22 @@ fn multiply_typed<T: Element>(a: &Matrix<T>, b: &Matrix<T>, threads: usize) -> M
     c
 }
 
+/// This machine's kernel speed on `threads` threads, flop/s: the best of a
+/// few small products (a few milliseconds in all). Workers announce it in
+/// their Hello, as a hint for the master's plan until their results show.
+pub fn measure_speed(threads: usize) -> u64 {
+    let n = 256;
+    let a = DenseMatrix::F64(Matrix::from_fn(n, n, |i, j| ((i + j) % 7) as f64));
+    let best = (0..3)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            std::hint::black_box(multiply(&a, &a, threads));
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    (kernel::flops(n, n, n) / best.max(1e-9)) as u64
+}
+
 /// The number of CPUs this process may use.
 pub fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

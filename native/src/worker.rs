@@ -31,6 +31,8 @@ pub struct WorkerOptions {
     pub slots: u32,
     /// Bytes of panels and products it holds at most (the master is told).
     pub memory: u64,
+    /// Its kernel's speed, flop/s, measured at start (the master is told).
+    pub flops: u64,
     pub max_backoff: Duration,
     /// Sent in Hello to a master that requires it; never logged.
     pub token: Token,
@@ -42,7 +44,7 @@ pub struct WorkerOptions {
 
 impl WorkerOptions {
     pub fn new(url: impl Into<String>, threads: usize, name: impl Into<String>) -> Self {
-        Self { url: url.into(), threads: threads.max(1), name: name.into(), slots: DEFAULT_SLOTS, memory: default_memory(1),
+        Self { url: url.into(), threads: threads.max(1), name: name.into(), slots: DEFAULT_SLOTS, memory: default_memory(1), flops: 0,
             max_backoff: Duration::from_secs(5),
             token: Token::default(),
             tls: crate::tls::client_config(None).expect("the built-in roots need no file"),
@@ -73,7 +75,12 @@ enum Ended {
 
 /// Serves masters until `shutdown` becomes true. Returns only then, or with an
 /// error on a bad URL or when a master refuses this worker.
-pub async fn run(options: WorkerOptions, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(mut options: WorkerOptions, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    if options.flops == 0 {
+        let threads = options.threads;
+        options.flops = tokio::task::spawn_blocking(move || compute::measure_speed(threads)).await.unwrap_or(0);
+        tracing::info!("kernel speed here: {:.1} GFLOP/s on {} thread(s)", options.flops as f64 / 1e9, options.threads);
+    }
     let mut backoff = Duration::from_millis(100);
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
@@ -161,6 +168,7 @@ async fn serve(socket: Socket, options: &WorkerOptions, shutdown: &mut watch::Re
         threads: options.threads as u32,
         slots: options.slots,
         memory: options.memory,
+        flops: options.flops,
         ..WorkerConfig::new(WorkerKind::Native, options.name.clone())
     };
     let token = options.token.clone();

@@ -39,6 +39,8 @@ struct State {
     name: String,
     /// Bytes this Web Worker's wasm instance lends to panels and products.
     memory: u64,
+    /// This Web Worker's kernel speed, flop/s, measured once at start.
+    flops: u64,
     /// Called with a plain object describing what changed, for the page.
     report: Function,
     socket: Option<WebSocket>,
@@ -72,6 +74,7 @@ impl Volunteer {
             url,
             name,
             memory: memory as u64,
+            flops: bench::measure_speed(),
             report,
             socket: None,
             session: None,
@@ -149,7 +152,7 @@ fn connect(state: &Rc<RefCell<State>>) {
             s.backoff_ms = MIN_BACKOFF_MS;
             s.generation += 1;
             s.opened_ms = now_ms();
-            let config = WorkerConfig { memory: s.memory, ..WorkerConfig::new(WorkerKind::Browser, s.name.clone()) };
+            let config = WorkerConfig { memory: s.memory, flops: s.flops, ..WorkerConfig::new(WorkerKind::Browser, s.name.clone()) };
             s.session = Some(WorkerSession::new(config, std::time::Duration::ZERO));
             flush(&mut s);
             let status = if s.paused { "paused" } else { "connected" };

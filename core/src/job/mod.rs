@@ -36,14 +36,16 @@ pub struct LeaseConfig {
     pub factor: f64,
     /// …but never less than this.
     pub min: Duration,
-    /// At the tail, a block whose only lease has run this many times the
+    /// At the tail, a tile whose only lease has run this many times the
     /// typical task time is also given to an idle worker.
     pub straggler_factor: f64,
+    /// A worker's speed before anything is known of it, flop/s.
+    pub assumed_flops: f64,
 }
 
 impl Default for LeaseConfig {
     fn default() -> Self {
-        Self { initial: Duration::from_secs(300), factor: 8.0, min: Duration::from_secs(20), straggler_factor: 2.0 }
+        Self { initial: Duration::from_secs(300), factor: 8.0, min: Duration::from_secs(20), straggler_factor: 2.0, assumed_flops: CostModel::default().assumed_flops_per_second }
     }
 }
 
@@ -156,6 +158,8 @@ pub struct Unplanned {
     leases_config: LeaseConfig,
     max_chunk: usize,
     awaiting_verifier: bool,
+    /// The master's link rate, bytes/s, if known.
+    link: Option<f64>,
 }
 
 impl Unplanned {
@@ -172,7 +176,12 @@ impl Unplanned {
         if a.dtype() != b.dtype() {
             return Err(JobError::Dtype { a: a.dtype(), b: b.dtype() });
         }
-        Ok(Self { id, a, b, model, leases_config, max_chunk, awaiting_verifier: false })
+        Ok(Self { id, a, b, model, leases_config, max_chunk, awaiting_verifier: false, link: None })
+    }
+
+    /// Plans knowing the master's link rate (bytes/s), if given.
+    pub fn with_link(self, link: Option<f64>) -> Self {
+        Self { link, ..self }
     }
 
     /// Once planned, the job holds results until its verifier comes.
@@ -189,9 +198,9 @@ impl Unplanned {
         Problem { m: self.a.rows(), k: self.a.cols(), n: self.b.cols(), elem: self.a.dtype().size() }
     }
 
-    /// Plans the job for workers with these memory budgets.
-    pub(crate) fn plan(self, budgets: &[u64]) -> Job {
-        let plan = self.model.plan(self.problem(), budgets);
+    /// Plans the job for the pool's workers.
+    pub(crate) fn plan(self, pool: &crate::pool::Pool) -> Job {
+        let plan = self.model.plan_for(self.problem(), &pool.capacities(self.model.assumed_flops_per_second), self.link);
         let job = Job::new(self.id, self.a, self.b, plan, self.leases_config, self.max_chunk).expect("shapes were checked");
         if self.awaiting_verifier {
             job.awaiting_verifier()
@@ -517,12 +526,13 @@ impl Job {
     /// The next tile for `worker`, which holds the panels `held` of this job:
     /// a queued one (see `queue`), or at the tail a straggler's; never one whose
     /// result from this worker was wrong.
-    pub(crate) fn next_order(&mut self, worker: WorkerId, held: &[PanelId], now: Duration) -> Option<Order> {
+    pub(crate) fn next_order(&mut self, worker: WorkerId, held: &[PanelId], speed: f64, now: Duration) -> Option<Order> {
         if self.result.is_some() {
             return None;
         }
         let rejected = &self.rejected_by;
-        if let Some(tile) = self.queue.next(worker, held, |t| rejected[t].contains(&worker)) {
+        let fit = speed >= self.plan.min_speed;
+        if let Some(tile) = self.queue.next(worker, held, fit, |t| rejected[t].contains(&worker)) {
             return Some(Order { tile, speculative: false });
         }
         let threshold = self.straggler_threshold()?;
@@ -534,6 +544,11 @@ impl Job {
             .find(|l| l.worker != worker && self.tile_leases[l.tile].len() == 1 && !self.rejected_by[l.tile].contains(&worker))?
             .tile;
         Some(Order { tile, speculative: true })
+    }
+
+    /// The speed assumed of a worker that has not shown one, flop/s.
+    pub(crate) fn assumed_flops(&self) -> f64 {
+        self.leases_config.assumed_flops
     }
 
     /// The panels tile `tile` needs: A's, then B's.

@@ -13,7 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
-use crate::plan::{PanelId, Plan};
+use crate::plan::{Operand, PanelId, Plan};
 use crate::pool::WorkerId;
 
 /// A box of the tile grid, in tile coordinates.
@@ -72,6 +72,9 @@ pub(crate) struct Queue {
     /// Pending tiles that use each panel.
     by_panel: Vec<BTreeSet<usize>>,
     owned: BTreeMap<WorkerId, usize>,
+    /// Workers that have owned a region: when the plan does not spread, only
+    /// they may steal (to shorten the tail).
+    veterans: BTreeSet<WorkerId>,
     /// Regions with pending tiles, fullest first; and those of them nobody owns.
     fullest: BySize,
     fullest_free: BySize,
@@ -109,6 +112,7 @@ impl Queue {
             pending: 0,
             by_panel: vec![BTreeSet::new(); plan.panels()],
             owned: BTreeMap::new(),
+            veterans: BTreeSet::new(),
             fullest: BySize::new(),
             fullest_free: BySize::new(),
         };
@@ -190,36 +194,46 @@ impl Queue {
 
     /// The next tile for `worker`, which holds the panels `held` says, never
     /// one `refused` says it may not have. The tile stays pending until removed.
-    pub fn next(&mut self, worker: WorkerId, held: &[PanelId], refused: impl Fn(usize) -> bool) -> Option<usize> {
+    ///
+    /// Only a worker `fit` for a region (fast enough, by the plan) claims one.
+    pub fn next(&mut self, worker: WorkerId, held: &[PanelId], fit: bool, refused: impl Fn(usize) -> bool) -> Option<usize> {
         if self.pending == 0 {
             return None;
         }
-        let own = self.region(worker);
+        let own = if fit || self.owned.contains_key(&worker) { self.region(worker) } else { None };
         let own_dry = own.is_none_or(|r| self.regions[r].tiles.iter().all(|&t| refused(t)));
         // Tiles that use a panel it holds: those needing no new panel first,
-        // then its own region's, then (once its region is dry) anyone's.
-        let mut best: Option<(usize, bool, usize)> = None;
+        // then its own region's, then (once its region is dry) anyone's. Among
+        // those needing one, a panel of the operand it holds less of: so A's and
+        // B's panels come in turns, and each byte unlocks the most tiles.
+        let bytes = |operand| held.iter().map(|&p| self.plan.panel(p)).filter(|p| p.operand == operand).map(|p| p.elements()).sum::<usize>();
+        let short = if bytes(Operand::A) <= bytes(Operand::B) { Operand::A } else { Operand::B };
+        let mut best: Option<(usize, bool, bool, usize)> = None;
         for &panel in held {
             let Some(tiles) = self.by_panel.get(panel as usize) else { continue };
             for &t in tiles.iter().take(SCAN) {
                 if refused(t) {
                     continue;
                 }
-                let missing = self.plan.panels_of(t).iter().filter(|p| !held.contains(p)).count();
+                let needed: Vec<PanelId> = self.plan.panels_of(t).into_iter().filter(|p| !held.contains(p)).collect();
                 let outside = own != Some(self.home[t]);
-                if missing > 0 && outside && !own_dry {
+                if !needed.is_empty() && outside && !own_dry {
                     continue;
                 }
-                if best.is_none_or(|b| (missing, outside, t) < b) {
-                    best = Some((missing, outside, t));
+                let long = needed.iter().any(|&p| self.plan.panel(p).operand != short);
+                if best.is_none_or(|b| (needed.len(), outside, long, t) < b) {
+                    best = Some((needed.len(), outside, long, t));
                 }
             }
         }
-        if let Some((_, _, t)) = best {
+        if let Some((_, _, _, t)) = best {
             return Some(t);
         }
         if let Some(t) = own.and_then(|r| self.regions[r].tiles.iter().copied().find(|&t| !refused(t))) {
             return Some(t);
+        }
+        if own.is_none() && !self.plan.spread && !self.veterans.contains(&worker) {
+            return None; // the plan chose fewer workers than the pool has: this one waits
         }
         // Steal from the back of the fullest region.
         let &(_, fullest) = self.fullest.first()?;
@@ -238,6 +252,8 @@ impl Queue {
         }
         let r = match self.fullest_free.first() {
             Some(&(_, r)) => r,
+            // A worker the plan left out waits; one that had a region shares another.
+            None if !self.plan.spread && !self.veterans.contains(&worker) => return None,
             None => {
                 let &(_, fullest) = self.fullest.first()?;
                 let mut back = self.regions[fullest].split()?;
@@ -260,6 +276,7 @@ impl Queue {
         };
         self.set_owner(r, Some(worker));
         self.owned.insert(worker, r);
+        self.veterans.insert(worker);
         Some(r)
     }
 }
@@ -272,13 +289,13 @@ mod tests {
     fn workers_start_in_regions_of_their_own_and_keep_to_their_panels() {
         let plan = Plan::grid(8, 8, 8, 2, 2, 2);
         let mut q = Queue::new(&plan, (1, 1, 2));
-        let first = q.next(1, &[], |_| false).unwrap();
-        let second = q.next(2, &[], |_| false).unwrap();
+        let first = q.next(1, &[], true, |_| false).unwrap();
+        let second = q.next(2, &[], true, |_| false).unwrap();
         assert_ne!(plan.coords(first).2, plan.coords(second).2, "one depth slice each");
         q.remove(first);
         // Holding the first tile's panels, worker 1 next takes a tile sharing one of them.
         let held = plan.panels_of(first);
-        let next = q.next(1, &held, |_| false).unwrap();
+        let next = q.next(1, &held, true, |_| false).unwrap();
         assert_eq!(plan.panels_of(next).iter().filter(|p| held.contains(p)).count(), 1);
         assert_eq!(plan.coords(next).2, plan.coords(first).2);
     }
@@ -287,27 +304,27 @@ mod tests {
     fn a_dry_worker_takes_the_back_half_of_the_fullest_region() {
         let plan = Plan::columns(4, 4, 40, 1);
         let mut q = Queue::new(&plan, (1, 2, 1));
-        assert_eq!(q.next(1, &[], |_| false), Some(0));
-        assert_eq!(q.next(2, &[], |_| false), Some(20));
+        assert_eq!(q.next(1, &[], true, |_| false), Some(0));
+        assert_eq!(q.next(2, &[], true, |_| false), Some(20));
         for t in 0..20 {
             q.remove(t);
         }
-        assert_eq!(q.next(1, &[], |_| false), Some(30), "its own region (columns 0..20) is done");
+        assert_eq!(q.next(1, &[], true, |_| false), Some(30), "its own region (columns 0..20) is done");
         for t in 21..40 {
             q.remove(t);
         }
-        assert_eq!(q.next(1, &[], |_| false), Some(20), "the last tile: no region to split, so it steals");
+        assert_eq!(q.next(1, &[], true, |_| false), Some(20), "the last tile: no region to split, so it steals");
     }
 
     #[test]
     fn newcomers_split_the_fullest_region() {
         let plan = Plan::columns(4, 4, 16, 1);
         let mut q = Queue::new(&plan, (1, 1, 1));
-        assert_eq!(q.next(1, &[], |_| false), Some(0));
-        assert_eq!(q.next(2, &[], |_| false), Some(8), "the back half of the only region");
-        assert_eq!(q.next(3, &[], |_| false), Some(4));
+        assert_eq!(q.next(1, &[], true, |_| false), Some(0));
+        assert_eq!(q.next(2, &[], true, |_| false), Some(8), "the back half of the only region");
+        assert_eq!(q.next(3, &[], true, |_| false), Some(4));
         q.forget(2);
-        assert_eq!(q.next(4, &[], |_| false), Some(8), "the region worker 2 left");
-        assert_eq!(q.next(1, &[], |t| t == 0), Some(1), "never a tile it may not have");
+        assert_eq!(q.next(4, &[], true, |_| false), Some(8), "the region worker 2 left");
+        assert_eq!(q.next(1, &[], true, |t| t == 0), Some(1), "never a tile it may not have");
     }
 }

@@ -76,7 +76,7 @@ impl Panel {
 }
 
 /// The tile grid of one job.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub m: usize,
     pub k: usize,
@@ -87,12 +87,19 @@ pub struct Plan {
     /// How many workers the grid was laid out for, along rows, columns and
     /// depth: each starts in its own box of tiles (see `job::queue`).
     pub layout: (usize, usize, usize),
+    /// Whether workers beyond the layout's may split a box and share it (the
+    /// plan used the whole pool), or should wait for a box to be free (the
+    /// plan chose fewer workers, to spare the link).
+    pub spread: bool,
+    /// The slowest speed (flop/s) the plan counted on for a region: a slower
+    /// worker does not take over a free one.
+    pub min_speed: f64,
 }
 
 impl Plan {
     /// A grid of `rows` × `cols` × `depth` parts (each at least 1, at most the dimension).
     pub fn grid(m: usize, k: usize, n: usize, rows: usize, cols: usize, depth: usize) -> Self {
-        Self { m, k, n, rows: Split::new(m, rows), cols: Split::new(n, cols), depth: Split::new(k, depth), layout: (1, 1, 1) }
+        Self { m, k, n, rows: Split::new(m, rows), cols: Split::new(n, cols), depth: Split::new(k, depth), layout: (1, 1, 1), spread: true, min_speed: 0.0 }
     }
 
     /// The 1-D split: column blocks of at most `width` columns, all rows, all of k.
@@ -107,6 +114,11 @@ impl Plan {
     /// The same grid, laid out for workers along rows, columns and depth.
     pub fn laid_out(self, layout: (usize, usize, usize)) -> Self {
         Self { layout, ..self }
+    }
+
+    /// The same grid, letting extra workers split boxes (`spread`) or not.
+    pub fn spread_to(self, spread: bool) -> Self {
+        Self { spread, ..self }
     }
 
     /// The grid's shape: (row bands, column bands, depth slices).

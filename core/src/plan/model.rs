@@ -57,7 +57,7 @@ pub struct CostModel {
 
 impl Default for CostModel {
     fn default() -> Self {
-        Self { min_task_seconds: 0.005, assumed_flops_per_second: 50e9, tiles_per_worker: 8, slots: 2, default_budget: 1 << 30 }
+        Self { min_task_seconds: 0.005, assumed_flops_per_second: 50e9, tiles_per_worker: 32, slots: 2, default_budget: 1 << 30 }
     }
 }
 
@@ -85,25 +85,53 @@ pub struct Traffic {
 }
 
 impl CostModel {
-    /// The tile grid for `problem` on a pool whose workers have these memory
-    /// budgets (bytes). An empty pool is planned as one worker.
+    /// The tile grid for `problem` on a pool of workers with these memory
+    /// budgets (bytes), all planned for. An empty pool is planned as one worker.
     pub fn plan(&self, problem: Problem, budgets: &[u64]) -> Plan {
-        let p = budgets.len().max(1);
-        let memory = budgets.iter().copied().min().unwrap_or(self.default_budget) as f64;
-        let mut best: Option<(f64, f64, Plan)> = None;
-        for (wr, wc, wk) in factorizations(p, problem) {
-            let plan = self.tiles(problem, (wr, wc, wk), memory);
-            let traffic = self.traffic(problem, &plan, (wr, wc, wk), memory);
-            let score = traffic.egress.max(traffic.ingress);
-            let total = traffic.egress + traffic.ingress;
-            let better = best.as_ref().is_none_or(|(s, t, b)| {
-                (score, total, b.tiles()) < (*s * (1.0 - 1e-9), *t * (1.0 - 1e-9), plan.tiles()) || (score <= *s && total < *t * (1.0 - 1e-9))
-            });
-            if better {
-                best = Some((score, total, plan));
+        let pool: Vec<Capacity> = budgets.iter().map(|&memory| Capacity { memory, flops: self.assumed_flops_per_second }).collect();
+        self.plan_for(problem, &pool, None)
+    }
+
+    /// The tile grid for `problem` on `pool`, with `link` the master's link
+    /// (bytes/s each way) if known.
+    ///
+    /// Unknown, the link is taken to be the bottleneck: every worker gets a box
+    /// and the layout moving the fewest bytes wins. Known, the model weighs
+    /// bytes against flops: it may give boxes to only the fastest p' workers
+    /// (the others wait, and take over a box whose worker leaves), when more
+    /// boxes would cost more time on the link than their compute saves.
+    pub fn plan_for(&self, problem: Problem, pool: &[Capacity], link: Option<f64>) -> Plan {
+        let mut pool = pool.to_vec();
+        if pool.is_empty() {
+            pool.push(Capacity { memory: self.default_budget, flops: self.assumed_flops_per_second });
+        }
+        pool.sort_by(|x, y| y.flops.total_cmp(&x.flops));
+        let p = pool.len();
+        let counts: Vec<usize> = match link {
+            None => vec![p],
+            Some(_) => region_counts(p),
+        };
+        let work = flops(problem.m, problem.k, problem.n);
+        let mut best: Option<((f64, f64, usize), Plan)> = None;
+        for count in counts {
+            let chosen = &pool[..count];
+            let memory = chosen.iter().map(|c| c.memory).min().expect("at least one") as f64;
+            let speed: f64 = chosen.iter().map(|c| c.flops).sum();
+            for layout in factorizations(count, problem) {
+                let plan = self.tiles(problem, layout, memory);
+                let traffic = self.traffic(problem, &plan, layout, memory);
+                let bytes = traffic.egress.max(traffic.ingress);
+                // Seconds if the link is known, bytes if not (fewer workers only break ties then).
+                let time = link.map_or(bytes, |rate| (bytes / rate).max(work / speed));
+                let key = (time, traffic.egress + traffic.ingress, plan.tiles());
+                if best.as_ref().is_none_or(|(b, _)| lexically_less(key, *b)) {
+                    // Leaving workers out, it counts on the chosen ones' speed (within a factor of 2).
+                    let min_speed = if count == p { 0.0 } else { chosen[count - 1].flops / 2.0 };
+                    best = Some((key, Plan { min_speed, ..plan.spread_to(count == p) }));
+                }
             }
         }
-        best.expect("p >= 1 has a factorization").2
+        best.expect("p >= 1 has a factorization").1
     }
 
     /// The 1-D plan of old: columns only, the width by this model's task floor
@@ -174,6 +202,41 @@ impl CostModel {
         let p = (wr * wc * wk) as f64;
         Traffic { egress: per_worker * p, ingress: problem.bytes(m, n) * plan.depth.parts as f64 }
     }
+}
+
+/// What the model needs to know of a worker.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Capacity {
+    /// Bytes of panels and products it holds.
+    pub memory: u64,
+    /// Its kernel's speed, flop/s (measured, or assumed).
+    pub flops: f64,
+}
+
+/// Compares (time, bytes, tiles) keys, treating values within a relative 1e-9 as equal.
+fn lexically_less(a: (f64, f64, usize), b: (f64, f64, usize)) -> bool {
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * x.abs().max(y.abs());
+    if !close(a.0, b.0) {
+        return a.0 < b.0;
+    }
+    if !close(a.1, b.1) {
+        return a.1 < b.1;
+    }
+    a.2 < b.2
+}
+
+/// Region counts worth trying for a pool of p: all up to 64, then every
+/// quarter more, and p itself.
+fn region_counts(p: usize) -> Vec<usize> {
+    let mut counts: Vec<usize> = (1..=p.min(64)).collect();
+    let mut next = 80usize;
+    while next < p {
+        counts.push(next);
+        next += next / 4;
+    }
+    counts.push(p);
+    counts.dedup();
+    counts
 }
 
 /// Every (wr, wc, wk) with wr·wc·wk = p that the problem's dimensions allow.

@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::liveness::{Heartbeat, Liveness};
+use crate::plan::model::Capacity;
 use crate::plan::PanelId;
 use crate::protocol::{JobId, LeaseId, Token, WorkerKind, PROTOCOL_VERSION};
 pub(crate) use cache::Cache;
@@ -70,6 +71,8 @@ pub struct Hello {
     pub token: Token,
     /// Bytes of panels and products it can hold.
     pub memory: u64,
+    /// The speed it measured itself at, flop/s (0: unknown).
+    pub flops: u64,
 }
 
 /// What is known of a worker, kept after it leaves.
@@ -78,8 +81,9 @@ pub struct WorkerInfo {
     pub kind: WorkerKind,
     pub name: String,
     pub addr: Option<IpAddr>,
-    /// Memory it announced for panels and products.
+    /// Memory it announced for panels and products, and its own speed measure.
     pub memory: u64,
+    pub announced_flops: u64,
     pub tiles_done: usize,
     /// Compute time the worker reported for its accepted tiles, and their flops.
     pub compute: Duration,
@@ -101,8 +105,11 @@ pub(crate) struct Held {
 /// A connected, welcomed worker.
 #[derive(Debug)]
 pub(crate) struct Worker {
-    /// Tasks it may hold at once.
+    /// Tasks it may hold at most.
     pub slots: usize,
+    /// Tasks it may hold now: one at first, one more for each verified result,
+    /// up to `slots`; so a stranger that takes tasks and never answers holds one.
+    pub credit: usize,
     /// Its leases.
     pub leases: BTreeMap<LeaseId, Held>,
     /// Leases cancelled because another copy won; their late chunks are ignored.
@@ -118,7 +125,7 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub fn has_room(&self) -> bool {
-        self.leases.len() < self.slots
+        self.leases.len() < self.credit
     }
 }
 
@@ -131,8 +138,11 @@ pub struct Pool {
     /// Connections not yet welcomed (or refused), by address.
     connecting: BTreeMap<WorkerId, Option<IpAddr>>,
     pub(crate) workers: BTreeMap<WorkerId, Worker>,
-    /// Workers with room for another task.
-    room: BTreeSet<WorkerId>,
+    /// Workers with room for another task: those with a verified result first
+    /// (preferred when work is short), then newcomers. A worker offered
+    /// nothing is parked until something changes ([`Pool::unpark_all`]).
+    room: BTreeSet<(bool, WorkerId)>,
+    parked: BTreeSet<WorkerId>,
     /// Each worker's next liveness check (a heartbeat due, or its silence
     /// limit), earliest first. Kept lazily: hearing from a worker does not move
     /// its check; a check that finds nothing due sets the next one.
@@ -154,6 +164,7 @@ impl Pool {
             connecting: BTreeMap::new(),
             workers: BTreeMap::new(),
             room: BTreeSet::new(),
+            parked: BTreeSet::new(),
             checks: BTreeSet::new(),
             headcount: [0; 2],
             infos: BTreeMap::new(),
@@ -198,6 +209,7 @@ impl Pool {
         let liveness = Liveness::new(now, &self.heartbeat);
         let w = Worker {
             slots: slots as usize,
+            credit: 1,
             leases: BTreeMap::new(),
             cancelled: HashSet::new(),
             jobs: BTreeSet::new(),
@@ -206,9 +218,7 @@ impl Pool {
             task_time: None,
         };
         self.checks.insert((w.liveness.next_wake(self.heartbeat.timeout), worker));
-        if w.has_room() {
-            self.room.insert(worker);
-        }
+        self.room.insert((true, worker));
         self.workers.insert(worker, w);
         self.headcount[kind_index(hello.kind)] += 1;
         let info = WorkerInfo {
@@ -216,6 +226,7 @@ impl Pool {
             name: hello.name,
             addr,
             memory: hello.memory,
+            announced_flops: hello.flops,
             tiles_done: 0,
             compute: Duration::ZERO,
             flops: 0.0,
@@ -245,7 +256,8 @@ impl Pool {
     pub(crate) fn leave(&mut self, worker: WorkerId) -> Option<Worker> {
         self.connecting.remove(&worker);
         let w = self.workers.remove(&worker)?;
-        self.room.remove(&worker);
+        self.unroom(worker);
+        self.parked.remove(&worker);
         self.checks.retain(|&(_, id)| id != worker);
         if let Some(info) = self.infos.get_mut(&worker) {
             info.connected = false;
@@ -254,12 +266,43 @@ impl Pool {
         Some(w)
     }
 
+    /// Whether `worker` is new: no verified result yet.
+    fn is_new(&self, worker: WorkerId) -> bool {
+        self.infos.get(&worker).is_none_or(|i| i.tiles_done == 0)
+    }
+
+    fn unroom(&mut self, worker: WorkerId) {
+        self.room.remove(&(true, worker));
+        self.room.remove(&(false, worker));
+    }
+
+    /// Lists `worker` as having room, if it has.
+    fn reroom(&mut self, worker: WorkerId) {
+        self.unroom(worker);
+        self.parked.remove(&worker);
+        if self.workers.get(&worker).is_some_and(Worker::has_room) {
+            self.room.insert((self.is_new(worker), worker));
+        }
+    }
+
     /// Gives `worker` a lease.
     pub(crate) fn add_lease(&mut self, worker: WorkerId, lease: LeaseId, held: Held) {
         let w = self.workers.get_mut(&worker).expect("a member");
         w.leases.insert(lease, held);
-        if !w.has_room() {
-            self.room.remove(&worker);
+        self.reroom(worker);
+    }
+
+    /// `worker` was offered nothing: leave it out until something changes.
+    pub(crate) fn park(&mut self, worker: WorkerId) {
+        self.unroom(worker);
+        self.parked.insert(worker);
+    }
+
+    /// Something changed (a worker left, work came back, a job came): offer
+    /// to the parked workers again.
+    pub(crate) fn unpark_all(&mut self) {
+        for worker in std::mem::take(&mut self.parked) {
+            self.reroom(worker);
         }
     }
 
@@ -271,17 +314,17 @@ impl Pool {
             w.cache.unpin(held.job, panel);
         }
         w.cache.release(held.product);
-        self.room.insert(worker);
+        self.reroom(worker);
         Some(held)
     }
 
-    /// Workers with room for another task.
+    /// Workers with room for another task, those with a verified record first.
     pub(crate) fn with_room(&self) -> impl Iterator<Item = WorkerId> + '_ {
-        self.room.iter().copied()
+        self.room.iter().map(|&(_, id)| id)
     }
 
     pub(crate) fn someone_has_room(&self) -> bool {
-        !self.room.is_empty()
+        !self.room.is_empty() || !self.parked.is_empty()
     }
 
     pub fn heard(&mut self, worker: WorkerId, now: Duration) {
@@ -351,7 +394,9 @@ impl Pool {
         }
         if let Some(w) = self.workers.get_mut(&worker) {
             w.task_time = Some(smooth(w.task_time, took));
+            w.credit = (w.credit + 1).min(w.slots);
         }
+        self.reroom(worker);
     }
 
     pub fn is_banned(&self, addr: IpAddr) -> bool {
@@ -367,9 +412,34 @@ impl Pool {
         self.infos.get(&worker)
     }
 
-    /// The memory budgets of the connected workers.
-    pub fn budgets(&self) -> Vec<u64> {
-        self.workers.values().map(|w| w.cache.budget()).collect()
+    /// What the plan needs to know of each connected worker: its memory, and
+    /// its speed as measured on verified tiles (or `assumed`).
+    pub fn capacities(&self, assumed: f64) -> Vec<Capacity> {
+        self.workers
+            .iter()
+            .map(|(id, w)| {
+                let info = &self.infos[id];
+                Capacity { memory: w.cache.budget(), flops: self.speed_of(info, assumed) }
+            })
+            .collect()
+    }
+
+    /// A worker's speed: measured on its verified tiles, or as it announced
+    /// (within reason), or `assumed`.
+    fn speed_of(&self, info: &WorkerInfo, assumed: f64) -> f64 {
+        if info.compute > Duration::ZERO {
+            return info.flops / info.compute.as_secs_f64();
+        }
+        match info.announced_flops {
+            0 => assumed,
+            // No one is believed faster than a large server, nor slower than a phone.
+            f => (f as f64).clamp(1e8, 1e13),
+        }
+    }
+
+    /// `worker`'s speed, as [`Self::capacities`] counts it.
+    pub(crate) fn speed(&self, worker: WorkerId, assumed: f64) -> f64 {
+        self.infos.get(&worker).map_or(assumed, |info| self.speed_of(info, assumed))
     }
 
     /// Connected workers of `kind`.
@@ -398,7 +468,7 @@ mod tests {
     use super::*;
 
     fn hello(kind: WorkerKind, token: &str) -> Hello {
-        Hello { protocol: PROTOCOL_VERSION, kind, slots: 2, name: "w".into(), token: Token::new(token), memory: 1 << 30 }
+        Hello { protocol: PROTOCOL_VERSION, kind, slots: 2, name: "w".into(), token: Token::new(token), memory: 1 << 30, flops: 0 }
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub fn check_hostile_worker(data: &[u8]) -> (usize, bool) {
     let job = Job::new(1, a, b, Plan::columns(3, 2, 4, 1), config.leases.clone(), config.max_chunk).expect("a valid job");
     let mut sched = Scheduler::new(config);
     sched.add_job(job, Duration::ZERO);
-    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Native, threads: 1, slots: 2, name: "f".into(), token: Token::default(), memory: 1 << 20 };
+    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Native, threads: 1, slots: 2, name: "f".into(), token: Token::default(), memory: 1 << 20, flops: 0 };
     sched.handle_input(Input::Connected { worker: 1, addr: None }, Duration::ZERO);
     sched.handle_input(Input::Message { worker: 1, bytes: &codec::encode(&hello, &[]) }, Duration::ZERO);
     let (mut rest, mut now, mut accepted) = (data, Duration::ZERO, 0);

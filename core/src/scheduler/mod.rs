@@ -203,6 +203,7 @@ impl Scheduler {
 
     /// Starts running `job`, planned already, on the pool.
     pub fn add_job(&mut self, job: Job, now: Duration) {
+        self.pool.unpark_all();
         let id = job.id();
         let complete = job.is_complete();
         self.jobs.insert(id, Entry::Running(job));
@@ -214,6 +215,7 @@ impl Scheduler {
 
     /// Queues a job to be planned for the pool ([`Event::JobPlanned`] says when).
     pub fn add_unplanned(&mut self, job: Unplanned, now: Duration) {
+        self.pool.unpark_all();
         self.jobs.insert(job.id(), Entry::Unplanned(job));
         self.assign(now);
     }
@@ -312,8 +314,8 @@ impl Scheduler {
         let (message, body) = codec::decode(bytes).map_err(Violation::from)?;
         if !self.pool.is_member(worker) {
             return match message {
-                Message::Hello { protocol, kind, slots, name, token, memory, .. } => {
-                    self.on_hello(worker, Hello { protocol, kind, slots, name, token, memory }, now)
+                Message::Hello { protocol, kind, slots, name, token, memory, flops, .. } => {
+                    self.on_hello(worker, Hello { protocol, kind, slots, name, token, memory, flops }, now)
                 }
                 _ => Err(Violation::NoHello.into()),
             };
@@ -332,6 +334,7 @@ impl Scheduler {
                         job.drop_lease(lease);
                     }
                 }
+                self.pool.unpark_all();
                 self.assign(now);
                 Ok(())
             }
@@ -414,6 +417,7 @@ impl Scheduler {
                 }
             }
             Finished::Rejected { tile, reason } => {
+                self.pool.unpark_all();
                 let (strikes, out) = self.pool.strike(worker);
                 self.outputs.push_back(Output::Event(Event::Rejected { job: job_id, worker, tile, reason, strikes }));
                 if out {
@@ -451,6 +455,7 @@ impl Scheduler {
             }
         }
         self.outputs.push_back(Output::Event(Event::WorkerLeft { worker, requeued }));
+        self.pool.unpark_all();
         self.assign(now);
     }
 
@@ -476,6 +481,7 @@ impl Scheduler {
             let Entry::Running(job) = entry else { continue };
             for (worker, tile) in job.expire(now) {
                 self.outputs.push_back(Output::Event(Event::LeaseExpired { job: id, worker, tile }));
+                self.pool.unpark_all();
             }
         }
         self.assign(now);
@@ -516,10 +522,10 @@ impl Scheduler {
     fn assign(&mut self, now: Duration) {
         if self.planning_due().is_some_and(|due| now >= due) {
             let waiting: Vec<JobId> = self.jobs.iter().filter(|(_, e)| matches!(e, Entry::Unplanned(_))).map(|(&id, _)| id).collect();
-            let budgets = self.pool.budgets();
             for id in waiting {
                 let Some(Entry::Unplanned(job)) = self.jobs.remove(&id) else { unreachable!("listed above") };
-                self.jobs.insert(id, Entry::Running(job.plan(&budgets)));
+                self.jobs.insert(id, Entry::Running(job.plan(&self.pool)));
+                self.pool.unpark_all();
                 self.outputs.push_back(Output::Event(Event::JobPlanned { job: id }));
             }
         }
@@ -530,7 +536,11 @@ impl Scheduler {
             let mut gave = false;
             let hungry: Vec<WorkerId> = self.pool.with_room().collect();
             for worker in hungry {
-                gave |= self.offer(worker, now);
+                if self.offer(worker, now) {
+                    gave = true;
+                } else {
+                    self.pool.park(worker);
+                }
             }
             if !gave {
                 return;
@@ -558,9 +568,10 @@ impl Scheduler {
     /// header and the panels the worker lacks, then the task.
     fn offer_from(&mut self, worker: WorkerId, id: JobId, now: Duration) -> bool {
         let Some(Entry::Running(job)) = self.jobs.get_mut(&id) else { return false };
+        let speed = self.pool.speed(worker, job.assumed_flops());
         let w = self.pool.workers.get_mut(&worker).expect("a member");
         let held: Vec<PanelId> = w.cache.panels_of(id).collect();
-        let Some(order @ Order { tile, speculative }) = job.next_order(worker, &held, now) else { return false };
+        let Some(order @ Order { tile, speculative }) = job.next_order(worker, &held, speed, now) else { return false };
         let panels = job.panels_of(tile);
         let missing: Vec<PanelId> = panels.into_iter().filter(|p| !held.contains(p)).collect();
         let product = job.product_size(tile);

@@ -250,14 +250,27 @@ fn one_worker_computes_everything_and_gets_a_once() {
     assert_eq!(sim.tiles_done(w), 6);
 }
 
+/// Delivers, computes one task and returns its result, `rounds` times.
+fn serve(sim: &mut Sim, w: WorkerId, rounds: usize) {
+    for _ in 0..rounds {
+        sim.deliver_to_worker(w, usize::MAX);
+        sim.compute(w);
+        sim.deliver_to_master(w, usize::MAX);
+    }
+    sim.deliver_to_worker(w, usize::MAX);
+}
+
 #[test]
-fn a_worker_never_holds_more_than_its_slots() {
+fn credit_starts_at_one_task_and_grows_with_verified_results_to_the_slots() {
     let mut sim = Sim::new(4, 4, 40, 2, quick_config());
     let w = sim.join(2);
     sim.deliver_to_worker(w, usize::MAX);
-    assert_eq!(sim.workers[&w].session.in_flight(), 2);
-    assert_eq!(sim.count(w, |m| matches!(m, Message::Task { .. })), 2);
-    assert_eq!(sim.wake, Some(ms(1000)), "the leases' deadline");
+    assert_eq!(sim.workers[&w].session.in_flight(), 1, "a stranger holds one task");
+    assert_eq!(sim.wake, Some(ms(1000)), "the lease's deadline");
+    serve(&mut sim, w, 1);
+    assert_eq!(sim.workers[&w].session.in_flight(), 2, "one result, one more task of credit");
+    serve(&mut sim, w, 5);
+    assert_eq!(sim.workers[&w].session.in_flight(), 2, "never more than it asked for");
 }
 
 #[test]
@@ -265,8 +278,8 @@ fn a_worker_gets_no_more_credit_than_the_master_grants() {
     let mut sim = Sim::new(4, 4, 40, 2, SchedulerConfig { max_slots: 3, ..quick_config() });
     let greedy = sim.join(1000);
     sim.deliver_to_worker(greedy, usize::MAX);
-    assert_eq!(sim.count(greedy, |m| matches!(m, Message::Welcome { slots: 3, .. })), 1, "told its credit");
-    assert_eq!(sim.count(greedy, |m| matches!(m, Message::Task { .. })), 3);
+    assert_eq!(sim.count(greedy, |m| matches!(m, Message::Welcome { slots: 3, .. })), 1, "told its most");
+    serve(&mut sim, greedy, 6);
     assert_eq!(sim.workers[&greedy].session.in_flight(), 3);
 }
 
@@ -300,7 +313,7 @@ fn a_vanished_workers_blocks_are_requeued() {
     let doomed = sim.join(2);
     sim.deliver_to_worker(doomed, usize::MAX);
     sim.leave(doomed);
-    assert!(sim.events.contains(&Event::WorkerLeft { worker: doomed, requeued: 2 }));
+    assert!(sim.events.contains(&Event::WorkerLeft { worker: doomed, requeued: 1 }));
     let heir = sim.join(2);
     let c = sim.run_to_completion();
     assert_eq!(c, sim.expected);
@@ -399,7 +412,7 @@ fn a_silent_worker_is_dropped_and_its_blocks_reissued() {
         sim.deliver_to_master(alive, usize::MAX); // heartbeats only: it computes nothing yet
     }
     assert_eq!(sim.closed, vec![(frozen, "silent for 16 s".to_owned(), false)], "closed at the first check past 15 s, and only the frozen one");
-    assert!(sim.events.contains(&Event::WorkerLeft { worker: frozen, requeued: 2 }));
+    assert!(sim.events.contains(&Event::WorkerLeft { worker: frozen, requeued: 1 }));
     assert!(sim.count(alive, |m| matches!(m, Message::Heartbeat)) >= 5, "the master beats too");
     assert_eq!(sim.run_to_completion(), sim.expected);
 }
@@ -447,7 +460,7 @@ fn restored_blocks_are_verified_and_never_recomputed() {
 }
 
 fn hello(kind: WorkerKind, token: &str) -> Vec<u8> {
-    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind, threads: 1, slots: 1, name: "w".into(), token: Token::new(token), memory: 1 << 20 };
+    let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind, threads: 1, slots: 1, name: "w".into(), token: Token::new(token), memory: 1 << 20, flops: 0 };
     codec::encode(&hello, &[])
 }
 
@@ -503,7 +516,7 @@ fn protocol_violations_close_the_connection() {
     let w = sim.join(1);
     let done = codec::encode(&Message::JobDone { job: 1 }, &[]);
     assert_eq!(close(&mut sim, w, done).as_deref(), Some("sent JobDone, which only a master sends"));
-    let old = codec::encode(&Message::Hello { protocol: 0, kind: WorkerKind::Native, threads: 1, slots: 1, name: String::new(), token: Token::default(), memory: 0 }, &[]);
+    let old = codec::encode(&Message::Hello { protocol: 0, kind: WorkerKind::Native, threads: 1, slots: 1, name: String::new(), token: Token::default(), memory: 0, flops: 0 }, &[]);
     assert!(close(&mut sim, 77, old).unwrap().contains("protocol"));
     // The lease is real but the chunk is out of order.
     let w = sim.join(1);

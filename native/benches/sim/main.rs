@@ -14,7 +14,7 @@ mod world;
 
 use std::path::Path;
 
-use colonnade_core::plan::model::{lower_bound, Problem};
+use colonnade_core::plan::model::{lower_bound, Capacity, Problem};
 use colonnade_core::plan::CostModel;
 use colonnade_core::protocol::WorkerKind;
 use serde_json::{json, Value};
@@ -27,8 +27,9 @@ const MIB: u64 = 1 << 20;
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let mut results = Vec::new();
+    let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let scenarios: Vec<(String, Setup)> = if smoke { smoke_scenarios() } else { scenarios() };
-    for (name, setup) in scenarios {
+    for (name, setup) in scenarios.into_iter().filter(|(name, _)| only.as_ref().is_none_or(|o| name.contains(o.as_str()))) {
         eprintln!("sim: {name}");
         results.push(report(&name, &setup));
     }
@@ -45,15 +46,16 @@ fn servers(p: usize, flops: f64, memory: u64) -> Vec<WorkerSpec> {
     vec![spec; p]
 }
 
-fn planned(problem: Problem, workers: &[WorkerSpec]) -> colonnade_core::plan::Plan {
-    let budgets: Vec<u64> = workers.iter().filter(|w| w.join_at == 0.0).map(|w| w.memory).collect();
-    CostModel::default().plan(problem, &budgets)
+/// The plan the master would make with the workers present at the start, knowing the link.
+fn planned(problem: Problem, workers: &[WorkerSpec], link: f64) -> colonnade_core::plan::Plan {
+    let pool: Vec<Capacity> = workers.iter().filter(|w| w.join_at == 0.0).map(|w| Capacity { memory: w.memory, flops: w.flops }).collect();
+    CostModel::default().plan_for(problem, &pool, Some(link))
 }
 
 fn smoke_scenarios() -> Vec<(String, Setup)> {
     let problem = Problem { m: 1024, k: 1024, n: 1024, elem: 8 };
     let workers = servers(3, 20e9, GIB);
-    let plan = planned(problem, &workers);
+    let plan = planned(problem, &workers, GBIT);
     vec![("smoke: n=1024, 3 workers".into(), Setup { plan, master_link: GBIT, workers, relay: false, horizon: 3600.0 })]
 }
 
@@ -63,22 +65,22 @@ fn scenarios() -> Vec<(String, Setup)> {
     let square = |n: usize| Problem { m: n, k: n, n, elem: 8 };
     for p in [1, 2, 3] {
         let workers = servers(p, 45e9, 8 * GIB);
-        let plan = planned(square(4096), &workers);
+        let plan = planned(square(4096), &workers, GBIT);
         out.push((format!("n=4096 f64, 1 Gbit/s master, {p} worker(s)"), Setup { plan, master_link: GBIT, workers, relay: false, horizon: 3600.0 }));
     }
     // Egress with many equal workers with ample memory.
     for p in [8, 64] {
         let workers = servers(p, 50e9, 64 * GIB);
-        let plan = planned(square(16384), &workers);
+        let plan = planned(square(16384), &workers, 10.0 * GBIT);
         out.push((format!("n=16384 f64, 10 Gbit/s master, {p} equal workers"), Setup { plan, master_link: 10.0 * GBIT, workers, relay: false, horizon: 36_000.0 }));
     }
     // A is 4x each worker's memory.
     let workers = servers(2, 45e9, 256 * MIB);
-    let plan = planned(square(8192), &workers);
+    let plan = planned(square(8192), &workers, 10.0 * GBIT);
     out.push(("n=8192 f64, workers with 256 MiB (A is 512 MiB)".into(), Setup { plan, master_link: 10.0 * GBIT, workers, relay: false, horizon: 36_000.0 }));
     // The volunteer crowd, with and without relaying panels.
     let workers = crowd(10_000, 3600.0, 7);
-    let plan = planned(square(65536), &workers);
+    let plan = planned(square(65536), &workers, 10.0 * GBIT);
     for relay in [false, true] {
         let name = format!("n=65536 f64, 10 Gbit/s master, 10,000 workers (90% tabs), churn 5%/min, 1% liars{}", if relay { ", relay" } else { "" });
         out.push((name, Setup { plan: plan.clone(), master_link: 10.0 * GBIT, workers: workers.clone(), relay, horizon: 36_000.0 }));
@@ -146,7 +148,7 @@ fn report(name: &str, setup: &Setup) -> Value {
     let (wr, wc, wk) = plan.layout;
     let model = CostModel::default().traffic(problem, plan, plan.layout, setup.workers.iter().map(|w| w.memory).min().unwrap_or(GIB) as f64);
     println!(
-        "{name}\n  grid {:?} layout {wr}x{wc}x{wk}: makespan {:.2} s, bound {:.2} s ({:.2}x); egress {:.2}x A+B (model {:.2}x); {} tasks, {} rejected; scheduler {:.1} µs CPU per task; C {}",
+        "{name}\n  grid {:?} layout {wr}x{wc}x{wk}: makespan {:.2} s, bound {:.2} s ({:.2}x); egress {:.2}x A+B (model {:.2}x); {} tasks ({} copies), {} rejected; scheduler CPU {:.1} µs per task, {:.2} µs per input; C {}",
         plan.shape(),
         outcome.makespan,
         bound,
@@ -154,8 +156,10 @@ fn report(name: &str, setup: &Setup) -> Value {
         outcome.egress / inputs,
         model.egress / inputs,
         outcome.leases,
+        outcome.speculated,
         outcome.rejected,
         outcome.cpu_per_task.as_secs_f64() * 1e6,
+        outcome.cpu_per_input.as_secs_f64() * 1e6,
         if outcome.correct { "correct" } else { "WRONG OR INCOMPLETE" },
     );
     assert!(outcome.complete && outcome.correct, "{name}: the simulated job must complete with the right C");
@@ -165,7 +169,8 @@ fn report(name: &str, setup: &Setup) -> Value {
         "egress_bytes": outcome.egress, "ingress_bytes": outcome.ingress, "inputs_bytes": inputs,
         "egress_over_inputs": outcome.egress / inputs, "model_egress_over_inputs": model.egress / inputs,
         "relayed_bytes": outcome.relayed,
-        "tasks": outcome.leases, "rejected": outcome.rejected, "events": outcome.events,
+        "tasks": outcome.leases, "speculated": outcome.speculated, "rejected": outcome.rejected, "events": outcome.events,
         "scheduler_cpu_us_per_task": outcome.cpu_per_task.as_secs_f64() * 1e6,
+        "scheduler_cpu_us_per_input": outcome.cpu_per_input.as_secs_f64() * 1e6,
     })
 }

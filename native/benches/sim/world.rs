@@ -72,8 +72,13 @@ pub struct Outcome {
     pub relayed: f64,
     pub leases: u64,
     pub rejected: u64,
-    /// Real CPU time spent inside the scheduler, per lease issued.
+    /// Copies of stragglers' tiles.
+    pub speculated: u64,
+    /// Scheduler inputs handled (messages, timeouts, joins and leaves).
+    pub inputs: u64,
+    /// Real CPU time spent inside the scheduler, per lease issued and per input.
     pub cpu_per_task: Duration,
+    pub cpu_per_input: Duration,
     pub events: u64,
     pub correct: bool,
 }
@@ -155,7 +160,7 @@ pub fn run(setup: &Setup) -> Outcome {
                 let spec = setup.workers[i].clone();
                 let id = next_id;
                 next_id += 1;
-                let config = WorkerConfig { memory: sizes.memory(spec.memory), ..WorkerConfig::new(spec.kind, format!("sim-{i}")) };
+                let config = WorkerConfig { memory: sizes.memory(spec.memory), flops: spec.flops as u64, ..WorkerConfig::new(spec.kind, format!("sim-{i}")) };
                 let session = WorkerSession::new(config, now_d);
                 if let Some(leave) = spec.leave_at {
                     push(&mut queue, leave.max(now), Happening::Leave(id));
@@ -218,6 +223,7 @@ pub fn run(setup: &Setup) -> Outcome {
         if !touched_master {
             continue;
         }
+        out.inputs += 1;
         // Carry out what the scheduler asks.
         loop {
             match sched.poll_output() {
@@ -259,6 +265,7 @@ pub fn run(setup: &Setup) -> Outcome {
                     out.makespan = now;
                 }
                 Output::Event(Event::Rejected { .. }) => out.rejected += 1,
+                Output::Event(Event::Speculated { .. }) => out.speculated += 1,
                 Output::Event(_) => {}
                 Output::Wake(at) => {
                     if let Some(at) = at {
@@ -282,6 +289,7 @@ pub fn run(setup: &Setup) -> Outcome {
         out.correct = job.take_result().is_some_and(|c| c == DenseMatrix::from(expected));
     }
     out.cpu_per_task = cpu / out.leases.max(1) as u32;
+    out.cpu_per_input = cpu / out.inputs.max(1) as u32;
     out
 }
 

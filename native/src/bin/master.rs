@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use colonnade_native::cli::{self, BadInput};
 use colonnade_native::master::Limits;
 use colonnade_native::commands::{self, DemoArgs, MultiplyArgs, Serving};
@@ -31,51 +31,28 @@ enum Command {
         /// Where to write C; the extension picks the format.
         #[arg(short, long)]
         output: PathBuf,
-        /// Address for workers and browsers (port 0 picks a free port).
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Workers to start inside this process.
-        #[arg(long, default_value_t = 0)]
-        local_workers: usize,
-        /// Columns per task (default: chosen by the cost model).
+        /// Columns per tile, all rows and all of k each (default: the cost model
+        /// plans tiles for the workers that join).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         block: Option<u64>,
-        /// Write the run's figures (times, bytes on the wire, master CPU and peak memory) as JSON.
+        /// The master's link rate, e.g. 1G or 100M (bytes/s, as --max-memory
+        /// counts); given, the plan weighs bytes against flops and may use fewer
+        /// workers than join. Default: the link is assumed to be the bottleneck.
+        #[arg(long, value_name = "BYTES", value_parser = cli::parse_bytes)]
+        link_rate: Option<u64>,
+        /// Write the run's figures (times, plan, bytes on the wire, master CPU and peak memory) as JSON.
         #[arg(long, value_name = "FILE")]
         stats_json: Option<PathBuf>,
-        /// Open worker connections (native and browser) before more are refused.
-        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
-        max_connections: u64,
-        /// Seconds a new connection may take to say Hello before it is closed.
-        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-        handshake_timeout: f64,
-        /// Largest message body, either way (e.g. 64K; at most 8M). A worker
-        /// sending more is cut off; results come back in chunks this size.
-        #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_chunk)]
-        max_chunk: u64,
-        /// Tasks one worker may hold at once, whatever it asks for.
-        #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
-        max_slots: u32,
         /// Memory for A, B and C (e.g. 16G); bigger inputs are refused before
         /// they are read. Default: the memory available now.
         #[arg(long, value_name = "BYTES", value_parser = cli::parse_bytes)]
         max_memory: Option<u64>,
-        /// Native workers must present the secret in FILE (their own --token-file).
-        #[arg(long, value_name = "FILE")]
-        token_file: Option<PathBuf>,
-        /// Turn browser volunteers away (with --token-file: only token holders may join).
-        #[arg(long)]
-        no_browsers: bool,
-        /// Serve https and wss with this PEM certificate (chain); needs --tls-key.
-        #[arg(long, value_name = "FILE", requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// The PEM private key for --tls-cert.
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
         /// Record each verified block in DIR (durably), and resume from it: run
         /// the same command again after a crash and finished blocks are kept.
         #[arg(long, value_name = "DIR")]
         checkpoint: Option<PathBuf>,
+        #[command(flatten)]
+        serving: ServingArgs,
     },
     /// Multiply random matrices with local workers and check the result.
     Demo {
@@ -88,10 +65,72 @@ enum Command {
         /// Address for extra workers and browsers (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
-        /// Columns per task (default: chosen by the cost model).
+        /// Columns per tile (default: the cost model plans tiles).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         block: Option<u64>,
     },
+}
+
+/// How the master serves workers: where, who may join, within what limits.
+#[derive(Args, Debug)]
+struct ServingArgs {
+    /// Address for workers and browsers (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Workers to start inside this process.
+    #[arg(long, default_value_t = 0)]
+    local_workers: usize,
+    /// Open worker connections (native and browser) before more are refused.
+    #[arg(long, default_value_t = Limits::DEFAULT.max_connections as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Open worker connections from one address before more are refused.
+    #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT.max_per_address as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_per_address: u64,
+    /// Seconds a new connection may take to say Hello before it is closed.
+    #[arg(long, value_name = "SECS", default_value_t = Limits::DEFAULT.handshake_timeout.as_secs_f64())]
+    handshake_timeout: f64,
+    /// Largest message body, either way (e.g. 64K; at most 8M). A worker
+    /// sending more is cut off; results come back in chunks this size.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::DEFAULT.max_chunk as u64, value_parser = parse_chunk)]
+    max_chunk: u64,
+    /// Tasks one worker may hold at once, whatever it asks for.
+    #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT.max_slots, value_parser = clap::value_parser!(u32).range(1..))]
+    max_slots: u32,
+    /// Native workers must present the secret in FILE (their own --token-file).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Turn browser volunteers away (with --token-file: only token holders may join).
+    #[arg(long)]
+    no_browsers: bool,
+    /// Serve https and wss with this PEM certificate (chain); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ServingArgs {
+    /// The serving settings, with files read and checked.
+    fn load(self) -> anyhow::Result<Serving> {
+        let Ok(handshake_timeout) = std::time::Duration::try_from_secs_f64(self.handshake_timeout) else {
+            return Err(BadInput(format!("--handshake-timeout {}: not a number of seconds", self.handshake_timeout)).into());
+        };
+        let limits = Limits {
+            max_connections: self.max_connections as usize,
+            max_per_address: self.max_per_address as usize,
+            handshake_timeout,
+            max_chunk: self.max_chunk as usize,
+            max_slots: self.max_slots,
+        };
+        let token = self.token_file.as_deref().map(cli::read_token).transpose()?;
+        let access = Access { token, browsers: !self.no_browsers };
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls::load(&cert, &key)?),
+            _ => None,
+        };
+        Ok(Serving { listen: self.listen, local_workers: self.local_workers, limits, access, tls })
+    }
 }
 
 /// A chunk limit: between 4 KiB and the protocol's 8 MiB.
@@ -110,38 +149,11 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Multiply {
-                a,
-                b,
-                output,
-                listen,
-                local_workers,
-                block,
-                stats_json,
-                max_connections,
-                handshake_timeout,
-                token_file,
-                no_browsers,
-                checkpoint,
-                max_chunk,
-                max_slots,
-                max_memory,
-                tls_cert,
-                tls_key,
-            } => {
+            Command::Multiply { a, b, output, block, link_rate, stats_json, max_memory, checkpoint, serving } => {
+                let serving = serving.load()?;
                 let block = block.map(|b| b as usize);
-                let Ok(handshake_timeout) = std::time::Duration::try_from_secs_f64(handshake_timeout) else {
-                    return Err(BadInput(format!("--handshake-timeout {handshake_timeout}: not a number of seconds")).into());
-                };
-                let limits = Limits { max_connections: max_connections as usize, handshake_timeout, max_chunk: max_chunk as usize, max_slots };
-                let token = token_file.as_deref().map(cli::read_token).transpose()?;
-                let access = Access { token, browsers: !no_browsers };
-                let tls = match (tls_cert, tls_key) {
-                    (Some(cert), Some(key)) => Some(ServerTls::load(&cert, &key)?),
-                    _ => None,
-                };
-                let serving = Serving { listen, local_workers, limits, access, tls };
-                commands::multiply(MultiplyArgs { a, b, output, block, stats_json, checkpoint, max_memory, serving }).await.map(|()| true)
+                let link_rate = link_rate.map(|r| r as f64);
+                commands::multiply(MultiplyArgs { a, b, output, block, link_rate, stats_json, checkpoint, max_memory, serving }).await.map(|()| true)
             }
             Command::Demo { size, local_workers, listen, block } => {
                 let serving = Serving { listen, local_workers, limits: Limits::default(), access: Access::default(), tls: None };

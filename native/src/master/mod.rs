@@ -2,6 +2,7 @@
 
 mod assets;
 mod gate;
+mod open;
 mod page;
 mod progress;
 mod server;

@@ -5,7 +5,7 @@
 //! (encoding frames just before they go out, so queued frames cost no copies).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,11 +19,12 @@ use bytes::Bytes;
 use colonnade_core::codec::MAX_HEADER;
 use colonnade_core::protocol::MAX_CHUNK;
 use colonnade_core::protocol::Frame;
-use colonnade_core::scheduler::WorkerId;
+use colonnade_core::scheduler::{WorkerId, DEFAULT_MAX_SLOTS};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 use super::assets;
+use super::open::{Full, Opened, Openings};
 use super::gate::GatedListener;
 use super::page::{self, Status};
 
@@ -57,6 +58,8 @@ pub struct Traffic {
 pub struct Limits {
     /// Open WebSocket connections; more are refused with 503.
     pub max_connections: usize,
+    /// Open WebSocket connections from one address; more are refused with 503.
+    pub max_per_address: usize,
     /// Time for a new WebSocket to send its Hello before it is closed
     /// (so idle and slowloris sockets cannot pile up).
     pub handshake_timeout: Duration,
@@ -68,33 +71,24 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_connections: 1024, handshake_timeout: Duration::from_secs(10), max_chunk: MAX_CHUNK, max_slots: 4 }
+        Self::DEFAULT
     }
 }
 
 impl Limits {
+    /// The defaults, in one place (the command line shows these).
+    pub const DEFAULT: Limits = Limits {
+        max_connections: 1024,
+        // Well above a tab's one connection per core, or a few workers behind one NAT.
+        max_per_address: 64,
+        handshake_timeout: Duration::from_secs(10),
+        max_chunk: MAX_CHUNK,
+        max_slots: DEFAULT_MAX_SLOTS,
+    };
+
     /// Largest WebSocket message: a header and one chunk.
     pub fn max_message(&self) -> usize {
         self.max_chunk + MAX_HEADER
-    }
-}
-
-/// One open WebSocket, counted against `max_connections` until dropped.
-struct OpenConnection(Arc<AtomicUsize>);
-
-impl OpenConnection {
-    fn try_open(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
-        if open.fetch_add(1, Ordering::SeqCst) >= max {
-            open.fetch_sub(1, Ordering::SeqCst);
-            return None;
-        }
-        Some(Self(Arc::clone(open)))
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -105,7 +99,7 @@ struct AppState {
     status: watch::Receiver<Status>,
     traffic: Arc<Traffic>,
     limits: Limits,
-    open: Arc<AtomicUsize>,
+    open: Openings,
 }
 
 /// Serves on `listener` until the process ends: https and wss if `tls` is given.
@@ -117,7 +111,7 @@ pub fn spawn(
     limits: Limits,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<()> {
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = Openings::default();
     let state = AppState { inputs, next_worker: Arc::new(AtomicU64::new(1)), status, traffic, limits, open };
     let app = Router::new()
         .route("/", get(index))
@@ -189,9 +183,16 @@ async fn web_asset(axum::extract::Path(file): axum::extract::Path<String>) -> Re
 }
 
 async fn upgrade(ws: WebSocketUpgrade, ConnectInfo(addr): ConnectInfo<SocketAddr>, State(state): State<AppState>) -> Response {
-    let Some(open) = OpenConnection::try_open(&state.open, state.limits.max_connections) else {
-        tracing::warn!(%addr, "refused a connection: {} are open already", state.limits.max_connections);
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections to this master; try again later").into_response();
+    let open = match state.open.open(addr.ip(), state.limits.max_connections, state.limits.max_per_address) {
+        Ok(open) => open,
+        Err(Full::Master(max)) => {
+            tracing::warn!(%addr, "refused a connection: {max} are open already");
+            return (StatusCode::SERVICE_UNAVAILABLE, "too many connections to this master; try again later").into_response();
+        }
+        Err(Full::Address(max)) => {
+            tracing::warn!(%addr, "refused a connection: {max} from this address are open already");
+            return (StatusCode::SERVICE_UNAVAILABLE, "too many connections from this address; try again later").into_response();
+        }
     };
     ws.max_message_size(state.limits.max_message())
         .max_frame_size(state.limits.max_message())
@@ -199,7 +200,7 @@ async fn upgrade(ws: WebSocketUpgrade, ConnectInfo(addr): ConnectInfo<SocketAddr
         .into_response()
 }
 
-async fn connection(socket: WebSocket, addr: SocketAddr, state: AppState, _open: OpenConnection) {
+async fn connection(socket: WebSocket, addr: SocketAddr, state: AppState, _open: Opened) {
     let worker = state.next_worker.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let closer = tx.clone();
