@@ -2,10 +2,13 @@
 //!
 //! For each size, in one run: the kernel alone in this process (2 threads and 1,
 //! "the limit"), then the real `master` with two real `worker` processes (1
-//! thread each) on loopback. Reports medians, ratios to the limit, where the
-//! time goes, bytes on the wire against the payload minimum, peak memory, and
-//! the scheduler's throughput with 16 workers and tiny tasks. Writes a table to
-//! stdout and everything to target/bench/bench.json.
+//! thread each) on loopback. Reports medians, ratios to the limit, the plan,
+//! where the time goes (verification's share included), the master's egress
+//! against A and B, bytes on the wire against the payload, peak memory, and
+//! the scheduler's throughput with 16 workers and tiny tasks. Then, file to
+//! file, `master multiply` with two pre-started workers against numpy's
+//! `np.save(c, np.load(a) @ np.load(b))` on the same files, and a tall-skinny
+//! job. Writes a table to stdout and everything to target/bench/bench.json.
 //!
 //! `--smoke` runs tiny sizes once, to check the pipeline (CI), not the speed.
 
@@ -21,8 +24,6 @@ use serde_json::{json, Value};
 
 const MASTER: &str = env!("CARGO_BIN_EXE_master");
 const WORKER: &str = env!("CARGO_BIN_EXE_worker");
-/// Tasks a worker holds at once (its pull credit), for the memory budget.
-const SLOTS: u64 = 2;
 
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
@@ -37,10 +38,13 @@ fn main() {
     }
     let scheduler = bench_scheduler(tiny_tasks, 16, runs);
     print_table(&results, &scheduler);
+    let (square, skinny) = if smoke { (64, (200, 16)) } else { (4096, (200_000, 256)) };
+    let files = vec![against_numpy(square, square, square, runs), against_numpy(skinny.0, skinny.1, skinny.1, runs)];
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out).unwrap();
     let file = out.join(if smoke { "bench-smoke.json" } else { "bench.json" });
-    let all = json!({ "runs_per_figure": runs, "sizes": results, "scheduler": scheduler });
+    print_files(&files);
+    let all = json!({ "runs_per_figure": runs, "sizes": results, "scheduler": scheduler, "file_to_file": files });
     std::fs::write(&file, serde_json::to_string_pretty(&all).unwrap()).unwrap();
     println!("\nwrote {}", file.display());
 }
@@ -96,15 +100,12 @@ fn bench_size(n: usize, dtype: Dtype, runs: usize) -> Value {
     runs_json.sort_by(|x, y| x["job_s"].as_f64().unwrap().total_cmp(&y["job_s"].as_f64().unwrap()));
     let mid = runs_json[runs_json.len() / 2].clone();
     let f = |k: &str| mid[k].as_f64().unwrap_or(f64::NAN);
-    let elem = dtype.size() as f64;
-    let matrix_bytes = (n * n) as f64 * elem;
-    let width = f("block_width");
+    let matrix_bytes = (n * n) as f64 * dtype.size() as f64;
     let compute_per_worker: f64 = mid["workers"].as_array().unwrap().iter().map(|w| w["compute_s"].as_f64().unwrap()).sum::<f64>() / 2.0;
-    let worker_budget = matrix_bytes + SLOTS as f64 * 2.0 * n as f64 * width * elem;
     let worker_rss: Vec<f64> = mid["worker_peak_rss_bytes"].as_array().unwrap().iter().filter_map(Value::as_f64).collect();
     let gflops = work / f("job_s") / 1e9;
     json!({
-        "n": n, "dtype": dtype.to_string(), "blocks": mid["blocks"], "block_width": mid["block_width"],
+        "n": n, "dtype": dtype.to_string(), "grid": mid["grid"], "layout": mid["layout"], "tiles": mid["tiles"],
         "limit_2_threads_gflops": limit2, "limit_1_thread_gflops": limit1,
         "gflops": gflops, "ratio_to_limit": gflops / limit2,
         "job_s": f("job_s"), "read_s": f("read_s"), "write_s": f("write_s"),
@@ -115,16 +116,103 @@ fn bench_size(n: usize, dtype: Dtype, runs: usize) -> Value {
             "master_scheduler_s": f("scheduler_s"),
             "master_job_cpu_s": f("master_job_cpu_s"),
             "verification_prep_s": f("verify_prep_s"),
+            "verification_share_of_job": f("verify_prep_s") / f("job_s"),
         },
+        "egress_over_inputs": f("egress_over_inputs"),
         "wire_bytes": f("wire_sent_bytes") + f("wire_received_bytes"),
-        "payload_min_bytes": f("payload_min_bytes"),
-        "wire_ratio": (f("wire_sent_bytes") + f("wire_received_bytes")) / f("payload_min_bytes"),
+        "payload_bytes": f("payload_bytes"),
+        "wire_ratio": (f("wire_sent_bytes") + f("wire_received_bytes")) / f("payload_bytes"),
         "master_peak_rss_bytes": f("master_peak_rss_bytes"),
         "master_rss_ratio": f("master_peak_rss_bytes") / (3.0 * matrix_bytes),
         "worker_peak_rss_bytes": worker_rss,
-        "worker_rss_ratio": worker_rss.iter().cloned().fold(0.0, f64::max) / worker_budget,
         "all_runs_job_s": runs_json.iter().map(|r| r["job_s"].clone()).collect::<Vec<_>>(),
     })
+}
+
+/// File to file, as a new user would run it: `master multiply` with two
+/// `--threads 1` workers started first, timed from start to exit, against
+/// numpy multiplying the same files on all cores. Medians; C is checked.
+fn against_numpy(m: usize, k: usize, n: usize, runs: usize) -> Value {
+    eprintln!("file to file, {m}x{k} by {k}x{n}: against numpy");
+    let dir = tempfile::tempdir().unwrap();
+    let (a_path, b_path, c_path, np_path) = (dir.path().join("a.npy"), dir.path().join("b.npy"), dir.path().join("c.npy"), dir.path().join("c_np.npy"));
+    let rect = |rows: usize, cols: usize, seed: u64| {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        DenseMatrix::F64(Matrix::from_fn(rows, cols, |_, _| rng.random_range(-1.0..1.0)))
+    };
+    io::write_matrix(&a_path, &rect(m, k, 3), false).unwrap();
+    io::write_matrix(&b_path, &rect(k, n, 4), false).unwrap();
+    let script = format!(
+        "import numpy as np, time\nt=time.perf_counter()\nnp.save({:?}, np.load({:?}) @ np.load({:?}))\nprint(time.perf_counter()-t)",
+        np_path.to_str().unwrap(),
+        a_path.to_str().unwrap(),
+        b_path.to_str().unwrap()
+    );
+    let numpy = median(
+        (0..runs)
+            .map(|_| {
+                let out = Command::new("python3").args(["-c", &script]).output().expect("python3 with numpy");
+                assert!(out.status.success(), "numpy failed: {}", String::from_utf8_lossy(&out.stderr));
+                String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().unwrap()
+            })
+            .collect(),
+    );
+    let reference = io::read_matrix(&np_path, u64::MAX).unwrap().matrix;
+    let mut egress = Vec::new();
+    let ours = median(
+        (0..runs)
+            .map(|_| {
+                let (took, stats) = file_to_file(&a_path, &b_path, &c_path);
+                check(&c_path, &reference);
+                egress.push(stats["panel_bytes"].as_f64().unwrap() / (stats["inputs_bytes"].as_f64().unwrap() + 2.0 * (k * n * 8) as f64 - (k * n * 8) as f64));
+                took
+            })
+            .collect(),
+    );
+    json!({
+        "m": m, "k": k, "n": n, "numpy_s": numpy, "colonnade_s": ours, "speed_vs_numpy": numpy / ours,
+        "egress_over_a_plus_p_b": median(egress),
+    })
+}
+
+/// `master multiply` from start to exit, with two workers already running
+/// (they wait for it); returns the wall time and its figures.
+fn file_to_file(a: &Path, b: &Path, c: &Path) -> (f64, Value) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut pool: Vec<Child> = (0..2)
+        .map(|i| {
+            Command::new(WORKER)
+                .arg(format!("ws://{addr}/ws"))
+                .args(["--threads", "1", "--name", &format!("ftf-{i}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300)); // workers are up and knocking
+    let stats = c.with_extension("json");
+    let start = Instant::now();
+    let status = Command::new(MASTER)
+        .arg("multiply")
+        .arg(a)
+        .arg(b)
+        .arg("-o")
+        .arg(c)
+        .args(["--listen", &addr, "--stats-json"])
+        .arg(&stats)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    let took = start.elapsed().as_secs_f64();
+    assert!(status.success(), "the master failed");
+    for w in &mut pool {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    (took, serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap())
 }
 
 /// One real job: a master process and `workers` worker processes on loopback.
@@ -217,31 +305,46 @@ fn bench_scheduler(tasks: usize, workers: usize, runs: usize) -> Value {
 }
 
 fn print_table(sizes: &[Value], scheduler: &Value) {
-    println!("\n{:<10} {:>7} {:>9} {:>9} {:>7} {:>7} | {:>8} {:>9} {:>7} {:>7} {:>7} | {:>6} {:>8} {:>8}", "size", "blocks", "limit 2T", "limit 1T", "GFLOP/s", "ratio", "job s", "compute/w", "encode", "sched", "verify", "wire", "master", "worker");
+    println!("\n{:<10} {:>10} {:>9} {:>9} {:>7} {:>6} | {:>7} {:>9} {:>6} {:>7} | {:>6} {:>6} {:>6} {:>10}", "size", "grid", "limit 2T", "limit 1T", "GFLOP/s", "ratio", "job s", "compute/w", "sched", "verify", "egress", "wire", "master", "worker MiB");
     for s in sizes {
         let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
         let t = |k: &str| s["time"][k].as_f64().unwrap_or(f64::NAN);
+        let grid = s["grid"].as_array().map_or("?".into(), |g| g.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("x"));
+        let worker = s["worker_peak_rss_bytes"].as_array().map_or(f64::NAN, |w| w.iter().filter_map(Value::as_f64).fold(0.0, f64::max)) / (1u64 << 20) as f64;
         println!(
-            "{:<10} {:>7} {:>9.1} {:>9.1} {:>7.1} {:>7.2} | {:>8.3} {:>9.3} {:>7.3} {:>7.3} {:>7.3} | {:>6.3} {:>8.2} {:>8.2}",
+            "{:<10} {:>10} {:>9.1} {:>9.1} {:>7.1} {:>6.2} | {:>7.3} {:>9.3} {:>6.3} {:>6.1}% | {:>6.2} {:>6.3} {:>6.2} {:>10.0}",
             format!("{} {}", s["n"], s["dtype"].as_str().unwrap()),
-            s["blocks"],
+            grid,
             f("limit_2_threads_gflops"),
             f("limit_1_thread_gflops"),
             f("gflops"),
             f("ratio_to_limit"),
             f("job_s"),
             t("compute_per_worker_s"),
-            t("master_encode_s"),
             t("master_scheduler_s"),
-            t("verification_prep_s"),
+            100.0 * t("verification_share_of_job"),
+            f("egress_over_inputs"),
             f("wire_ratio"),
             f("master_rss_ratio"),
-            f("worker_rss_ratio"),
+            worker,
         );
     }
-    println!("(ratio: distributed over the 2-thread limit; sched: master time in the scheduler, result checks included; verify: precomputing the checks before the job; wire: bytes over the payload minimum; master: peak RSS over A+B+C; worker: peak RSS over A + its blocks in flight)");
+    println!("(ratio: distributed over the 2-thread limit; sched: master time in the scheduler, result checks included; verify: precomputing the checks (on a thread of its own, while the first tiles travel) over the job time; egress: panel bytes sent over A+B; wire: bytes on the wire over the payload; master: peak RSS over A+B+C; worker: peak RSS)");
     println!(
         "scheduler: {} tiny tasks to {} workers: {:.0} tasks/s, {:.1} µs of master CPU per task",
         scheduler["tasks"], scheduler["workers"], scheduler["tasks_per_s"].as_f64().unwrap(), scheduler["master_cpu_us_per_task"].as_f64().unwrap()
     );
+}
+
+fn print_files(files: &[Value]) {
+    for f in files {
+        println!(
+            "file to file, {}x{} by {}x{} f64: numpy {:.2} s, colonnade {:.2} s (2 workers x 1 thread): {:.2}x numpy's speed; egress over A + 2B: {:.2}",
+            f["m"], f["k"], f["k"], f["n"],
+            f["numpy_s"].as_f64().unwrap(),
+            f["colonnade_s"].as_f64().unwrap(),
+            f["speed_vs_numpy"].as_f64().unwrap(),
+            f["egress_over_a_plus_p_b"].as_f64().unwrap(),
+        );
+    }
 }

@@ -15,6 +15,11 @@ Commands:
   web              build the browser worker into web/pkg (the master embeds it)
   bench [--smoke]  the distributed benchmark (release): a table on stdout and
                    target/bench/bench.json; --smoke runs it tiny, as CI does
+  sim [--smoke] [NAME]
+                   the simulator (release): the real scheduler on a virtual
+                   clock with simulated pools, up to 10,000 workers; prints each
+                   scenario (or those whose name contains NAME) against its lower
+                   bound and writes target/bench/sim.json
 ";
 
 /// The wasm-bindgen CLI must match the `wasm-bindgen` crate exactly.
@@ -27,6 +32,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("web") => web(),
         Some("bench") => bench(&args[1..]),
+        Some("sim") => run(cargo().args(["bench", "-p", "colonnade-native", "--bench", "sim", "--"]).args(&args[1..])),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(())
@@ -72,8 +78,9 @@ fn test() -> Result<(), String> {
             .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", runner),
         &mut totals,
     )?;
-    // The benchmark's pipeline, tiny and in the test profile: figures, not speed.
+    // The benchmark's and the simulator's pipelines, tiny and in the test profile: figures, not speed.
     run(cargo().args(["test", "-p", "colonnade-native", "--bench", "distributed", "--", "--smoke"]))?;
+    run(cargo().args(["test", "-p", "colonnade-native", "--bench", "sim", "--", "--smoke"]))?;
     // The fuzz corpora replay through hooks behind the `fuzzing` feature.
     run_tests(cargo().args(["test", "--workspace", "--features", "colonnade-native/fuzzing"]), &mut totals)?;
     println!("tests: {} passed, {} failed", totals.passed, totals.failed);

@@ -516,6 +516,12 @@ impl Job {
         self.queue.has_pending() || self.straggler_threshold().zip(self.oldest_single()).is_some_and(|(t, l)| now >= l.issued + t)
     }
 
+    /// Whether the queue is empty and a straggler's tile may be copied now:
+    /// the tail, when idle workers are worth asking again.
+    pub(crate) fn straggler_ready(&self, now: Duration) -> bool {
+        self.result.is_none() && !self.queue.has_pending() && self.straggler_threshold().zip(self.oldest_single()).is_some_and(|(t, l)| now >= l.issued + t)
+    }
+
     /// The oldest lease that is its tile's only copy.
     fn oldest_single(&self) -> Option<&Lease> {
         self.by_issue.iter().map(|(_, id)| &self.leases[id]).find(|l| self.tile_leases[l.tile].len() == 1)
@@ -526,7 +532,10 @@ impl Job {
     /// The next tile for `worker`, which holds the panels `held` of this job:
     /// a queued one (see `queue`), or at the tail a straggler's; never one whose
     /// result from this worker was wrong.
-    pub(crate) fn next_order(&mut self, worker: WorkerId, held: &[PanelId], speed: f64, now: Duration) -> Option<Order> {
+    ///
+    /// Only a `proven` worker (one with a verified result) gets a copy: a
+    /// stranger that never answers must not be able to hold both copies.
+    pub(crate) fn next_order(&mut self, worker: WorkerId, held: &[PanelId], speed: f64, proven: bool, now: Duration) -> Option<Order> {
         if self.result.is_some() {
             return None;
         }
@@ -534,6 +543,9 @@ impl Job {
         let fit = speed >= self.plan.min_speed;
         if let Some(tile) = self.queue.next(worker, held, fit, |t| rejected[t].contains(&worker)) {
             return Some(Order { tile, speculative: false });
+        }
+        if !proven {
+            return None;
         }
         let threshold = self.straggler_threshold()?;
         let tile = self

@@ -271,6 +271,11 @@ impl Pool {
         self.infos.get(&worker).is_none_or(|i| i.tiles_done == 0)
     }
 
+    /// Whether `worker` has a verified result to its name.
+    pub(crate) fn is_proven(&self, worker: WorkerId) -> bool {
+        !self.is_new(worker)
+    }
+
     fn unroom(&mut self, worker: WorkerId) {
         self.room.remove(&(true, worker));
         self.room.remove(&(false, worker));

@@ -477,6 +477,9 @@ impl Scheduler {
         for (worker, silent_for) in silent {
             self.close(worker, CloseReason::Silent(silent_for), false, now);
         }
+        if self.running().any(|(_, j)| j.straggler_ready(now)) {
+            self.pool.unpark_all();
+        }
         for (&id, entry) in &mut self.jobs {
             let Entry::Running(job) = entry else { continue };
             for (worker, tile) in job.expire(now) {
@@ -568,10 +571,10 @@ impl Scheduler {
     /// header and the panels the worker lacks, then the task.
     fn offer_from(&mut self, worker: WorkerId, id: JobId, now: Duration) -> bool {
         let Some(Entry::Running(job)) = self.jobs.get_mut(&id) else { return false };
-        let speed = self.pool.speed(worker, job.assumed_flops());
+        let (speed, proven) = (self.pool.speed(worker, job.assumed_flops()), self.pool.is_proven(worker));
         let w = self.pool.workers.get_mut(&worker).expect("a member");
         let held: Vec<PanelId> = w.cache.panels_of(id).collect();
-        let Some(order @ Order { tile, speculative }) = job.next_order(worker, &held, speed, now) else { return false };
+        let Some(order @ Order { tile, speculative }) = job.next_order(worker, &held, speed, proven, now) else { return false };
         let panels = job.panels_of(tile);
         let missing: Vec<PanelId> = panels.into_iter().filter(|p| !held.contains(p)).collect();
         let product = job.product_size(tile);

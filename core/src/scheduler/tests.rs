@@ -308,6 +308,31 @@ fn fast_workers_take_more() {
 }
 
 #[test]
+fn squatters_that_take_tasks_and_never_answer_cost_the_honest_worker_little() {
+    let mut sim = Sim::new(4, 4, 96, 1, quick_config());
+    let squatters: Vec<WorkerId> = (0..64).map(|_| sim.join(4)).collect();
+    for &s in &squatters {
+        sim.deliver_to_worker(s, usize::MAX); // they take their task, and only ever beat
+    }
+    let honest = sim.join(2);
+    for _ in 0..2000 {
+        if sim.is_complete() {
+            break;
+        }
+        sim.deliver_to_worker(honest, usize::MAX);
+        while sim.compute(honest) {}
+        sim.deliver_to_master(honest, usize::MAX);
+        for &s in &squatters {
+            sim.deliver_to_master(s, usize::MAX); // heartbeats only
+        }
+        sim.advance(ms(10));
+    }
+    assert!(sim.is_complete(), "{} of 96 tiles after {:?}", sim.job().tiles_done(), sim.now);
+    assert!(sim.now < ms(5000), "{:?}", sim.now);
+    assert_eq!(sim.run_to_completion(), sim.expected);
+}
+
+#[test]
 fn a_vanished_workers_blocks_are_requeued() {
     let mut sim = Sim::new(6, 5, 20, 4, quick_config());
     let doomed = sim.join(2);

@@ -1,0 +1,60 @@
+//! Tiles planned for the pool, and workers whose memory is smaller than A:
+//! real master and worker processes on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(180);
+
+fn inputs(dir: &tempfile::TempDir, m: usize, k: usize, n: usize) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf, Dense, Dense) {
+    let (a_path, b_path, c_path) = (path(dir, "a.npy"), path(dir, "b.npy"), path(dir, "c.npy"));
+    let (a, b) = (Dense::random_ints(m, k, 31), Dense::random_ints(k, n, 32));
+    write_npy(&a_path, &a);
+    write_npy(&b_path, &b);
+    (a_path, b_path, c_path, a, b)
+}
+
+#[test]
+fn two_workers_split_k_and_each_input_byte_leaves_the_master_once() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, b_path, c_path, a, b) = inputs(&dir, 512, 512, 512);
+    // Workers first, as on a cluster: they knock until the master listens, and join together.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let _workers = [start_worker("w1", &addr, &[]), start_worker("w2", &addr, &[])];
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut master, _) = start_master_on(&addr, &a_path, &b_path, &c_path, &[]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_npy(&c_path).1, naive(&a, &b));
+    let stats = stats(&c_path);
+    assert_eq!(stats["layout"], serde_json::json!([1, 1, 2]), "one depth slice each: {stats}");
+    let egress = stats["egress_over_inputs"].as_f64().unwrap();
+    assert!((0.99..1.01).contains(&egress), "A and B each sent once in all: {egress}");
+    assert!(worker_tiles(&c_path).iter().all(|(_, t)| *t > 0));
+}
+
+#[test]
+fn workers_with_a_quarter_of_a_in_memory_complete_the_job() {
+    let _serial = serial();
+    let dir = temp_dir();
+    // A is 1024x1024 f64: 8 MiB; each worker lends 2 MiB.
+    let (a_path, b_path, c_path, a, b) = inputs(&dir, 1024, 1024, 512);
+    let (mut master, addr) = start_master(&a_path, &b_path, &c_path, &[]);
+    let workers: Vec<Proc> = (1..=2).map(|i| start_worker(&format!("w{i}"), &addr, &["--memory", "2M"])).collect();
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_product_sampled(&read_npy(&c_path).1, &a, &b);
+    let stats = stats(&c_path);
+    for w in stats["workers"].as_array().unwrap() {
+        assert_eq!(w["memory_bytes"].as_u64(), Some(2 << 20), "{w}");
+    }
+    // Panels came and went: more than A and B crossed, but every worker kept within its memory
+    // (its session refuses a panel past it, and would have dropped the connection).
+    assert!(stats["egress_over_inputs"].as_f64().unwrap() > 1.0, "{stats}");
+    for w in &workers {
+        assert!(!w.output().contains("over this worker's memory"), "{}", w.output());
+    }
+}
