@@ -136,7 +136,7 @@ enum Checks {
     Off,
     /// By a verifier still being prepared: results wait for it.
     Pending(Vec<Unverified>),
-    Ready(Verifier),
+    Ready(Box<Verifier>),
 }
 
 /// What it takes to send a worker one tile.
@@ -288,7 +288,7 @@ impl Job {
     /// the plan's tiles, then (when k is split) the plan's whole blocks, which
     /// checkpointed blocks are checked as.
     pub fn with_verifier(mut self, verifier: Verifier) -> Self {
-        self.checks = Checks::Ready(verifier);
+        self.checks = Checks::Ready(Box::new(verifier));
         self
     }
 
@@ -302,7 +302,7 @@ impl Job {
     /// Takes the verifier; results held for it are judged now. Returns what
     /// became of each (worker, lease).
     pub(crate) fn set_verifier(&mut self, verifier: Verifier, now: Duration) -> Vec<(WorkerId, LeaseId, Finished)> {
-        let Checks::Pending(held) = std::mem::replace(&mut self.checks, Checks::Ready(verifier)) else { return Vec::new() };
+        let Checks::Pending(held) = std::mem::replace(&mut self.checks, Checks::Ready(Box::new(verifier))) else { return Vec::new() };
         held.into_iter().map(|u| (u.worker, u.lease, self.judge(u, now))).collect()
     }
 

@@ -410,7 +410,7 @@ mod tests {
         assert!((one - (inputs / link).max(2.0 * 4096f64.powi(3) / 50e9)).abs() / one < 1e-3, "{one}");
         // Tiny memories force traffic far above the inputs (ITT's bound is weak:
         // 4 MiB each would still allow about the inputs' bytes here).
-        let starved = lower_bound(problem, &vec![(50e9, 256.0 * 1024.0, 1e12); 4], link);
+        let starved = lower_bound(problem, &[(50e9, 256.0 * 1024.0, 1e12); 4], link);
         assert!(starved > 2.0 * one, "{starved} vs {one}");
     }
 }

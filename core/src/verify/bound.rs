@@ -65,7 +65,7 @@ pub(super) const F64: Precision = Precision {
     tiny_over_min_normal: f64::EPSILON, // 2^-1074 / 2^-1022
     small_t_below: f64::from_bits((1023 - 900) << 52), // 2^-900
     max: f64::MAX,
-    exact_below: 9_007_199_254_740_992.0,
+    exact_below: crate::matrix::EXACT_INTEGER_LIMIT,
 };
 
 pub(super) const F32: Precision = Precision {

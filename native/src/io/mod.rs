@@ -148,8 +148,6 @@ pub fn write_matrix(path: &Path, matrix: &DenseMatrix, integer: bool) -> anyhow:
     result.with_context(|| format!("writing {}", path.display()))
 }
 
-/// Largest |value| below which every integer is exact in f64.
-
 fn all_exact_integers(m: &DenseMatrix) -> bool {
     let ok = |v: f64| v.fract() == 0.0 && v.abs() <= colonnade_core::matrix::EXACT_INTEGER_LIMIT;
     match m {
