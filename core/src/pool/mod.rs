@@ -107,8 +107,8 @@ pub(crate) struct Held {
 pub(crate) struct Worker {
     /// Tasks it may hold at most.
     pub slots: usize,
-    /// Tasks it may hold now: one at first, one more for each verified result,
-    /// up to `slots`; so a stranger that takes tasks and never answers holds one.
+    /// Tasks it may hold now: one at first, one more for each result it sends
+    /// back, up to `slots`; so a stranger that takes tasks and never answers holds one.
     pub credit: usize,
     /// Its leases.
     pub leases: BTreeMap<LeaseId, Held>,
@@ -389,6 +389,15 @@ impl Pool {
         (info.strikes, out)
     }
 
+    /// `worker` sent a whole result (right or wrong, verified yet or not): it
+    /// answers, so it may hold one more task, up to its slots.
+    pub(crate) fn answered(&mut self, worker: WorkerId) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.credit = (w.credit + 1).min(w.slots);
+        }
+        self.reroom(worker);
+    }
+
     /// Records a verified result of `flops`, the compute time the worker
     /// reported, and the time it took from issue to result.
     pub(crate) fn credit(&mut self, worker: WorkerId, flops: f64, compute: Duration, took: Duration) {
@@ -399,7 +408,6 @@ impl Pool {
         }
         if let Some(w) = self.workers.get_mut(&worker) {
             w.task_time = Some(smooth(w.task_time, took));
-            w.credit = (w.credit + 1).min(w.slots);
         }
         self.reroom(worker);
     }

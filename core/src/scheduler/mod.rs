@@ -389,6 +389,7 @@ impl Scheduler {
         let Some(Entry::Running(job)) = self.jobs.get_mut(&job_id) else { unreachable!("leases of removed jobs are withdrawn") };
         let finished = job.result_chunk(worker, lease, offset, body, compute, now).map_err(|source| Violation::Payload { lease, source })?;
         let Some(finished) = finished else { return Ok(()) };
+        self.pool.answered(worker);
         self.settle(job_id, worker, lease, finished)?;
         self.assign(now);
         Ok(())
