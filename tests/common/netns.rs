@@ -75,6 +75,12 @@ impl Net {
         sh(&[&["tc", "-n", &self.ns(0), "qdisc", "add", "dev", &format!("p{host}")][..], &tbf].concat());
     }
 
+    /// Caps everything the master sends, to all workers together, to `rate`
+    /// (e.g. "1gbit"): its one link's egress.
+    pub fn cap_master(&self, rate: &str) {
+        sh(&["tc", "-n", &self.ns(0), "qdisc", "add", "dev", "br0", "root", "tbf", "rate", rate, "burst", "1mb", "latency", "100ms"]);
+    }
+
     /// Drops a random `fraction` of the packets on `host`'s link, each way.
     pub fn lose(&self, host: usize, fraction: f64) {
         let p = fraction.to_string();

@@ -235,6 +235,8 @@ pub struct Job {
     checks: Checks,
     /// Workers whose result for a tile was wrong: they do not get it again.
     rejected_by: Vec<Vec<WorkerId>>,
+    /// Tiles set aside for workers, their panels sent ahead.
+    reserved: usize,
 }
 
 impl Job {
@@ -281,6 +283,7 @@ impl Job {
             flops_done: 0.0,
             checks: Checks::Off,
             rejected_by: vec![Vec::new(); tiles],
+            reserved: 0,
         })
     }
 
@@ -513,7 +516,7 @@ impl Job {
         if self.result.is_some() {
             return false;
         }
-        self.queue.has_pending() || self.straggler_threshold().zip(self.oldest_single()).is_some_and(|(t, l)| now >= l.issued + t)
+        self.queue.has_pending() || self.reserved > 0 || self.straggler_threshold().zip(self.oldest_single()).is_some_and(|(t, l)| now >= l.issued + t)
     }
 
     /// Whether the queue is empty and a straggler's tile may be copied now:
@@ -541,7 +544,7 @@ impl Job {
         }
         let rejected = &self.rejected_by;
         let fit = speed >= self.plan.min_speed;
-        if let Some(tile) = self.queue.next(worker, held, fit, |t| rejected[t].contains(&worker)) {
+        if let Some(tile) = self.queue.next(worker, held, fit, false, |t| rejected[t].contains(&worker)) {
             return Some(Order { tile, speculative: false });
         }
         if !proven {
@@ -561,6 +564,36 @@ impl Job {
     /// The speed assumed of a worker that has not shown one, flop/s.
     pub(crate) fn assumed_flops(&self) -> f64 {
         self.leases_config.assumed_flops
+    }
+
+    /// A queued tile for `worker` that needs a panel it lacks, to set aside for
+    /// it and send the panels of ahead ([`Self::reserve`]); never a copy.
+    pub(crate) fn next_ahead(&mut self, worker: WorkerId, held: &[PanelId], speed: f64) -> Option<usize> {
+        if self.result.is_some() {
+            return None;
+        }
+        let rejected = &self.rejected_by;
+        let fit = speed >= self.plan.min_speed;
+        self.queue.next(worker, held, fit, true, |t| rejected[t].contains(&worker))
+    }
+
+    /// Tiles waiting in the queue.
+    pub(crate) fn pending(&self) -> usize {
+        self.queue.pending()
+    }
+
+    /// Sets `tile` aside for a worker: out of the queue, not yet leased.
+    pub(crate) fn reserve(&mut self, tile: usize) {
+        self.queue.remove(tile);
+        self.reserved += 1;
+    }
+
+    /// A tile set aside is to be issued now (as a task) or given up.
+    pub(crate) fn unreserve(&mut self, tile: usize, requeue: bool) {
+        self.reserved = self.reserved.saturating_sub(1);
+        if requeue {
+            self.requeue(tile);
+        }
     }
 
     /// The panels tile `tile` needs: A's, then B's.

@@ -122,6 +122,10 @@ impl Queue {
         queue
     }
 
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
     pub fn has_pending(&self) -> bool {
         self.pending > 0
     }
@@ -196,7 +200,10 @@ impl Queue {
     /// one `refused` says it may not have. The tile stays pending until removed.
     ///
     /// Only a worker `fit` for a region (fast enough, by the plan) claims one.
-    pub fn next(&mut self, worker: WorkerId, held: &[PanelId], fit: bool, refused: impl Fn(usize) -> bool) -> Option<usize> {
+    ///
+    /// With `new_panel`, only a tile that needs a panel the worker lacks: the
+    /// next to send panels ahead for.
+    pub fn next(&mut self, worker: WorkerId, held: &[PanelId], fit: bool, new_panel: bool, refused: impl Fn(usize) -> bool) -> Option<usize> {
         if self.pending == 0 {
             return None;
         }
@@ -216,6 +223,9 @@ impl Queue {
                     continue;
                 }
                 let needed: Vec<PanelId> = self.plan.panels_of(t).into_iter().filter(|p| !held.contains(p)).collect();
+                if new_panel && needed.is_empty() {
+                    continue;
+                }
                 let outside = own != Some(self.home[t]);
                 if !needed.is_empty() && outside && !own_dry {
                     continue;
@@ -229,13 +239,17 @@ impl Queue {
         if let Some((_, _, _, t)) = best {
             return Some(t);
         }
-        if let Some(t) = own.and_then(|r| self.regions[r].tiles.iter().copied().find(|&t| !refused(t))) {
+        let lacks = |t: usize| !new_panel || self.plan.panels_of(t).iter().any(|p| !held.contains(p));
+        if let Some(t) = own.and_then(|r| self.regions[r].tiles.iter().copied().find(|&t| !refused(t) && lacks(t))) {
             return Some(t);
         }
         if own.is_none() && !self.plan.spread && !self.veterans.contains(&worker) {
             return None; // the plan chose fewer workers than the pool has: this one waits
         }
         // Steal from the back of the fullest region.
+        if new_panel {
+            return None; // no stealing ahead of need
+        }
         let &(_, fullest) = self.fullest.first()?;
         self.regions[fullest].tiles.iter().rev().copied().find(|&t| !refused(t))
     }
@@ -289,13 +303,13 @@ mod tests {
     fn workers_start_in_regions_of_their_own_and_keep_to_their_panels() {
         let plan = Plan::grid(8, 8, 8, 2, 2, 2);
         let mut q = Queue::new(&plan, (1, 1, 2));
-        let first = q.next(1, &[], true, |_| false).unwrap();
-        let second = q.next(2, &[], true, |_| false).unwrap();
+        let first = q.next(1, &[], true, false, |_| false).unwrap();
+        let second = q.next(2, &[], true, false, |_| false).unwrap();
         assert_ne!(plan.coords(first).2, plan.coords(second).2, "one depth slice each");
         q.remove(first);
         // Holding the first tile's panels, worker 1 next takes a tile sharing one of them.
         let held = plan.panels_of(first);
-        let next = q.next(1, &held, true, |_| false).unwrap();
+        let next = q.next(1, &held, true, false, |_| false).unwrap();
         assert_eq!(plan.panels_of(next).iter().filter(|p| held.contains(p)).count(), 1);
         assert_eq!(plan.coords(next).2, plan.coords(first).2);
     }
@@ -304,27 +318,27 @@ mod tests {
     fn a_dry_worker_takes_the_back_half_of_the_fullest_region() {
         let plan = Plan::columns(4, 4, 40, 1);
         let mut q = Queue::new(&plan, (1, 2, 1));
-        assert_eq!(q.next(1, &[], true, |_| false), Some(0));
-        assert_eq!(q.next(2, &[], true, |_| false), Some(20));
+        assert_eq!(q.next(1, &[], true, false, |_| false), Some(0));
+        assert_eq!(q.next(2, &[], true, false, |_| false), Some(20));
         for t in 0..20 {
             q.remove(t);
         }
-        assert_eq!(q.next(1, &[], true, |_| false), Some(30), "its own region (columns 0..20) is done");
+        assert_eq!(q.next(1, &[], true, false, |_| false), Some(30), "its own region (columns 0..20) is done");
         for t in 21..40 {
             q.remove(t);
         }
-        assert_eq!(q.next(1, &[], true, |_| false), Some(20), "the last tile: no region to split, so it steals");
+        assert_eq!(q.next(1, &[], true, false, |_| false), Some(20), "the last tile: no region to split, so it steals");
     }
 
     #[test]
     fn newcomers_split_the_fullest_region() {
         let plan = Plan::columns(4, 4, 16, 1);
         let mut q = Queue::new(&plan, (1, 1, 1));
-        assert_eq!(q.next(1, &[], true, |_| false), Some(0));
-        assert_eq!(q.next(2, &[], true, |_| false), Some(8), "the back half of the only region");
-        assert_eq!(q.next(3, &[], true, |_| false), Some(4));
+        assert_eq!(q.next(1, &[], true, false, |_| false), Some(0));
+        assert_eq!(q.next(2, &[], true, false, |_| false), Some(8), "the back half of the only region");
+        assert_eq!(q.next(3, &[], true, false, |_| false), Some(4));
         q.forget(2);
-        assert_eq!(q.next(4, &[], true, |_| false), Some(8), "the region worker 2 left");
-        assert_eq!(q.next(1, &[], true, |t| t == 0), Some(1), "never a tile it may not have");
+        assert_eq!(q.next(4, &[], true, false, |_| false), Some(8), "the region worker 2 left");
+        assert_eq!(q.next(1, &[], true, false, |t| t == 0), Some(1), "never a tile it may not have");
     }
 }

@@ -37,7 +37,6 @@ impl Cache {
         self.budget
     }
 
-    #[cfg(test)]
     pub fn holds(&self, job: JobId, panel: PanelId) -> bool {
         self.panels.contains_key(&(job, panel))
     }

@@ -9,7 +9,7 @@
 
 mod cache;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -116,6 +116,9 @@ pub(crate) struct Worker {
     pub cancelled: HashSet<LeaseId>,
     /// Jobs it has been told of.
     pub jobs: BTreeSet<JobId>,
+    /// Tiles set aside for it, whose panels are sent ahead of their tasks (and
+    /// pinned in its cache), so the link works while it computes.
+    pub ahead: VecDeque<(JobId, usize, [PanelId; 2])>,
     /// What it holds, exactly as it holds it.
     pub cache: Cache,
     pub liveness: Liveness,
@@ -213,6 +216,7 @@ impl Pool {
             leases: BTreeMap::new(),
             cancelled: HashSet::new(),
             jobs: BTreeSet::new(),
+            ahead: VecDeque::new(),
             cache: Cache::new(hello.memory),
             liveness,
             task_time: None,

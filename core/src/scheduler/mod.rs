@@ -271,6 +271,7 @@ impl Scheduler {
                 self.outputs.push_back(Output::Send { to: worker, frame: Frame::new(Message::Cancel { lease }) });
             }
             let w = self.pool.workers.get_mut(&worker).expect("listed");
+            w.ahead.retain(|&(j, ..)| j != id);
             if w.jobs.remove(&id) {
                 w.cache.drop_job(id);
                 self.outputs.push_back(Output::Send { to: worker, frame: Frame::new(Message::JobDone { job: id }) });
@@ -434,6 +435,7 @@ impl Scheduler {
     fn job_complete(&mut self, job: JobId) {
         self.outputs.push_back(Output::Event(Event::JobComplete { job }));
         for (&id, w) in &mut self.pool.workers {
+            w.ahead.retain(|&(j, ..)| j != job);
             if w.jobs.remove(&job) {
                 w.cache.drop_job(job);
                 self.outputs.push_back(Output::Send { to: id, frame: Frame::new(Message::JobDone { job }) });
@@ -444,6 +446,11 @@ impl Scheduler {
     /// The worker is gone: its tiles go back in the queue.
     fn leave(&mut self, worker: WorkerId, now: Duration) {
         let Some(w) = self.pool.leave(worker) else { return };
+        for &(job, tile, _) in &w.ahead {
+            if let Some(Entry::Running(job)) = self.jobs.get_mut(&job) {
+                job.unreserve(tile, true);
+            }
+        }
         let mut requeued = 0;
         for (lease, held) in w.leases {
             if let Some(Entry::Running(job)) = self.jobs.get_mut(&held.job) {
@@ -568,51 +575,113 @@ impl Scheduler {
         false
     }
 
-    /// Gives `worker` a tile of job `id`: evicts what it must, sends the job's
-    /// header and the panels the worker lacks, then the task.
+    /// Gives `worker` a tile of job `id`: one set aside for it if there is one,
+    /// else the queue's next (evicting what it must, and sending the job's
+    /// header and the panels it lacks), then the task; then sets tiles aside
+    /// ahead.
     fn offer_from(&mut self, worker: WorkerId, id: JobId, now: Duration) -> bool {
         let Some(Entry::Running(job)) = self.jobs.get_mut(&id) else { return false };
         let (speed, proven) = (self.pool.speed(worker, job.assumed_flops()), self.pool.is_proven(worker));
         let w = self.pool.workers.get_mut(&worker).expect("a member");
-        let held: Vec<PanelId> = w.cache.panels_of(id).collect();
-        let Some(order @ Order { tile, speculative }) = job.next_order(worker, &held, speed, proven, now) else { return false };
-        let panels = job.panels_of(tile);
-        let missing: Vec<PanelId> = panels.into_iter().filter(|p| !held.contains(p)).collect();
-        let product = job.product_size(tile);
-        let need = missing.iter().map(|&p| job.panel_size(p)).sum::<u64>() + product;
-        // Pin what it holds, so making room cannot evict it.
-        for &p in &panels {
-            w.cache.pin(id, p);
-        }
-        let Some(evicted) = w.cache.make_room(need) else {
-            for &p in &panels {
-                w.cache.unpin(id, p);
-            }
-            return false; // it cannot hold this tile now
-        };
         let mut frames = Vec::new();
-        let mut by_job: BTreeMap<JobId, Vec<PanelId>> = BTreeMap::new();
-        for (job, panel) in evicted {
-            by_job.entry(job).or_default().push(panel);
-        }
-        frames.extend(by_job.into_iter().map(|(job, panels)| Frame::new(Message::Evict { job, panels })));
-        if w.jobs.insert(id) {
-            frames.push(job.announce());
-        }
-        for &p in &missing {
-            w.cache.insert(id, p, job.panel_size(p));
-            w.cache.pin(id, p);
-            frames.extend(job.panel_frames(p));
-        }
+        let (order, panels, product) = match w.ahead.iter().position(|&(j, ..)| j == id) {
+            Some(at) => {
+                // Its panels are there or on the way, pinned since it was set aside.
+                let (_, tile, panels) = w.ahead[at];
+                let product = job.product_size(tile);
+                let Some(evicted) = w.cache.make_room(product) else { return false };
+                w.ahead.remove(at);
+                job.unreserve(tile, false);
+                frames.extend(evictions(evicted));
+                (Order { tile, speculative: false }, panels, product)
+            }
+            None => {
+                let held: Vec<PanelId> = w.cache.panels_of(id).collect();
+                let Some(order) = job.next_order(worker, &held, speed, proven, now) else { return false };
+                let product = job.product_size(order.tile);
+                let Some(panels) = send_panels(w, job, id, order.tile, product, &mut frames) else { return false };
+                (order, panels, product)
+            }
+        };
         w.cache.reserve(product);
         let lease = self.next_lease;
         self.next_lease += 1;
         frames.push(job.issue(worker, w.task_time, order, lease, now));
         self.pool.add_lease(worker, lease, Held { job: id, panels, product });
-        if speculative {
-            self.outputs.push_back(Output::Event(Event::Speculated { job: id, worker, tile }));
+        if order.speculative {
+            self.outputs.push_back(Output::Event(Event::Speculated { job: id, worker, tile: order.tile }));
         }
         self.outputs.extend(frames.into_iter().map(|frame| Output::Send { to: worker, frame }));
+        self.look_ahead(worker, id, speed);
         true
     }
+
+    /// Sets tiles of job `id` aside for `worker` and sends their panels now,
+    /// up to [`AHEAD`] tiles, while its memory allows: so the master's link
+    /// carries the panels of its next tiles while it computes this one.
+    /// Not near the tail, where a tile set aside for a slow worker would wait
+    /// while others idle; and only for a worker with a verified record, so a
+    /// taker that never answers cannot hoard tiles this way.
+    fn look_ahead(&mut self, worker: WorkerId, id: JobId, speed: f64) {
+        if !self.pool.is_proven(worker) {
+            return;
+        }
+        let pool_size = self.pool.workers.len();
+        let Some(Entry::Running(job)) = self.jobs.get_mut(&id) else { return };
+        if job.pending() <= AHEAD * pool_size {
+            return;
+        }
+        let w = self.pool.workers.get_mut(&worker).expect("a member");
+        while w.ahead.len() < AHEAD {
+            let held: Vec<PanelId> = w.cache.panels_of(id).collect();
+            let Some(tile) = job.next_ahead(worker, &held, speed) else { return };
+            let mut frames = Vec::new();
+            let Some(panels) = send_panels(w, job, id, tile, 0, &mut frames) else { return };
+            job.reserve(tile);
+            w.ahead.push_back((id, tile, panels));
+            self.outputs.extend(frames.into_iter().map(|frame| Output::Send { to: worker, frame }));
+        }
+    }
+}
+
+/// Tiles a worker may have set aside, beyond those it holds as tasks.
+const AHEAD: usize = 2;
+
+/// Makes room in `w`'s cache for `tile`'s panels and `product` more bytes,
+/// queues the frames that evict what must go, announce the job if `w` is new
+/// to it, and carry the panels it lacks; pins the tile's panels. Returns them,
+/// or `None` (changing nothing) if they cannot fit now.
+fn send_panels(w: &mut crate::pool::Worker, job: &mut Job, id: JobId, tile: usize, product: u64, frames: &mut Vec<Frame>) -> Option<[PanelId; 2]> {
+    let panels = job.panels_of(tile);
+    let missing: Vec<PanelId> = panels.into_iter().filter(|&p| !w.cache.holds(id, p)).collect();
+    let need = missing.iter().map(|&p| job.panel_size(p)).sum::<u64>() + product;
+    // Pin what it holds, so making room cannot evict it.
+    for &p in &panels {
+        w.cache.pin(id, p);
+    }
+    let Some(evicted) = w.cache.make_room(need) else {
+        for &p in &panels {
+            w.cache.unpin(id, p);
+        }
+        return None;
+    };
+    frames.extend(evictions(evicted));
+    if w.jobs.insert(id) {
+        frames.push(job.announce());
+    }
+    for &p in &missing {
+        w.cache.insert(id, p, job.panel_size(p));
+        w.cache.pin(id, p);
+        frames.extend(job.panel_frames(p));
+    }
+    Some(panels)
+}
+
+/// The Evict messages for panels a worker must drop, one per job.
+fn evictions(evicted: Vec<(JobId, PanelId)>) -> Vec<Frame> {
+    let mut by_job: BTreeMap<JobId, Vec<PanelId>> = BTreeMap::new();
+    for (job, panel) in evicted {
+        by_job.entry(job).or_default().push(panel);
+    }
+    by_job.into_iter().map(|(job, panels)| Frame::new(Message::Evict { job, panels })).collect()
 }

@@ -10,6 +10,11 @@
 //!
 //! `--smoke` runs small scenarios, to check the pipeline (CI), not the figures.
 
+// The simulator uses the test harness's network hosts.
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+mod link;
+mod validate;
 mod world;
 
 use std::path::Path;
@@ -26,6 +31,7 @@ const MIB: u64 = 1 << 20;
 
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
+    link::self_check();
     let mut results = Vec::new();
     let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let scenarios: Vec<(String, Setup)> = if smoke { smoke_scenarios() } else { scenarios() };
@@ -33,10 +39,18 @@ fn main() {
         eprintln!("sim: {name}");
         results.push(report(&name, &setup));
     }
+    // Against real runs in network namespaces (root only; the full run, not
+    // the smoke; alone with `cargo xtask sim real`).
+    let checks: Vec<Value> = if smoke || only.as_ref().is_some_and(|o| o != "real") {
+        Vec::new()
+    } else {
+        println!("\nthe simulator against real runs (master and workers as hosts in network namespaces, the master's egress capped by tbf):");
+        [(4096, 1), (4096, 2), (4096, 3)].into_iter().map(|(n, p)| validate::compare(n, p, GBIT, "1gbit")).collect()
+    };
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out).unwrap();
     let file = out.join(if smoke { "sim-smoke.json" } else { "sim.json" });
-    std::fs::write(&file, serde_json::to_string_pretty(&json!({ "scenarios": results })).unwrap()).unwrap();
+    std::fs::write(&file, serde_json::to_string_pretty(&json!({ "scenarios": results, "against_real_runs": checks })).unwrap()).unwrap();
     println!("\nwrote {}", file.display());
 }
 
@@ -56,7 +70,7 @@ fn smoke_scenarios() -> Vec<(String, Setup)> {
     let problem = Problem { m: 1024, k: 1024, n: 1024, elem: 8 };
     let workers = servers(3, 20e9, GIB);
     let plan = planned(problem, &workers, GBIT);
-    vec![("smoke: n=1024, 3 workers".into(), Setup { plan, master_link: GBIT, workers, relay: false, horizon: 3600.0 })]
+    vec![("smoke: n=1024, 3 workers".into(), Setup { plan, master_link: GBIT, master_ingress: GBIT, workers, relay: false, horizon: 3600.0 })]
 }
 
 fn scenarios() -> Vec<(String, Setup)> {
@@ -66,24 +80,24 @@ fn scenarios() -> Vec<(String, Setup)> {
     for p in [1, 2, 3] {
         let workers = servers(p, 45e9, 8 * GIB);
         let plan = planned(square(4096), &workers, GBIT);
-        out.push((format!("n=4096 f64, 1 Gbit/s master, {p} worker(s)"), Setup { plan, master_link: GBIT, workers, relay: false, horizon: 3600.0 }));
+        out.push((format!("n=4096 f64, 1 Gbit/s master, {p} worker(s)"), Setup { plan, master_link: GBIT, master_ingress: GBIT, workers, relay: false, horizon: 3600.0 }));
     }
     // Egress with many equal workers with ample memory.
     for p in [8, 64] {
         let workers = servers(p, 50e9, 64 * GIB);
         let plan = planned(square(16384), &workers, 10.0 * GBIT);
-        out.push((format!("n=16384 f64, 10 Gbit/s master, {p} equal workers"), Setup { plan, master_link: 10.0 * GBIT, workers, relay: false, horizon: 36_000.0 }));
+        out.push((format!("n=16384 f64, 10 Gbit/s master, {p} equal workers"), Setup { plan, master_link: 10.0 * GBIT, master_ingress: 10.0 * GBIT, workers, relay: false, horizon: 36_000.0 }));
     }
     // A is 4x each worker's memory.
     let workers = servers(2, 45e9, 256 * MIB);
     let plan = planned(square(8192), &workers, 10.0 * GBIT);
-    out.push(("n=8192 f64, workers with 256 MiB (A is 512 MiB)".into(), Setup { plan, master_link: 10.0 * GBIT, workers, relay: false, horizon: 36_000.0 }));
+    out.push(("n=8192 f64, workers with 256 MiB (A is 512 MiB)".into(), Setup { plan, master_link: 10.0 * GBIT, master_ingress: 10.0 * GBIT, workers, relay: false, horizon: 36_000.0 }));
     // The volunteer crowd, with and without relaying panels.
     let workers = crowd(10_000, 3600.0, 7);
     let plan = planned(square(65536), &workers, 10.0 * GBIT);
     for relay in [false, true] {
         let name = format!("n=65536 f64, 10 Gbit/s master, 10,000 workers (90% tabs), churn 5%/min, 1% liars{}", if relay { ", relay" } else { "" });
-        out.push((name, Setup { plan: plan.clone(), master_link: 10.0 * GBIT, workers: workers.clone(), relay, horizon: 36_000.0 }));
+        out.push((name, Setup { plan: plan.clone(), master_link: 10.0 * GBIT, master_ingress: 10.0 * GBIT, workers: workers.clone(), relay, horizon: 36_000.0 }));
     }
     out
 }

@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 use colonnade_core::codec;
 use colonnade_core::job::Job;
 use colonnade_core::plan::Plan;
-use colonnade_core::protocol::{Frame, Message, WorkerKind};
+use colonnade_core::protocol::{Message, WorkerKind};
 use colonnade_core::scheduler::{Event, Input, Output, Scheduler, SchedulerConfig, WorkerId};
 use colonnade_core::verify::Verifier;
 use colonnade_core::worker::{WorkerConfig, WorkerSession};
 use colonnade_core::{DenseMatrix, Matrix};
+
+use crate::link::{Link, Transfer};
 
 /// Bytes of a message's header, on the wire.
 const HEADER: f64 = 32.0;
@@ -50,8 +52,9 @@ pub struct WorkerSpec {
 pub struct Setup {
     /// The plan, at full scale.
     pub plan: Plan,
-    /// The master's link, bytes/s each way.
+    /// The master's link, bytes/s: out, and in.
     pub master_link: f64,
+    pub master_ingress: f64,
     pub workers: Vec<WorkerSpec>,
     /// A panel another worker already holds comes from that worker (over its
     /// uplink) rather than from the master: the relay, evaluated on paper.
@@ -92,14 +95,16 @@ enum Happening {
     Computed(WorkerId, u64),
     WorkerWake(WorkerId),
     MasterWake,
+    /// The next message on the master's outgoing (or incoming) link may have crossed.
+    EgressDone(u64),
+    IngressDone(u64),
 }
 
 #[derive(Debug)]
 struct SimWorker {
     spec: WorkerSpec,
     session: WorkerSession,
-    /// When its downlink and uplink are next free.
-    down_free: f64,
+    /// When its uplink is next free, for the panels it relays.
     up_free: f64,
     /// The product being computed, and when it is done.
     computing: Option<(u64, DenseMatrix, f64)>,
@@ -139,7 +144,8 @@ pub fn run(setup: &Setup) -> Outcome {
     }
     let mut workers: BTreeMap<WorkerId, SimWorker> = BTreeMap::new();
     let mut spec_of: HashMap<WorkerId, usize> = HashMap::new();
-    let (mut egress_free, mut ingress_free) = (0.0f64, 0.0f64);
+    let mut egress: Link<(WorkerId, Vec<u8>)> = Link::new(setup.master_link);
+    let mut ingress: Link<(WorkerId, Vec<u8>)> = Link::new(setup.master_ingress);
     let mut master_wake: Option<f64> = None;
     // Who holds which panel, for the relay.
     let mut holders: HashMap<(u64, u32), Vec<WorkerId>> = HashMap::new();
@@ -166,12 +172,17 @@ pub fn run(setup: &Setup) -> Outcome {
                     push(&mut queue, leave.max(now), Happening::Leave(id));
                 }
                 spec_of.insert(id, i);
-                workers.insert(id, SimWorker { spec, session, down_free: now, up_free: now, computing: None, wake_at: f64::INFINITY });
+                workers.insert(id, SimWorker { spec, session, up_free: now, computing: None, wake_at: f64::INFINITY });
                 sched.handle_input(Input::Connected { worker: id, addr: None }, now_d);
-                flush_worker(id, now, &mut workers, &mut queue, &mut push, &mut ingress_free, setup.master_link, &mut sizes, &mut out);
+                flush_worker(id, now, &mut workers, &mut queue, &mut push, &mut ingress, &mut sizes, &mut out);
             }
             Happening::Leave(id) => {
                 if workers.remove(&id).is_some() {
+                    for link in [&mut egress, &mut ingress] {
+                        link.forget(now, id);
+                    }
+                    schedule(&egress, &mut queue, &mut push, Happening::EgressDone);
+                    schedule(&ingress, &mut queue, &mut push, Happening::IngressDone);
                     sched.handle_input(Input::Disconnected { worker: id }, now_d);
                     for list in holders.values_mut() {
                         list.retain(|&w| w != id);
@@ -196,7 +207,7 @@ pub fn run(setup: &Setup) -> Outcome {
                     continue; // e.g. a master gone silent: the session would reconnect; the sim ignores it
                 }
                 start_compute(id, now, &mut workers, &mut queue, &mut push, &sizes);
-                flush_worker(id, now, &mut workers, &mut queue, &mut push, &mut ingress_free, setup.master_link, &mut sizes, &mut out);
+                flush_worker(id, now, &mut workers, &mut queue, &mut push, &mut ingress, &mut sizes, &mut out);
             }
             Happening::Computed(id, lease) => {
                 touched_master = false;
@@ -205,7 +216,33 @@ pub fn run(setup: &Setup) -> Outcome {
                 debug_assert_eq!(l, lease);
                 w.session.complete(lease, c, Duration::from_secs_f64(took));
                 start_compute(id, now, &mut workers, &mut queue, &mut push, &sizes);
-                flush_worker(id, now, &mut workers, &mut queue, &mut push, &mut ingress_free, setup.master_link, &mut sizes, &mut out);
+                flush_worker(id, now, &mut workers, &mut queue, &mut push, &mut ingress, &mut sizes, &mut out);
+            }
+            Happening::EgressDone(version) => {
+                touched_master = false;
+                if version != egress.version {
+                    continue;
+                }
+                let (_, to) = egress.next_done().expect("a pending completion");
+                if let Some(done) = egress.finish(now, to) {
+                    let (to, bytes) = done.payload;
+                    let latency = workers.get(&to).map_or(0.0, |w| w.spec.latency);
+                    push(&mut queue, now + latency, Happening::ToWorker(to, bytes));
+                }
+                schedule(&egress, &mut queue, &mut push, Happening::EgressDone);
+            }
+            Happening::IngressDone(version) => {
+                touched_master = false;
+                if version != ingress.version {
+                    continue;
+                }
+                let (_, from) = ingress.next_done().expect("a pending completion");
+                if let Some(done) = ingress.finish(now, from) {
+                    let (from, bytes) = done.payload;
+                    let latency = workers.get(&from).map_or(0.0, |w| w.spec.latency);
+                    push(&mut queue, now + latency, Happening::ToMaster(from, bytes));
+                }
+                schedule(&ingress, &mut queue, &mut push, Happening::IngressDone);
             }
             Happening::WorkerWake(id) => {
                 touched_master = false;
@@ -217,7 +254,7 @@ pub fn run(setup: &Setup) -> Outcome {
                 if w.session.handle_timeout(now_d).is_err() {
                     continue;
                 }
-                flush_worker(id, now, &mut workers, &mut queue, &mut push, &mut ingress_free, setup.master_link, &mut sizes, &mut out);
+                flush_worker(id, now, &mut workers, &mut queue, &mut push, &mut ingress, &mut sizes, &mut out);
             }
         }
         if !touched_master {
@@ -239,23 +276,20 @@ pub fn run(setup: &Setup) -> Outcome {
                     if let Message::Panel { job, panel, .. } = &frame.message {
                         holders.entry((*job, *panel)).or_default().push(to);
                     }
-                    let sent = match relay_from.and_then(|r| workers.get(&r).map(|h| (r, h.up_free, h.spec.link))) {
+                    let bytes = codec::encode_frame(&frame);
+                    match relay_from.and_then(|r| workers.get(&r).map(|h| (r, h.up_free, h.spec.link))) {
                         Some((r, up_free, link)) => {
-                            let done = up_free.max(now) + size / link;
+                            let done = up_free.max(now) + size / link.min(workers[&to].spec.link);
                             workers.get_mut(&r).expect("listed").up_free = done;
                             out.relayed += size;
-                            done
+                            push(&mut queue, done + workers[&to].spec.latency, Happening::ToWorker(to, bytes));
                         }
                         None => {
-                            egress_free = egress_free.max(now) + size / setup.master_link;
                             out.egress += size;
-                            egress_free
+                            egress.send(now, to, Transfer { bytes: size, cap: workers[&to].spec.link, payload: (to, bytes) });
+                            schedule(&egress, &mut queue, &mut push, Happening::EgressDone);
                         }
-                    };
-                    let w = workers.get_mut(&to).expect("checked");
-                    w.down_free = sent.max(w.down_free + size / w.spec.link);
-                    let arrive = w.down_free + w.spec.latency;
-                    push(&mut queue, arrive, Happening::ToWorker(to, codec::encode_frame(&frame)));
+                    }
                 }
                 Output::Close { worker, .. } => {
                     workers.remove(&worker);
@@ -295,6 +329,13 @@ pub fn run(setup: &Setup) -> Outcome {
 
 type Push<'a> = dyn FnMut(&mut BinaryHeap<Reverse<(u64, u64, Happening)>>, f64, Happening) + 'a;
 
+/// Wakes the loop when the link's next message will have crossed.
+fn schedule(link: &Link<(WorkerId, Vec<u8>)>, queue: &mut BinaryHeap<Reverse<(u64, u64, Happening)>>, push: &mut Push<'_>, event: fn(u64) -> Happening) {
+    if let Some((at, _)) = link.next_done() {
+        push(queue, at, event(link.version));
+    }
+}
+
 /// Starts the worker's next task if it is idle and one is ready.
 fn start_compute(id: WorkerId, now: f64, workers: &mut BTreeMap<WorkerId, SimWorker>, queue: &mut BinaryHeap<Reverse<(u64, u64, Happening)>>, push: &mut Push<'_>, sizes: &Sizes) {
     let w = workers.get_mut(&id).expect("a live worker");
@@ -322,19 +363,20 @@ fn flush_worker(
     workers: &mut BTreeMap<WorkerId, SimWorker>,
     queue: &mut BinaryHeap<Reverse<(u64, u64, Happening)>>,
     push: &mut Push<'_>,
-    ingress_free: &mut f64,
-    master_link: f64,
+    ingress: &mut Link<(WorkerId, Vec<u8>)>,
     sizes: &mut Sizes,
     out: &mut Outcome,
 ) {
     let w = workers.get_mut(&id).expect("a live worker");
+    let mut sent = false;
     while let Some(frame) = w.session.poll_transmit() {
         let size = HEADER + sizes.received(&frame.message);
-        w.up_free = w.up_free.max(now) + size / w.spec.link;
-        *ingress_free = ingress_free.max(w.up_free - size / w.spec.link) + size / master_link;
-        let arrive = ingress_free.max(w.up_free) + w.spec.latency;
         out.ingress += size;
-        push(queue, arrive, Happening::ToMaster(id, codec::encode_frame(&Frame { message: frame.message, body: frame.body })));
+        ingress.send(now, id, Transfer { bytes: size, cap: w.spec.link, payload: (id, codec::encode_frame(&frame)) });
+        sent = true;
+    }
+    if sent {
+        schedule(ingress, queue, push, Happening::IngressDone);
     }
     let wake = w.session.poll_timeout().as_secs_f64().max(now);
     if wake < w.wake_at {
