@@ -31,11 +31,13 @@ pub struct Link<T> {
     at: f64,
     /// Bumped on every change: a completion computed before it is stale.
     pub version: u64,
+    /// Seconds during which something was crossing.
+    pub busy: f64,
 }
 
 impl<T> Link<T> {
     pub fn new(capacity: f64) -> Self {
-        Self { capacity, flows: BTreeMap::new(), at: 0.0, version: 0 }
+        Self { capacity, flows: BTreeMap::new(), at: 0.0, version: 0, busy: 0.0 }
     }
 
     /// Each active flow's rate: max-min fair, within the flows' caps.
@@ -57,7 +59,8 @@ impl<T> Link<T> {
     /// Brings every flow's progress up to `now`.
     fn advance(&mut self, now: f64) {
         let elapsed = (now - self.at).max(0.0);
-        if elapsed > 0.0 {
+        if elapsed > 0.0 && !self.flows.is_empty() {
+            self.busy += elapsed;
             for (worker, rate) in self.rates() {
                 let flow = self.flows.get_mut(&worker).expect("rates are of flows");
                 flow.left = (flow.left - rate * elapsed).max(0.0);

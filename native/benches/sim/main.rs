@@ -162,13 +162,15 @@ fn report(name: &str, setup: &Setup) -> Value {
     let (wr, wc, wk) = plan.layout;
     let model = CostModel::default().traffic(problem, plan, plan.layout, setup.workers.iter().map(|w| w.memory).min().unwrap_or(GIB) as f64);
     println!(
-        "{name}\n  grid {:?} layout {wr}x{wc}x{wk}: makespan {:.2} s, bound {:.2} s ({:.2}x); egress {:.2}x A+B (model {:.2}x); {} tasks ({} copies), {} rejected; scheduler CPU {:.1} µs per task, {:.2} µs per input; C {}",
+        "{name}\n  grid {:?} layout {wr}x{wc}x{wk}: makespan {:.2} s, bound {:.2} s ({:.2}x); egress {:.2}x A+B (model {:.2}x); egress busy {:.0}% and workers computing {:.0}% of the makespan; {} tasks ({} copies), {} rejected; scheduler CPU {:.1} µs per task, {:.2} µs per input; C {}",
         plan.shape(),
         outcome.makespan,
         bound,
         outcome.makespan / bound,
         outcome.egress / inputs,
         model.egress / inputs,
+        100.0 * outcome.egress_busy / outcome.makespan,
+        100.0 * outcome.computing / (outcome.makespan * setup.workers.len() as f64),
         outcome.leases,
         outcome.speculated,
         outcome.rejected,
@@ -182,7 +184,7 @@ fn report(name: &str, setup: &Setup) -> Value {
         "makespan_s": outcome.makespan, "lower_bound_s": bound, "makespan_over_bound": outcome.makespan / bound,
         "egress_bytes": outcome.egress, "ingress_bytes": outcome.ingress, "inputs_bytes": inputs,
         "egress_over_inputs": outcome.egress / inputs, "model_egress_over_inputs": model.egress / inputs,
-        "relayed_bytes": outcome.relayed,
+        "relayed_bytes": outcome.relayed, "egress_busy_s": outcome.egress_busy, "computing_s": outcome.computing,
         "tasks": outcome.leases, "speculated": outcome.speculated, "rejected": outcome.rejected, "events": outcome.events,
         "scheduler_cpu_us_per_task": outcome.cpu_per_task.as_secs_f64() * 1e6,
         "scheduler_cpu_us_per_input": outcome.cpu_per_input.as_secs_f64() * 1e6,

@@ -84,6 +84,10 @@ pub struct Outcome {
     pub cpu_per_input: Duration,
     pub events: u64,
     pub correct: bool,
+    /// Seconds the master's egress was carrying something.
+    pub egress_busy: f64,
+    /// Seconds of computing, summed over the workers.
+    pub computing: f64,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -214,6 +218,7 @@ pub fn run(setup: &Setup) -> Outcome {
                 let Some(w) = workers.get_mut(&id) else { continue };
                 let Some((l, c, took)) = w.computing.take() else { continue };
                 debug_assert_eq!(l, lease);
+                out.computing += took;
                 w.session.complete(lease, c, Duration::from_secs_f64(took));
                 start_compute(id, now, &mut workers, &mut queue, &mut push, &sizes);
                 flush_worker(id, now, &mut workers, &mut queue, &mut push, &mut ingress, &mut sizes, &mut out);
@@ -322,6 +327,7 @@ pub fn run(setup: &Setup) -> Outcome {
         out.leases = job.stats().leases_issued;
         out.correct = job.take_result().is_some_and(|c| c == DenseMatrix::from(expected));
     }
+    out.egress_busy = egress.busy;
     out.cpu_per_task = cpu / out.leases.max(1) as u32;
     out.cpu_per_input = cpu / out.inputs.max(1) as u32;
     out
@@ -350,6 +356,9 @@ fn start_compute(id: WorkerId, now: f64, workers: &mut BTreeMap<WorkerId, SimWor
         bytes[..8].copy_from_slice(&(first + 1.0).to_le_bytes());
     }
     let took = sizes.flops(task.lease) / w.spec.flops;
+    if std::env::var_os("SIM_TRACE").is_some() {
+        eprintln!("{now:.3} worker {id} computes lease {} for {took:.3} s", task.lease);
+    }
     w.computing = Some((task.lease, c, took));
     push(queue, now + took, Happening::Computed(id, task.lease));
 }
