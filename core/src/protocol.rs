@@ -106,6 +106,10 @@ impl Token {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+    /// The secret itself, to present it (an HTTP bearer token).
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
 }
 
 impl PartialEq for Token {

@@ -62,12 +62,21 @@ pub struct Serving {
     pub tls: Option<ServerTls>,
 }
 
+impl Serving {
+    /// The scheduler's settings for these limits and this access.
+    pub(crate) fn scheduler_config(&self) -> SchedulerConfig {
+        let mut config = SchedulerConfig { access: self.access.clone(), ..SchedulerConfig::default() };
+        (config.max_chunk, config.max_slots) = (self.limits.max_chunk, self.limits.max_slots);
+        config
+    }
+}
+
 pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
     // Refuse a bad output path before doing any work.
     Format::of(&args.output)?;
     check_output_dir(&args.output)?;
     // Serve first: workers connect (and wait) while the inputs are read.
-    let served = serve(&args.serving).await?;
+    let served = serve(&args.serving, None).await?;
     let started = Instant::now();
     let (a_path, b_path, output, max_memory) = (args.a.clone(), args.b.clone(), args.output.clone(), args.max_memory);
     let inputs = tokio::task::spawn_blocking(move || read_inputs(&a_path, &b_path, &output, max_memory)).await?;
@@ -80,7 +89,7 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
     };
     let read_time = started.elapsed();
     let cpu_before = procstats::cpu_time();
-    let spec = JobSpec { a, b, integer, block: args.block, link_rate: args.link_rate, checkpoint: args.checkpoint.clone() };
+    let spec = JobSpec { id: rand::rng().random(), a, b, integer, block: args.block, link_rate: args.link_rate, checkpoint: args.checkpoint.clone() };
     let report = run(spec, &args.serving, served).await?;
     let job_cpu = procstats::cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     let write_start = Instant::now();
@@ -155,8 +164,8 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0xC0_1055);
     let mut random = || DenseMatrix::F64(Matrix::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0)));
     let (a, b) = (random(), random());
-    let spec = JobSpec { a: a.clone(), b: b.clone(), integer: false, block: args.block, link_rate: None, checkpoint: None };
-    let served = serve(&args.serving).await?;
+    let spec = JobSpec { id: rand::rng().random(), a: a.clone(), b: b.clone(), integer: false, block: args.block, link_rate: None, checkpoint: None };
+    let served = serve(&args.serving, None).await?;
     let report = run(spec, &args.serving, served).await?;
     println!("distributed: {:.3} s, {:.1} GFLOP/s ({})", report.elapsed.as_secs_f64(), report.gflops(), describe(&report.plan));
     print_workers(&report);
@@ -182,21 +191,22 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
 }
 
 /// A job's inputs and how to split and check it.
-struct JobSpec {
-    a: DenseMatrix,
-    b: DenseMatrix,
+pub(crate) struct JobSpec {
+    pub id: JobId,
+    pub a: DenseMatrix,
+    pub b: DenseMatrix,
     /// Every entry of A and B is an integer: results are checked exactly.
-    integer: bool,
+    pub integer: bool,
     /// Columns per tile, if the user chose them; otherwise the pool's model plans.
-    block: Option<usize>,
-    link_rate: Option<f64>,
-    checkpoint: Option<PathBuf>,
+    pub block: Option<usize>,
+    pub link_rate: Option<f64>,
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// Reads A and B within `max_memory` (default: what is available), each
 /// checked before it is allocated, and C's share too. Returns them in the
 /// product's element type, and whether both hold only integers.
-fn read_inputs(a: &Path, b: &Path, output: &Path, max_memory: Option<u64>) -> anyhow::Result<(DenseMatrix, DenseMatrix, bool)> {
+pub(crate) fn read_inputs(a: &Path, b: &Path, output: &Path, max_memory: Option<u64>) -> anyhow::Result<(DenseMatrix, DenseMatrix, bool)> {
     let budget = max_memory.or_else(io::available_memory).unwrap_or(u64::MAX);
     let a_in = io::read_matrix(a, budget)?;
     let b_in = io::read_matrix(b, budget.saturating_sub(a_in.matrix.as_bytes().len() as u64))?;
@@ -208,22 +218,22 @@ fn read_inputs(a: &Path, b: &Path, output: &Path, max_memory: Option<u64>) -> an
 }
 
 /// A listening master and the workers started inside it.
-struct Served {
-    master: Master,
-    locals: Option<LocalWorkers>,
+pub(crate) struct Served {
+    pub master: Master,
+    pub locals: Option<LocalWorkers>,
 }
 
 impl Served {
-    async fn stop(self) {
+    pub async fn stop(self) {
         if let Some(locals) = self.locals {
             locals.stop().await;
         }
     }
 }
 
-/// Listens, says where, and starts the local workers.
-async fn serve(serving: &Serving) -> anyhow::Result<Served> {
-    let master = Master::bind(serving.listen, serving.limits, serving.tls.as_ref()).await?;
+/// Listens (serving `extra` routes too), says where, and starts the local workers.
+pub(crate) async fn serve(serving: &Serving, extra: Option<axum::Router>) -> anyhow::Result<Served> {
+    let master = Master::bind(serving.listen, serving.limits, serving.tls.as_ref(), extra).await?;
     println!("master listening on {}", master.local_addr());
     println!("  add a worker:  worker {}", master.worker_url());
     println!("  or a browser:  {}", master.page_url());
@@ -237,11 +247,9 @@ async fn serve(serving: &Serving) -> anyhow::Result<Served> {
 
 /// Runs the job on the master, checking every result.
 async fn run(spec: JobSpec, serving: &Serving, served: Served) -> anyhow::Result<JobReport> {
-    let mut config = SchedulerConfig { access: serving.access.clone(), ..SchedulerConfig::default() };
-    (config.max_chunk, config.max_slots) = (serving.limits.max_chunk, serving.limits.max_slots);
-    let mut scheduler = Scheduler::new(config);
+    let mut scheduler = Scheduler::new(serving.scheduler_config());
     let Served { mut master, locals } = served;
-    let prepared = prepare(spec, &mut scheduler);
+    let prepared = prepare(spec, &mut scheduler, Duration::ZERO);
     let result = match prepared {
         Ok((job_id, prep, restored_flops)) => tokio::select! {
             r = master.run(&mut scheduler, job_id, prep, true) => r.map(|report| JobReport { restored_flops, ..report }),
@@ -257,12 +265,11 @@ async fn run(spec: JobSpec, serving: &Serving, served: Served) -> anyhow::Result
 /// there, or on the user's `--block` width, or on the grid of a checkpoint it
 /// resumes (whose blocks are then restored, each verified first). Returns the
 /// job's id, what the shell adds once it is planned, and the flops restored.
-fn prepare(spec: JobSpec, scheduler: &mut Scheduler) -> anyhow::Result<(JobId, Preparation, f64)> {
-    let JobSpec { a, b, integer, block, link_rate, checkpoint } = spec;
+pub(crate) fn prepare(spec: JobSpec, scheduler: &mut Scheduler, now: Duration) -> anyhow::Result<(JobId, Preparation, f64)> {
+    let JobSpec { id, a, b, integer, block, link_rate, checkpoint } = spec;
     let checkpoint = checkpoint.map(|dir| Checkpoint::open(&dir, &Inputs::of(&a, &b)).map(|cp| (dir, cp))).transpose()?;
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     let mut rng = rand::rng();
-    let id = rng.random::<u64>();
     // Secret weights for Freivalds' check: workers never see them.
     let weights = (0..n)
         .map(|_| {
@@ -287,7 +294,7 @@ fn prepare(spec: JobSpec, scheduler: &mut Scheduler) -> anyhow::Result<(JobId, P
         }
         let model = CostModel { slots: DEFAULT_SLOTS as usize, ..CostModel::default() };
         let job = Unplanned::new(id, Arc::clone(&recipe.a), Arc::clone(&recipe.b), model, leases, chunk)?.with_link(link_rate).awaiting_verifier();
-        scheduler.add_unplanned(job, Duration::ZERO);
+        scheduler.add_unplanned(job, now);
         return Ok((id, Preparation { verifier: Some(recipe), checkpoint: checkpoint.map(|(_, cp)| cp) }, 0.0));
     };
     let job = Job::new(id, Arc::clone(&recipe.a), Arc::clone(&recipe.b), plan.clone(), leases, chunk)?;
@@ -296,7 +303,7 @@ fn prepare(spec: JobSpec, scheduler: &mut Scheduler) -> anyhow::Result<(JobId, P
         if let Some((dir, _)) = &checkpoint {
             println!("checkpoint {}: 0 of {} blocks already done ({})", dir.display(), plan.blocks(), describe(&plan));
         }
-        scheduler.add_job(job.awaiting_verifier(), Duration::ZERO);
+        scheduler.add_job(job.awaiting_verifier(), now);
         return Ok((id, Preparation { verifier: Some(recipe), checkpoint: checkpoint.map(|(_, cp)| cp) }, 0.0));
     }
     let (dir, cp) = checkpoint.expect("resuming");
@@ -319,7 +326,7 @@ fn prepare(spec: JobSpec, scheduler: &mut Scheduler) -> anyhow::Result<(JobId, P
         }
     }
     println!("checkpoint {}: {restored} of {} blocks already done ({})", dir.display(), plan.blocks(), describe(&plan));
-    scheduler.add_job(job, Duration::ZERO);
+    scheduler.add_job(job, now);
     Ok((id, Preparation { verifier: None, checkpoint: Some(cp) }, restored_flops))
 }
 
@@ -342,7 +349,7 @@ fn check_job_memory(a: &DenseMatrix, b: &DenseMatrix, dtype: Dtype, output: &Pat
     Ok(())
 }
 
-fn check_output_dir(output: &Path) -> Result<(), InputError> {
+pub(crate) fn check_output_dir(output: &Path) -> Result<(), InputError> {
     let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.is_dir() {
         return Err(InputError::new(output, format!("the folder {} does not exist", dir.display())));

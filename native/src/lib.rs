@@ -8,5 +8,7 @@ pub mod compute;
 pub mod io;
 pub mod master;
 pub mod procstats;
+pub mod service;
+pub mod submit;
 pub mod tls;
 pub mod worker;

@@ -265,7 +265,7 @@ fn log_event(event: Option<WorkerEvent>) {
         Some(WorkerEvent::JobStarted { job, m, k, n, dtype }) => {
             tracing::info!(job, "job: A is {m}x{k}, C is {m}x{n}, {dtype}");
         }
-        Some(WorkerEvent::TaskCancelled { lease }) => tracing::debug!(lease, "task cancelled: another worker finished it"),
+        Some(WorkerEvent::TaskCancelled { lease }) => tracing::debug!(lease, "task cancelled: another worker finished it, or the job was withdrawn"),
         Some(WorkerEvent::Accepted { lease, done, total }) => tracing::debug!(lease, "result verified; the job has {done} of {total} tiles"),
         Some(WorkerEvent::JobDone { job }) => tracing::info!(job, "job done"),
         None => {}

@@ -577,6 +577,11 @@ impl Job {
         self.queue.next(worker, held, fit, true, |t| rejected[t].contains(&worker))
     }
 
+    /// Leases out now, copies included.
+    pub fn leases_out(&self) -> usize {
+        self.leases.len()
+    }
+
     /// Tiles waiting in the queue.
     pub(crate) fn pending(&self) -> usize {
         self.queue.pending()

@@ -184,12 +184,14 @@ pub struct Scheduler {
     /// When the latest worker joined.
     last_join: Duration,
     outputs: VecDeque<Output>,
+    /// Shares of the pool, for jobs given more than one ([`Self::set_weight`]).
+    weights: BTreeMap<JobId, u32>,
 }
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Self {
         let pool = Pool::new(config.access.clone(), config.heartbeat, config.max_slots, config.max_strikes);
-        Self { config, pool, jobs: BTreeMap::new(), next_lease: 1, last_join: Duration::ZERO, outputs: VecDeque::new() }
+        Self { config, pool, jobs: BTreeMap::new(), next_lease: 1, last_join: Duration::ZERO, outputs: VecDeque::new(), weights: BTreeMap::new() }
     }
 
     /// The chunk size jobs should be built with.
@@ -256,8 +258,20 @@ impl Scheduler {
         self.assign(now);
     }
 
+    /// Gives job `id` `weight` shares of the pool (at least 1, the default):
+    /// running jobs hold leases in proportion to their weights.
+    pub fn set_weight(&mut self, id: JobId, weight: u32) {
+        self.weights.insert(id, weight.max(1));
+    }
+
+    /// Workers holding tasks of job `id` now.
+    pub fn workers_on(&self, id: JobId) -> usize {
+        self.pool.workers.values().filter(|w| w.leases.values().any(|h| h.job == id)).count()
+    }
+
     /// Removes a job, complete or not, withdrawing its tasks and panels from the workers.
     pub fn remove_job(&mut self, id: JobId, now: Duration) -> Option<Job> {
+        self.weights.remove(&id);
         let job = match self.jobs.remove(&id)? {
             Entry::Running(job) => job,
             Entry::Unplanned(_) => return None,
@@ -559,14 +573,20 @@ impl Scheduler {
         }
     }
 
-    /// Gives `worker` one task, from the running job it holds the fewest
-    /// leases of (so jobs share the pool), if one fits in its memory. Returns
-    /// whether it got one.
+    /// Gives `worker` one task, from the running job with the fewest leases
+    /// out for its weight (so jobs share the pool in proportion), preferring a
+    /// job whose panels it holds; if one fits in its memory. Returns whether
+    /// it got one.
     fn offer(&mut self, worker: WorkerId, now: Duration) -> bool {
         let w = &self.pool.workers[&worker];
-        let held = |job: JobId| w.leases.values().filter(|h| h.job == job).count();
-        let mut order: Vec<JobId> = self.running().filter(|(_, j)| !j.is_complete()).map(|(id, _)| id).collect();
-        order.sort_by_key(|&id| held(id));
+        let weight = |id: JobId| u64::from(self.weights.get(&id).copied().unwrap_or(1));
+        let mut order: Vec<(u64, bool, JobId)> = self
+            .running()
+            .filter(|(_, j)| !j.is_complete())
+            .map(|(id, j)| (j.leases_out() as u64 * 1_000_000 / weight(id), !w.jobs.contains(&id), id))
+            .collect();
+        order.sort_unstable();
+        let order = order.into_iter().map(|(.., id)| id);
         for id in order {
             if self.offer_from(worker, id, now) {
                 return true;

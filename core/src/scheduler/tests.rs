@@ -719,3 +719,20 @@ proptest! {
         prop_assert_eq!(done, tiles, "each tile counted once");
     }
 }
+
+#[test]
+fn running_jobs_share_the_pool_by_weight() {
+    let mut sim = Sim::new(8, 8, 64, 1, quick_config());
+    let (a, b) = operands(8, 8, 64);
+    let config = quick_config();
+    let heavy = Job::new(JOB + 1, DenseMatrix::from(a), DenseMatrix::from(b), Plan::columns(8, 8, 64, 1), config.leases, config.max_chunk).unwrap();
+    sim.sched.set_weight(JOB + 1, 3);
+    sim.sched.add_job(heavy, sim.now);
+    sim.pump();
+    for _ in 0..4 {
+        sim.join(1);
+    }
+    let out = |id| sim.sched.job(id).unwrap().leases_out();
+    assert_eq!((out(JOB), out(JOB + 1)), (1, 3), "four one-task workers, weights 1 and 3");
+    assert_eq!(sim.sched.workers_on(JOB) + sim.sched.workers_on(JOB + 1), 4);
+}

@@ -10,6 +10,8 @@ use colonnade_native::cli::{self, BadInput};
 use colonnade_native::master::Limits;
 use colonnade_native::commands::{self, DemoArgs, MultiplyArgs, Serving};
 use colonnade_core::scheduler::Access;
+use colonnade_native::service::ServeArgs;
+use colonnade_native::submit::{self, SubmitArgs};
 use colonnade_native::tls::ServerTls;
 
 #[derive(Parser, Debug)]
@@ -53,6 +55,49 @@ enum Command {
         checkpoint: Option<PathBuf>,
         #[command(flatten)]
         serving: ServingArgs,
+    },
+    /// Stay up and run jobs submitted over HTTP (POST /api/jobs), on one pool
+    /// of workers that stays connected between jobs.
+    Serve {
+        /// Where jobs' inputs, checkpoints and results are kept; started again
+        /// on the same folder, the master resumes its jobs.
+        #[arg(long, value_name = "DIR", default_value = "colonnade-data")]
+        data: PathBuf,
+        /// API calls must send the secret in FILE as `Authorization: Bearer
+        /// <secret>`. Not the workers' token.
+        #[arg(long, value_name = "FILE")]
+        submit_token_file: Option<PathBuf>,
+        /// Memory for one job's A, B and C (e.g. 16G); bigger jobs are refused.
+        /// Default: the memory available when the job is submitted.
+        #[arg(long, value_name = "BYTES", value_parser = cli::parse_bytes)]
+        max_memory: Option<u64>,
+        /// Largest upload of one matrix file.
+        #[arg(long, value_name = "BYTES", value_parser = cli::parse_bytes, default_value = "4G")]
+        max_upload: u64,
+        /// Jobs computed at once, sharing the pool; more wait on disk.
+        #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+        max_running: u64,
+        #[command(flatten)]
+        serving: ServingArgs,
+    },
+    /// Send A and B to a `master serve`, follow the job, and download C.
+    Submit {
+        /// A, the left operand (.npy, .csv or .mtx).
+        a: PathBuf,
+        /// B, the right operand.
+        b: PathBuf,
+        /// Where to write C; the extension picks the format.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The master's address, e.g. http://host:8080.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// The master's submit token, read from FILE.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Shares of the pool against other running jobs (each has 1 by default).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        priority: u32,
     },
     /// Multiply random matrices with local workers and check the result.
     Demo {
@@ -154,6 +199,17 @@ fn main() -> ExitCode {
                 let block = block.map(|b| b as usize);
                 let link_rate = link_rate.map(|r| r as f64);
                 commands::multiply(MultiplyArgs { a, b, output, block, link_rate, stats_json, checkpoint, max_memory, serving }).await.map(|()| true)
+            }
+            Command::Serve { data, submit_token_file, max_memory, max_upload, max_running, serving } => {
+                let serving = serving.load()?;
+                let submit_token = submit_token_file.as_deref().map(cli::read_token).transpose()?;
+                let args = ServeArgs { data, submit_token, max_memory, max_upload, max_running: max_running as usize, serving };
+                colonnade_native::service::serve(args).await.map(|()| true)
+            }
+            Command::Submit { a, b, output, to, token_file, priority } => {
+                let token = token_file.as_deref().map(cli::read_token).transpose()?;
+                let args = SubmitArgs { a, b, output, to, token, priority };
+                tokio::task::spawn_blocking(move || submit::submit(args)).await?.map(|()| true)
             }
             Command::Demo { size, local_workers, listen, block } => {
                 let serving = Serving { listen, local_workers, limits: Limits::default(), access: Access::default(), tls: None };

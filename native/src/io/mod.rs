@@ -58,6 +58,14 @@ impl Format {
             None => Err(InputError::new(path, "no extension (use .npy, .csv or .mtx)")),
         }
     }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Npy => "npy",
+            Format::Csv => "csv",
+            Format::Mtx => "mtx",
+        }
+    }
 }
 
 /// Reads a matrix, choosing the format by extension. Neither the file nor the

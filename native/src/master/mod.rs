@@ -26,9 +26,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use page::Status;
-use progress::Reporter;
+pub(crate) use progress::Reporter;
 pub use server::Limits;
-use server::{Input, Outgoing, Traffic};
+pub(crate) use server::Input;
+use server::{Outgoing, Traffic};
 
 use crate::checkpoint;
 use crate::tls::ServerTls;
@@ -99,19 +100,35 @@ pub struct VerifierRecipe {
 }
 
 impl Master {
-    /// Binds `listen` and starts serving, within `limits`, over TLS if `tls` is given.
-    pub async fn bind(listen: SocketAddr, limits: Limits, tls: Option<&ServerTls>) -> anyhow::Result<Self> {
+    /// Binds `listen` and starts serving, within `limits`, over TLS if `tls`
+    /// is given; `extra` routes are served beside the workers' and the page's.
+    pub async fn bind(listen: SocketAddr, limits: Limits, tls: Option<&ServerTls>, extra: Option<axum::Router>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         let (tx, inputs) = mpsc::channel(64);
         let (status, status_rx) = watch::channel(Status::default());
         let traffic = Arc::new(Traffic::default());
-        server::spawn(listener, tx, status_rx, Arc::clone(&traffic), limits, tls.map(|t| Arc::clone(&t.config)))?;
+        server::spawn(listener, tx, status_rx, Arc::clone(&traffic), limits, tls.map(|t| Arc::clone(&t.config)), extra)?;
         Ok(Self { addr, inputs, status, traffic, certificate: tls.map(|t| t.certificate.clone()) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What the connections said next; `None` once the server has stopped.
+    pub(crate) async fn next_input(&mut self) -> Option<Input> {
+        self.inputs.recv().await
+    }
+
+    /// WebSocket bytes both ways so far.
+    pub(crate) fn traffic(&self) -> (u64, u64) {
+        (self.traffic.sent_bytes.load(Ordering::Relaxed), self.traffic.received_bytes.load(Ordering::Relaxed))
+    }
+
+    /// Replaces what the page and `/progress` show.
+    pub(crate) fn show(&self, status: Status) {
+        self.status.send_replace(status);
     }
 
     /// The URL workers connect to. An unspecified address (0.0.0.0) is shown as
@@ -278,7 +295,7 @@ impl Master {
     }
 
     /// Tells the page the job's shape and grid.
-    fn announce(&self, plan: &Plan) {
+    pub(crate) fn announce(&self, plan: &Plan) {
         self.status.send_modify(|s| {
             s.shape = format!("{}x{} times {}x{}", plan.m, plan.k, plan.k, plan.n);
             s.blocks_total = plan.blocks();
@@ -291,7 +308,7 @@ impl Master {
     }
 
     /// Shows the job's progress to the page.
-    fn publish(&self, scheduler: &Scheduler, job: JobId) {
+    pub(crate) fn publish(&self, scheduler: &Scheduler, job: JobId) {
         let (Some(j), p) = (scheduler.job(job), scheduler.headcount()) else { return };
         let done = (0..j.plan().blocks()).map(|b| if j.block_done(b) { '1' } else { '0' }).collect();
         self.status.send_modify(|s| {
@@ -313,7 +330,7 @@ pub fn describe(plan: &Plan) -> String {
 }
 
 /// Builds the verifier for `plan`, and says how long it took.
-fn build_verifier(recipe: VerifierRecipe, plan: &Plan) -> (Verifier, Duration) {
+pub(crate) fn build_verifier(recipe: VerifierRecipe, plan: &Plan) -> (Verifier, Duration) {
     let started = Instant::now();
     let VerifierRecipe { a, b, weights, integer } = recipe;
     let verifier = Verifier::new(a, b, &Job::verified_tiles(plan), weights, integer);
@@ -322,17 +339,19 @@ fn build_verifier(recipe: VerifierRecipe, plan: &Plan) -> (Verifier, Duration) {
 
 /// The shell's side of the connections: where to send each worker's frames.
 #[derive(Debug, Default)]
-struct Shell {
+pub(crate) struct Shell {
     senders: HashMap<WorkerId, mpsc::UnboundedSender<Outgoing>>,
-    addrs: HashMap<WorkerId, SocketAddr>,
+    pub addrs: HashMap<WorkerId, SocketAddr>,
     /// When the first task went out: the job's clock starts there.
     first_task: Option<Instant>,
+    /// Tasks sent, over the shell's life.
+    pub tasks_sent: u64,
     scheduler_time: Duration,
 }
 
 impl Shell {
     /// Hands what a connection said to the scheduler.
-    fn input(&mut self, scheduler: &mut Scheduler, input: Input, now: Duration) {
+    pub fn input(&mut self, scheduler: &mut Scheduler, input: Input, now: Duration) {
         match input {
             Input::Connected { worker, addr, outgoing } => {
                 tracing::debug!(worker, %addr, "connection");
@@ -354,17 +373,18 @@ impl Shell {
         }
     }
 
-    fn send(&mut self, to: WorkerId, frame: Frame) {
+    pub fn send(&mut self, to: WorkerId, frame: Frame) {
         let task = matches!(frame.message, Message::Task { .. });
         if let Some(tx) = self.senders.get(&to) {
             if tx.send(Outgoing::Frame(frame)).is_ok() && task {
                 self.first_task.get_or_insert_with(Instant::now);
+                self.tasks_sent += 1;
             }
         }
     }
 
     /// Closes a connection after what is queued for it; its later messages are ignored.
-    fn close(&mut self, worker: WorkerId, reason: String) {
+    pub fn close(&mut self, worker: WorkerId, reason: String) {
         if let Some(tx) = self.senders.remove(&worker) {
             let _ = tx.send(Outgoing::Close(reason));
         }
@@ -395,7 +415,7 @@ fn loopback_for(addr: SocketAddr) -> std::net::IpAddr {
     }
 }
 
-async fn sleep_until(when: Option<tokio::time::Instant>) {
+pub(crate) async fn sleep_until(when: Option<tokio::time::Instant>) {
     match when {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,

@@ -20,6 +20,8 @@ pub struct Status {
     #[serde(skip)]
     pub worker_command: String,
     pub complete: bool,
+    /// A long-lived master (`master serve`) with no job running: volunteers wait for the next.
+    pub waiting: bool,
     /// C's rows and columns, and its blocks' grid (row bands, column bands), for the page's picture.
     pub m: usize,
     pub n: usize,

@@ -110,6 +110,7 @@ pub fn spawn(
     traffic: Arc<Traffic>,
     limits: Limits,
     tls: Option<Arc<rustls::ServerConfig>>,
+    extra: Option<Router>,
 ) -> std::io::Result<()> {
     let open = Openings::default();
     let state = AppState { inputs, next_worker: Arc::new(AtomicU64::new(1)), status, traffic, limits, open };
@@ -119,6 +120,11 @@ pub fn spawn(
         .route("/pkg/{file}", get(web_asset))
         .route("/ws", get(upgrade))
         .with_state(state);
+    // `master serve` adds its jobs API and dashboard here.
+    let app = match extra {
+        Some(extra) => app.merge(extra),
+        None => app,
+    };
     let timeout = limits.handshake_timeout;
     match tls {
         None => tokio::spawn(serve(GatedListener::plain(listener, timeout)?, app, timeout)),

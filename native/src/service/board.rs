@@ -1,0 +1,142 @@
+//! What the service knows now, shared between the driver (which writes it)
+//! and the HTTP handlers (which read it): the jobs, the workers, the pool's
+//! recent throughput, and the counters `/metrics` exports.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::store::{Record, State};
+
+/// A job as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub record: Record,
+    pub url: String,
+    pub tiles_done: usize,
+    pub tiles_total: usize,
+    /// Workers holding its tasks now.
+    pub workers: usize,
+    /// Over the recent window.
+    pub gflops: f64,
+    /// Seconds left at the recent speed; unknown until the job has made progress.
+    pub eta_s: Option<f64>,
+}
+
+impl JobView {
+    pub fn new(record: Record) -> Self {
+        let url = format!("/api/jobs/{}", record.id);
+        Self { record, url, tiles_done: 0, tiles_total: 0, workers: 0, gflops: 0.0, eta_s: None }
+    }
+}
+
+/// A connected worker, for the dashboard.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerView {
+    pub id: u64,
+    pub kind: String,
+    pub name: String,
+    pub address: String,
+    pub tiles_done: u64,
+    pub gflops: f64,
+    pub strikes: u32,
+}
+
+/// Counters since the service started, for `/metrics`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counters {
+    pub tasks_issued: u64,
+    pub tasks_completed: u64,
+    pub tasks_rejected: u64,
+    pub tasks_expired: u64,
+    pub flops: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Seconds spent precomputing verification, summed over jobs.
+    pub verify_seconds: f64,
+    /// How long each finished job took, submitted to done, seconds.
+    pub durations: Vec<f64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Board {
+    pub jobs: BTreeMap<String, JobView>,
+    pub workers: Vec<WorkerView>,
+    pub native: usize,
+    pub browser: usize,
+    /// The pool's speed, one sample per second, newest last.
+    pub throughput: VecDeque<(u64, f64)>,
+    pub counters: Counters,
+    /// Bumped on every publish, so watchers can tell news from old.
+    pub version: u64,
+}
+
+/// The pool keeps this many seconds of throughput for the chart.
+pub const THROUGHPUT_WINDOW: usize = 600;
+
+/// A job's speed and ETA from its progress over the last [`Rate::WINDOW`].
+#[derive(Debug, Default)]
+pub struct Rate {
+    samples: VecDeque<(Instant, f64)>,
+}
+
+impl Rate {
+    const WINDOW: Duration = Duration::from_secs(20);
+
+    /// Notes that `done` flops were done by `now`.
+    pub fn sample(&mut self, now: Instant, done: f64) {
+        self.samples.push_back((now, done));
+        while self.samples.len() > 2 && now.duration_since(self.samples[0].0) > Self::WINDOW {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Flop/s over the window, once it spans a second.
+    pub fn speed(&self) -> Option<f64> {
+        let (&(t0, f0), &(t1, f1)) = (self.samples.front()?, self.samples.back()?);
+        let span = t1.duration_since(t0).as_secs_f64();
+        (span >= 1.0 && f1 > f0).then(|| (f1 - f0) / span)
+    }
+
+    /// Seconds to do `left` flops at the recent speed.
+    pub fn eta(&self, left: f64) -> Option<f64> {
+        self.speed().map(|s| left / s)
+    }
+}
+
+impl Board {
+    /// Jobs by state, for `/metrics`.
+    pub fn jobs_by_state(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts: BTreeMap<&'static str, usize> =
+            [State::Queued, State::Running, State::Done, State::Cancelled, State::Failed].into_iter().map(|s| (s.name(), 0)).collect();
+        for job in self.jobs.values() {
+            *counts.entry(job.record.state.name()).or_default() += 1;
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_the_recent_one_and_needs_a_second_of_history() {
+        let mut rate = Rate::default();
+        let t0 = Instant::now();
+        rate.sample(t0, 0.0);
+        rate.sample(t0 + Duration::from_millis(500), 50.0);
+        assert_eq!(rate.speed(), None, "half a second says too little");
+        // 100 flop/s for 30 s, then 200 flop/s for 20 s: the window sees only the latter.
+        for s in 1..=30 {
+            rate.sample(t0 + Duration::from_secs(s), 100.0 * s as f64);
+        }
+        for s in 1..=20 {
+            rate.sample(t0 + Duration::from_secs(30 + s), 3000.0 + 200.0 * s as f64);
+        }
+        assert!((rate.speed().unwrap() - 200.0).abs() < 1e-9, "{:?}", rate.speed());
+        assert!((rate.eta(1000.0).unwrap() - 5.0).abs() < 1e-9);
+    }
+}

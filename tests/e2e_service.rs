@@ -1,0 +1,221 @@
+//! `master serve`: a long-lived master with a jobs API, tried through real
+//! processes and real HTTP: jobs back to back on one pool that stays
+//! connected, bad requests, tokens, cancelling, and a SIGKILL mid-job.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{path, read_npy, start_worker, temp_dir, write_npy, Dense, Proc, MASTER};
+use serde_json::Value;
+
+/// Starts `master serve` on a free loopback port; returns it and its address.
+fn start_service(data: &Path, extra: &[&str]) -> (Proc, String) {
+    let mut cmd = Command::new(MASTER);
+    cmd.arg("serve").arg("--data").arg(data).args(["--listen", "127.0.0.1:0"]).args(extra).env("RUST_LOG", "info");
+    let master = Proc::spawn("master", &mut cmd);
+    let line = master.wait_for("'master listening on'", Duration::from_secs(30), |l| l.starts_with("master listening on "));
+    (master, line.trim_start_matches("master listening on ").trim().to_owned())
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+}
+
+/// POSTs A and B (as .npy bytes) as a multipart form; returns the status and the JSON answer.
+fn post_job(addr: &str, a: &[u8], b: &[u8], token: Option<&str>) -> (u16, Value) {
+    let boundary = "e2e-boundary-7d3f";
+    let mut body = Vec::new();
+    for (name, bytes) in [("a", a), ("b", b)] {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}.npy\"\r\n\r\n").as_bytes());
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let mut request = agent().post(format!("http://{addr}/api/jobs")).header("Content-Type", format!("multipart/form-data; boundary={boundary}"));
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    answer(request.send(&body[..]).unwrap())
+}
+
+fn get(addr: &str, path: &str) -> (u16, Value) {
+    answer(agent().get(format!("http://{addr}{path}")).call().unwrap())
+}
+
+fn answer(mut response: ureq::http::Response<ureq::Body>) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
+}
+
+fn npy_bytes(dir: &Path, name: &str, m: &Dense) -> Vec<u8> {
+    let p = dir.join(name);
+    write_npy(&p, m);
+    std::fs::read(p).unwrap()
+}
+
+/// Waits until the job's state is `state`, and returns its view.
+fn wait_state(addr: &str, id: &str, state: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, view) = get(addr, &format!("/api/jobs/{id}"));
+        if view["state"] == state {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "job {id} not {state} within {timeout:?}: {view}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Downloads C as .npy and reads it.
+fn result(addr: &str, id: &str, dir: &Path) -> Dense {
+    let mut response = agent().get(format!("http://{addr}/api/jobs/{id}/result?format=npy")).call().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let bytes = response.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap();
+    let p = dir.join(format!("{id}.npy"));
+    std::fs::write(&p, bytes).unwrap();
+    read_npy(&p).1
+}
+
+#[test]
+fn jobs_back_to_back_run_on_one_pool_that_stays_connected() {
+    let _serial = common::serial();
+    let dir = temp_dir();
+    let (master, addr) = start_service(&path(&dir, "data"), &[]);
+    let workers: Vec<Proc> = (1..=2).map(|i| start_worker(&format!("w{i}"), &addr, &[])).collect();
+    let mut jobs = Vec::new();
+    for i in 0..12u64 {
+        let (m, k, n) = (32 + 8 * i as usize, 48, 40 + 4 * i as usize);
+        let (a, b) = (Dense::random_ints(m, k, 10 + i), Dense::random_ints(k, n, 50 + i));
+        let (status, answer) = post_job(&addr, &npy_bytes(dir.path(), "a.npy", &a), &npy_bytes(dir.path(), "b.npy", &b), None);
+        assert_eq!(status, 201, "{answer}");
+        jobs.push((answer["id"].as_str().unwrap().to_owned(), a, b));
+    }
+    for (id, a, b) in &jobs {
+        let view = wait_state(&addr, id, "done", Duration::from_secs(120));
+        assert_eq!(view["tiles_done"], view["tiles_total"], "{view}");
+        assert_eq!(result(&addr, id, dir.path()), common::naive(a, b), "job {id}");
+    }
+    let (_, list) = get(&addr, "/api/jobs");
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 12);
+    // `master submit`, as a user runs it, into CSV.
+    let (a, b) = (Dense::random_ints(70, 30, 3), Dense::random_ints(30, 20, 4));
+    let (a_path, b_path, c_path) = (path(&dir, "sa.npy"), path(&dir, "sb.npy"), path(&dir, "sc.csv"));
+    write_npy(&a_path, &a);
+    write_npy(&b_path, &b);
+    let out = Command::new(MASTER).arg("submit").arg(&a_path).arg(&b_path).arg("-o").arg(&c_path).args(["--to", &format!("http://{addr}")]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(common::read_csv(&c_path), common::naive(&a, &b));
+    // The same two connections did all of it.
+    for w in &workers {
+        let log = w.output();
+        assert_eq!(log.matches("joined").count(), 1, "{}: joined once, never reconnected:\n{log}", w.name);
+    }
+    assert_eq!(master.output().matches("joined: native").count(), 2, "{}", master.output());
+}
+
+#[test]
+fn bad_requests_get_multiplys_message_and_tokens_are_checked() {
+    let _serial = common::serial();
+    let dir = temp_dir();
+    std::fs::write(path(&dir, "token"), "s3cret\n").unwrap();
+    let token_file = path(&dir, "token");
+    let (_master, addr) = start_service(&path(&dir, "data"), &["--submit-token-file", token_file.to_str().unwrap(), "--local-workers", "1"]);
+    let good = npy_bytes(dir.path(), "g.npy", &Dense::random_ints(8, 8, 1));
+    assert_eq!(post_job(&addr, &good, &good, None).0, 401);
+    assert_eq!(post_job(&addr, &good, &good, Some("wrong")).0, 401);
+    assert_eq!(get(&addr, "/api/jobs").0, 401);
+    // A broken file: the same line `multiply` prints for it (exit 2).
+    let broken = b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f8'}".to_vec();
+    std::fs::write(path(&dir, "a.npy"), &broken).unwrap();
+    std::fs::write(path(&dir, "b.npy"), &good).unwrap();
+    let (status, answer) = post_job(&addr, &broken, &good, Some("s3cret"));
+    assert_eq!(status, 400, "{answer}");
+    let multiply = Command::new(MASTER).current_dir(dir.path()).args(["multiply", "a.npy", "b.npy", "-o", "c.npy", "--listen", "127.0.0.1:0"]).output().unwrap();
+    assert_eq!(multiply.status.code(), Some(2));
+    let line = String::from_utf8_lossy(&multiply.stderr).lines().find(|l| l.starts_with("error: ")).unwrap().trim_start_matches("error: ").to_owned();
+    assert_eq!(answer["error"], line.as_str());
+    // Shapes that do not multiply; a missing file.
+    let wide = npy_bytes(dir.path(), "w.npy", &Dense::random_ints(8, 5, 1));
+    let (status, answer) = post_job(&addr, &wide, &wide, Some("s3cret"));
+    assert_eq!(status, 400);
+    assert!(answer["error"].as_str().unwrap().contains("cannot multiply"), "{answer}");
+    // Nothing of the refused jobs is kept, and a good one still runs.
+    let (status, answer) = post_job(&addr, &good, &good, Some("s3cret"));
+    assert_eq!(status, 201, "{answer}");
+    let entries = std::fs::read_dir(path(&dir, "data").join("jobs")).unwrap().count();
+    assert_eq!(entries, 1, "only the accepted job has a folder");
+}
+
+#[test]
+fn cancelling_withdraws_the_jobs_tasks_and_the_pool_goes_on() {
+    let _serial = common::serial();
+    let dir = temp_dir();
+    let (_master, addr) = start_service(&path(&dir, "data"), &[]);
+    let worker = start_worker("w1", &addr, &[]);
+    let big = npy_bytes(dir.path(), "big.npy", &Dense::random_ints(1536, 1536, 5));
+    let (_, answer) = post_job(&addr, &big, &big, None);
+    let id = answer["id"].as_str().unwrap().to_owned();
+    wait_state(&addr, &id, "running", Duration::from_secs(30));
+    worker.wait_for("a task", Duration::from_secs(60), |l| l.contains("task"));
+    let response = agent().delete(format!("http://{addr}/api/jobs/{id}")).call().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    wait_state(&addr, &id, "cancelled", Duration::from_secs(10));
+    worker.wait_for("the job withdrawn", Duration::from_secs(30), |l| l.contains("cancel") || l.contains("job done"));
+    assert_eq!(get(&addr, &format!("/api/jobs/{id}/result")).0, 409);
+    let (a, b) = (Dense::random_ints(40, 20, 6), Dense::random_ints(20, 30, 7));
+    let (_, answer) = post_job(&addr, &npy_bytes(dir.path(), "a.npy", &a), &npy_bytes(dir.path(), "b.npy", &b), None);
+    let next = answer["id"].as_str().unwrap().to_owned();
+    wait_state(&addr, &next, "done", Duration::from_secs(60));
+    assert_eq!(result(&addr, &next, dir.path()), common::naive(&a, &b));
+}
+
+#[test]
+fn a_master_killed_mid_job_resumes_every_job_and_keeps_verified_work() {
+    let _serial = common::serial();
+    let dir = temp_dir();
+    let data = path(&dir, "data");
+    let (mut master, addr) = start_service(&data, &["--max-running", "1"]);
+    let worker = start_worker("w1", &addr, &[]);
+    let mut jobs = Vec::new();
+    for i in 0..4u64 {
+        let n = if i == 0 { 2560 } else { 96 };
+        let (a, b) = (Dense::random_ints(n, n, 20 + i), Dense::random_ints(n, n, 30 + i));
+        let (status, answer) = post_job(&addr, &npy_bytes(dir.path(), "a.npy", &a), &npy_bytes(dir.path(), "b.npy", &b), None);
+        assert_eq!(status, 201, "{answer}");
+        jobs.push((answer["id"].as_str().unwrap().to_owned(), a, b));
+    }
+    // The first job is part done; the other three wait.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, view) = get(&addr, &format!("/api/jobs/{}", jobs[0].0));
+        if view["tiles_done"].as_u64().unwrap_or(0) >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {view}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200)); // for the checkpoint's writer
+    let (_, list) = get(&addr, "/api/jobs");
+    let states: Vec<&str> = list["jobs"].as_array().unwrap().iter().map(|j| j["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["running", "queued", "queued", "queued"]);
+    master.sigkill();
+    drop(worker);
+    let (master, addr) = start_service(&data, &["--local-workers", "2"]);
+    master.wait_for("resuming", Duration::from_secs(10), |l| l.starts_with("resuming 4 job(s)"));
+    for (id, a, b) in &jobs {
+        wait_state(&addr, id, "done", Duration::from_secs(240));
+        let c = result(&addr, id, dir.path());
+        if a.rows > 200 {
+            common::assert_product_sampled(&c, a, b);
+        } else {
+            assert_eq!(c, common::naive(a, b));
+        }
+    }
+    let resumed = master.wait_for("the checkpoint line", Duration::from_secs(5), |l| l.contains("blocks already done"));
+    let kept: usize = resumed.split("checkpoint ").nth(1).unwrap().split(": ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(kept >= 1, "verified blocks were kept: {resumed}");
+}
