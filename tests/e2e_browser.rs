@@ -185,3 +185,56 @@ fn the_bench_page_prints_kernel_speeds() {
     assert!(figures.iter().all(|&g| g > 0.1), "{line}");
     assert_eq!(browser.text("tiles"), "0", "the bench does not compute for the master");
 }
+
+/// A tab on `master serve` stays through job after job, with no reload, and
+/// says when it waits for work.
+#[test]
+fn a_tab_on_a_lasting_master_takes_job_after_job() {
+    use common::service::{npy_bytes, post_job, result, start_service, wait_state};
+    let _serial = serial();
+    let dir = temp_dir();
+    let (master, addr) = start_service(&path(&dir, "data"), &[]);
+    let browser = Browser::launch();
+    browser.goto(&format!("http://{addr}/?cores=1"));
+    browser.wait_text("overall", LONG, |t| t.starts_with("waiting for work"));
+    for i in 0..3 {
+        let (a, b) = (Dense::random_ints(60, 40, i), Dense::random_ints(40, 50, i + 9));
+        let (status, answer) = post_job(&addr, &npy_bytes(dir.path(), "a.npy", &a), &npy_bytes(dir.path(), "b.npy", &b), None);
+        assert_eq!(status, 201, "{answer}");
+        let id = answer["id"].as_str().unwrap();
+        wait_state(&addr, id, "done", LONG);
+        assert_eq!(result(&addr, id, dir.path()), naive(&a, &b));
+    }
+    browser.wait_text("overall", LONG, |t| t.starts_with("waiting for work"));
+    assert_eq!(master.output().matches("joined: browser").count(), 1, "one tab, one connection throughout:\n{}", master.output());
+}
+
+/// The page served by a static host of the repository (not the master)
+/// computes for the master named in its URL.
+#[test]
+fn the_page_from_any_static_host_computes_for_the_master_in_its_url() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, b_path, c_path, a, b) = inputs(&dir, 90, 70, 80);
+    let (mut master, addr) = start_master(&a_path, &b_path, &c_path, &["--block", "20"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let host = Proc::spawn("static host", std::process::Command::new(python).args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory", root]));
+    host.wait_for("the static host serving", Duration::from_secs(20), |l| l.contains("Serving HTTP"));
+    let browser = Browser::launch();
+    browser.goto(&format!("http://127.0.0.1:{port}/index.html?cores=1&master=ws://{addr}/ws"));
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    check_sampled(&c_path, &a, &b);
+    assert!(worker_tiles(&c_path).iter().all(|(kind, _)| kind == "browser"));
+}
+
+/// Opened from disk, where a page may not start workers, it says what to do.
+#[test]
+fn the_page_opened_from_disk_says_what_to_do() {
+    let _serial = serial();
+    let browser = Browser::launch();
+    browser.goto(concat!("file://", env!("CARGO_MANIFEST_DIR"), "/../index.html"));
+    let said = browser.wait_text("state", Duration::from_secs(30), |t| t.contains("opened from disk"));
+    assert!(said.contains("python3 -m http.server") && said.contains("?master="), "{said}");
+}

@@ -4,81 +4,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{path, read_npy, start_worker, temp_dir, write_npy, Dense, Proc, MASTER};
-use serde_json::Value;
-
-/// Starts `master serve` on a free loopback port; returns it and its address.
-fn start_service(data: &Path, extra: &[&str]) -> (Proc, String) {
-    let mut cmd = Command::new(MASTER);
-    cmd.arg("serve").arg("--data").arg(data).args(["--listen", "127.0.0.1:0"]).args(extra).env("RUST_LOG", "info");
-    let master = Proc::spawn("master", &mut cmd);
-    let line = master.wait_for("'master listening on'", Duration::from_secs(30), |l| l.starts_with("master listening on "));
-    (master, line.trim_start_matches("master listening on ").trim().to_owned())
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).build().into()
-}
-
-/// POSTs A and B (as .npy bytes) as a multipart form; returns the status and the JSON answer.
-fn post_job(addr: &str, a: &[u8], b: &[u8], token: Option<&str>) -> (u16, Value) {
-    let boundary = "e2e-boundary-7d3f";
-    let mut body = Vec::new();
-    for (name, bytes) in [("a", a), ("b", b)] {
-        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}.npy\"\r\n\r\n").as_bytes());
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    let mut request = agent().post(format!("http://{addr}/api/jobs")).header("Content-Type", format!("multipart/form-data; boundary={boundary}"));
-    if let Some(token) = token {
-        request = request.header("Authorization", format!("Bearer {token}"));
-    }
-    answer(request.send(&body[..]).unwrap())
-}
-
-fn get(addr: &str, path: &str) -> (u16, Value) {
-    answer(agent().get(format!("http://{addr}{path}")).call().unwrap())
-}
-
-fn answer(mut response: ureq::http::Response<ureq::Body>) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
-}
-
-fn npy_bytes(dir: &Path, name: &str, m: &Dense) -> Vec<u8> {
-    let p = dir.join(name);
-    write_npy(&p, m);
-    std::fs::read(p).unwrap()
-}
-
-/// Waits until the job's state is `state`, and returns its view.
-fn wait_state(addr: &str, id: &str, state: &str, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (_, view) = get(addr, &format!("/api/jobs/{id}"));
-        if view["state"] == state {
-            return view;
-        }
-        assert!(Instant::now() < deadline, "job {id} not {state} within {timeout:?}: {view}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Downloads C as .npy and reads it.
-fn result(addr: &str, id: &str, dir: &Path) -> Dense {
-    let mut response = agent().get(format!("http://{addr}/api/jobs/{id}/result?format=npy")).call().unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let bytes = response.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap();
-    let p = dir.join(format!("{id}.npy"));
-    std::fs::write(&p, bytes).unwrap();
-    read_npy(&p).1
-}
+use common::service::{agent, get, npy_bytes, post_job, result, start_service, wait_state};
+use common::{path, start_worker, temp_dir, write_npy, Dense, Proc, MASTER};
 
 #[test]
 fn jobs_back_to_back_run_on_one_pool_that_stays_connected() {
@@ -218,4 +148,54 @@ fn a_master_killed_mid_job_resumes_every_job_and_keeps_verified_work() {
     let resumed = master.wait_for("the checkpoint line", Duration::from_secs(5), |l| l.contains("blocks already done"));
     let kept: usize = resumed.split("checkpoint ").nth(1).unwrap().split(": ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!(kept >= 1, "verified blocks were kept: {resumed}");
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_count_the_work() {
+    let _serial = common::serial();
+    let dir = temp_dir();
+    let (_master, addr) = start_service(&path(&dir, "data"), &["--local-workers", "2"]);
+    let (a, b) = (Dense::random_ints(64, 64, 1), Dense::random_ints(64, 64, 2));
+    let (_, answer) = post_job(&addr, &npy_bytes(dir.path(), "a.npy", &a), &npy_bytes(dir.path(), "b.npy", &b), None);
+    wait_state(&addr, answer["id"].as_str().unwrap(), "done", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500)); // a publish or two
+    let mut response = agent().get(format!("http://{addr}/metrics")).call().unwrap();
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.body_mut().read_to_string().unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .unwrap_or_else(|| panic!("no {name} {label:?} in:\n{text}"));
+        match sample.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        }
+    };
+    assert_eq!(value("colonnade_workers", Some(("kind", "native"))), 2.0);
+    assert_eq!(value("colonnade_jobs", Some(("state", "done"))), 1.0);
+    assert!(value("colonnade_tasks_completed_total", None) >= 1.0);
+    assert!(value("colonnade_tasks_issued_total", None) >= value("colonnade_tasks_completed_total", None));
+    assert_eq!(value("colonnade_flops_total", None), 2.0 * 64.0 * 64.0 * 64.0, "every verified flop, once");
+    assert!(value("colonnade_bytes_total", Some(("direction", "sent"))) > 2.0 * 64.0 * 64.0 * 8.0, "A and B went out");
+    let histogram = scrape.samples.iter().find(|s| s.metric == "colonnade_job_duration_seconds").expect("the duration histogram");
+    match &histogram.value {
+        prometheus_parse::Value::Histogram(buckets) => assert_eq!(buckets.last().unwrap().count, 1.0),
+        other => panic!("not a histogram: {other:?}"),
+    }
+}
+
+#[test]
+fn the_readmes_python_example_works() {
+    let _serial = common::serial();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let block = readme.split("<!-- python-example -->\n```python\n").nth(1).expect("the README's Python example").split("\n```").next().unwrap();
+    let dir = temp_dir();
+    let (_master, addr) = start_service(&path(&dir, "data"), &["--local-workers", "2"]);
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python).args(["-c", block]).env("COLONNADE_MASTER", format!("http://{addr}")).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("C = A·B: (500, 200)"));
 }

@@ -1,7 +1,9 @@
 // One Web Worker is one volunteered core. It runs Colonnade's Rust worker,
 // compiled to WebAssembly, and holds its own WebSocket: browsers throttle a
 // background tab's main thread but keep its workers running.
-import init, { Volunteer, bench } from './colonnade_web.js';
+// Laid out as in the repository (web/worker.js, web/pkg/…), so any static
+// host of the repository's root serves the page too.
+import init, { Volunteer, bench } from './pkg/colonnade_web.js';
 
 const ready = init();
 let volunteer = null;

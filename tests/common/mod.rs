@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod netns;
 pub mod openssl;
+pub mod service;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

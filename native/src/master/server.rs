@@ -117,7 +117,8 @@ pub fn spawn(
     let app = Router::new()
         .route("/", get(index))
         .route("/progress", get(progress))
-        .route("/pkg/{file}", get(web_asset))
+        .route("/web/worker.js", get(worker_js))
+        .route("/web/pkg/{file}", get(web_asset))
         .route("/ws", get(upgrade))
         .with_state(state);
     // `master serve` adds its jobs API and dashboard here.
@@ -174,13 +175,21 @@ async fn index(State(state): State<AppState>) -> Html<String> {
 
 async fn progress(State(state): State<AppState>) -> Response {
     let json = page::progress_json(&state.status.borrow());
-    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], json).into_response()
+    // Public, read-only: a volunteer page served from another host may read it.
+    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store"), (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], json).into_response()
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+
+async fn worker_js() -> Response {
+    match assets::WEB {
+        Some(_) => ([(header::CONTENT_TYPE, JS)], assets::WORKER_JS).into_response(),
+        None => (StatusCode::NOT_FOUND, assets::NOT_BUILT).into_response(),
+    }
 }
 
 async fn web_asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
-    const JS: &str = "text/javascript; charset=utf-8";
     match (file.as_str(), assets::WEB) {
-        ("worker.js", Some(_)) => ([(header::CONTENT_TYPE, JS)], assets::WORKER_JS).into_response(),
         ("colonnade_web.js", Some((glue, _))) => ([(header::CONTENT_TYPE, JS)], glue).into_response(),
         ("colonnade_web_bg.wasm", Some((_, wasm))) => ([(header::CONTENT_TYPE, "application/wasm")], wasm).into_response(),
         (_, None) => (StatusCode::NOT_FOUND, assets::NOT_BUILT).into_response(),

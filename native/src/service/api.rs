@@ -5,6 +5,7 @@
 //! - `GET /api/jobs`, `GET /api/jobs/{id}`: state, progress, speed and ETA.
 //! - `GET /api/jobs/{id}/result?format=npy|csv|mtx`: C, streamed.
 //! - `DELETE /api/jobs/{id}`: cancels a live job; forgets a finished one.
+//! - `GET /metrics`: Prometheus' text format (see `metrics`).
 //!
 //! With a submit token, every call needs `Authorization: Bearer <token>`.
 //! Errors are `{"error": "<one line>"}` with a 4xx, the line `multiply`
@@ -67,6 +68,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/jobs", get(list).post(submit))
         .route("/api/jobs/{id}", get(show).delete(delete))
         .route("/api/jobs/{id}/result", get(result))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::disable()) // uploads are limited as they stream, per file
         .with_state(api)
 }
@@ -82,6 +84,12 @@ impl Api {
             None => Err(Failure(StatusCode::UNAUTHORIZED, "this master needs a submit token: send 'Authorization: Bearer <token>'".into())),
         }
     }
+}
+
+async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response, Failure> {
+    api.authorize(&headers)?;
+    let text = super::metrics::render(&api.board.lock().expect("board"));
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 async fn list(State(api): State<Api>, headers: HeaderMap) -> Result<Response, Failure> {

@@ -5,6 +5,7 @@
 mod api;
 mod board;
 mod driver;
+mod metrics;
 mod store;
 
 use std::path::PathBuf;
