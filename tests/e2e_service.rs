@@ -199,3 +199,114 @@ fn the_readmes_python_example_works() {
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("C = A·B: (500, 200)"));
 }
+
+/// `count` connections that say Hello as browser tabs and then only beat,
+/// until dropped: a crowd for the dashboard to show.
+struct Crowd {
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    joined: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Crowd {
+    fn start(addr: &str, count: usize) -> Self {
+        use colonnade_core::codec::{decode, encode};
+        use colonnade_core::protocol::{Message, Token, WorkerKind, PROTOCOL_VERSION};
+        use futures_util::{SinkExt, StreamExt};
+        use std::sync::atomic::Ordering;
+        use tokio_tungstenite::tungstenite::Message as Ws;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let joined = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (url, counter) = (format!("ws://{addr}/ws"), std::sync::Arc::clone(&joined));
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let members: Vec<_> = (0..count)
+                    .map(|i| {
+                        let (url, mut stopped, counter) = (url.clone(), stopped.clone(), std::sync::Arc::clone(&counter));
+                        tokio::spawn(async move {
+                            let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else { return };
+                            let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Browser, threads: 1, slots: 1, name: format!("crowd-{i}"), token: Token::default(), memory: 1 << 28, flops: 0 };
+                            if ws.send(Ws::Binary(encode(&hello, &[]).into())).await.is_err() {
+                                return;
+                            }
+                            let mut beat = tokio::time::interval(Duration::from_secs(2));
+                            loop {
+                                tokio::select! {
+                                    _ = stopped.changed() => return,
+                                    _ = beat.tick() => if ws.send(Ws::Binary(encode(&Message::Heartbeat, &[]).into())).await.is_err() { return },
+                                    message = ws.next() => match message {
+                                        Some(Ok(Ws::Binary(bytes))) => if matches!(decode(&bytes).map(|d| d.0), Ok(Message::Welcome { .. })) {
+                                            counter.fetch_add(1, Ordering::SeqCst);
+                                        },
+                                        Some(Ok(_)) => {}
+                                        _ => return,
+                                    },
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for member in members {
+                    let _ = member.await;
+                }
+            });
+        });
+        Self { stop: Some(stop), joined, thread: Some(thread) }
+    }
+}
+
+impl Drop for Crowd {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn the_dashboard_shows_a_thousand_workers_live() {
+    let _serial = common::serial();
+    let dir = temp_dir();
+    std::fs::write(path(&dir, "token"), "s3cret").unwrap();
+    let token = path(&dir, "token");
+    // The crowd comes from one address: room for it.
+    let limits = ["--max-connections", "2000", "--max-per-address", "2000", "--local-workers", "1"];
+    let (_master, addr) = start_service(&path(&dir, "data"), &[&["--submit-token-file", token.to_str().unwrap()][..], &limits[..]].concat());
+    // A job first, so the dashboard has one to show (a crowd that never
+    // answers would hold its tiles until their leases ran out).
+    let a = npy_bytes(dir.path(), "a.npy", &Dense::random_ints(200, 200, 8));
+    let (status, answer) = post_job(&addr, &a, &a, Some("s3cret"));
+    assert_eq!(status, 201, "{answer}");
+    let job = answer["id"].as_str().unwrap().to_owned();
+    let (code, view) = common::service::answer(agent().get(format!("http://{addr}/api/jobs/{job}")).header("Authorization", "Bearer s3cret").call().unwrap());
+    assert_eq!(code, 200, "{view}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while common::service::answer(agent().get(format!("http://{addr}/api/jobs/{job}")).header("Authorization", "Bearer s3cret").call().unwrap()).1["state"] != "done" {
+        assert!(Instant::now() < deadline, "the job did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let crowd = Crowd::start(&addr, 1000);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while crowd.joined.load(std::sync::atomic::Ordering::SeqCst) < 1000 {
+        assert!(Instant::now() < deadline, "only {} joined", crowd.joined.load(std::sync::atomic::Ordering::SeqCst));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(agent().get(format!("http://{addr}/dashboard")).call().unwrap().status().as_u16(), 401, "the dashboard needs the token");
+    let browser = common::browser::Browser::launch();
+    browser.goto(&format!("http://{addr}/dashboard?token=s3cret"));
+    let summary = browser.wait_text("summary", Duration::from_secs(60), |t| t.starts_with("1001 workers"));
+    assert!(summary.contains("1001 workers (1 native, 1000 browser)"), "{summary}");
+    browser.wait_text("jobs", Duration::from_secs(120), |t| t.contains("done"));
+    let rows = browser.execute("return document.querySelectorAll('#workers tr').length");
+    assert_eq!(rows, 1001);
+    // Pushed: the page's clock moves with no reload.
+    let first = browser.text("live");
+    browser.wait_text("live", Duration::from_secs(10), |t| t != first && t.starts_with("live"));
+    let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts").join("dashboard.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    browser.screenshot(&shot);
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot of the dashboard");
+    drop(crowd);
+}

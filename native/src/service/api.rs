@@ -6,8 +6,10 @@
 //! - `GET /api/jobs/{id}/result?format=npy|csv|mtx`: C, streamed.
 //! - `DELETE /api/jobs/{id}`: cancels a live job; forgets a finished one.
 //! - `GET /metrics`: Prometheus' text format (see `metrics`).
+//! - `GET /dashboard`: the operator's page, fed by `GET /api/events` (Server-Sent Events).
 //!
-//! With a submit token, every call needs `Authorization: Bearer <token>`.
+//! With a submit token, every call needs `Authorization: Bearer <token>`;
+//! the dashboard and its events, which a browser opens, take it as `?token=`.
 //! Errors are `{"error": "<one line>"}` with a 4xx, the line `multiply`
 //! prints for the same bad input.
 
@@ -69,6 +71,8 @@ pub fn router(api: Api) -> Router {
         .route("/api/jobs/{id}", get(show).delete(delete))
         .route("/api/jobs/{id}/result", get(result))
         .route("/metrics", get(metrics))
+        .route("/dashboard", get(dashboard))
+        .route("/api/events", get(events))
         .layer(DefaultBodyLimit::disable()) // uploads are limited as they stream, per file
         .with_state(api)
 }
@@ -76,14 +80,43 @@ pub fn router(api: Api) -> Router {
 impl Api {
     /// Checks the bearer token, if one is set.
     pub fn authorize(&self, headers: &HeaderMap) -> Result<(), Failure> {
+        self.authorize_page(headers, None)
+    }
+
+    /// The same, for what a browser opens: the token may come in the URL.
+    pub fn authorize_page(&self, headers: &HeaderMap, in_url: Option<&str>) -> Result<(), Failure> {
         let Some(token) = &self.token else { return Ok(()) };
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).or(in_url);
         match given {
             Some(given) if Token::new(given.trim()) == *token => Ok(()),
             Some(_) => Err(Failure(StatusCode::UNAUTHORIZED, "wrong submit token".into())),
             None => Err(Failure(StatusCode::UNAUTHORIZED, "this master needs a submit token: send 'Authorization: Bearer <token>'".into())),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn dashboard(State(api): State<Api>, headers: HeaderMap, Query(query): Query<TokenQuery>) -> Result<Response, Failure> {
+    api.authorize_page(&headers, query.token.as_deref())?;
+    Ok(axum::response::Html(include_str!("dashboard.html")).into_response())
+}
+
+/// A snapshot of the board each second, pushed while the page is open.
+async fn events(State(api): State<Api>, headers: HeaderMap, Query(query): Query<TokenQuery>) -> Result<Response, Failure> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    api.authorize_page(&headers, query.token.as_deref())?;
+    let stream = futures_util::stream::unfold((api.board, true), |(board, first)| async move {
+        if !first {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        let snapshot = board.lock().expect("board").snapshot().to_string();
+        Some((Ok::<_, std::convert::Infallible>(Event::default().data(snapshot)), (board, false)))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
 async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response, Failure> {

@@ -107,6 +107,16 @@ impl Rate {
 }
 
 impl Board {
+    /// What the dashboard shows: workers, jobs (in submission order), throughput.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let mut jobs: Vec<&JobView> = self.jobs.values().collect();
+        jobs.sort_by(|x, y| x.record.submitted.total_cmp(&y.record.submitted));
+        serde_json::json!({
+            "native": self.native, "browser": self.browser,
+            "workers": self.workers, "jobs": jobs, "throughput": self.throughput,
+        })
+    }
+
     /// Jobs by state, for `/metrics`.
     pub fn jobs_by_state(&self) -> BTreeMap<&'static str, usize> {
         let mut counts: BTreeMap<&'static str, usize> =
