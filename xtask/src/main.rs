@@ -59,7 +59,8 @@ fn demo(args: &[String]) -> Result<(), String> {
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
-    run(cargo().args(["bench", "-p", "colonnade-native", "--bench", "distributed", "--"]).args(args))
+    run(cargo().args(["bench", "-p", "colonnade-native", "--bench", "distributed", "--"]).args(args))?;
+    run(cargo().args(["bench", "-p", "colonnade-native", "--bench", "service", "--"]).args(args))
 }
 
 fn test() -> Result<(), String> {
@@ -80,6 +81,7 @@ fn test() -> Result<(), String> {
     )?;
     // The benchmark's and the simulator's pipelines, tiny and in the test profile: figures, not speed.
     run(cargo().args(["test", "-p", "colonnade-native", "--bench", "distributed", "--", "--smoke"]))?;
+    run(cargo().args(["test", "-p", "colonnade-native", "--bench", "service", "--", "--smoke"]))?;
     run(cargo().args(["test", "-p", "colonnade-native", "--bench", "sim", "--", "--smoke"]))?;
     // The fuzz corpora replay through hooks behind the `fuzzing` feature.
     run_tests(cargo().args(["test", "--workspace", "--features", "colonnade-native/fuzzing"]), &mut totals)?;
