@@ -600,6 +600,7 @@ impl Scheduler {
     /// header and the panels it lacks), then the task; then sets tiles aside
     /// ahead.
     fn offer_from(&mut self, worker: WorkerId, id: JobId, now: Duration) -> bool {
+        self.steal_ahead(worker, id);
         let Some(Entry::Running(job)) = self.jobs.get_mut(&id) else { return false };
         let (speed, proven) = (self.pool.speed(worker, job.assumed_flops()), self.pool.is_proven(worker));
         let w = self.pool.workers.get_mut(&worker).expect("a member");
@@ -609,7 +610,11 @@ impl Scheduler {
                 // Its panels are there or on the way, pinned since it was set aside.
                 let (_, tile, panels) = w.ahead[at];
                 let product = job.product_size(tile);
-                let Some(evicted) = w.cache.make_room(product) else { return false };
+                let Some(evicted) = w.cache.make_room(product) else {
+                    // It cannot take even one of them now: others may.
+                    release_ahead(w, job, id);
+                    return false;
+                };
                 w.ahead.remove(at);
                 job.unreserve(tile, false);
                 frames.extend(evictions(evicted));
@@ -666,6 +671,45 @@ impl Scheduler {
 
 /// Tiles a worker may have set aside, beyond those it holds as tasks.
 const AHEAD: usize = 2;
+
+impl Scheduler {
+    /// At the tail, when the queue of job `id` is empty but other workers have
+    /// tiles of it set aside, `thief` takes one back into the queue rather
+    /// than idle while they wait their turn.
+    fn steal_ahead(&mut self, thief: WorkerId, id: JobId) {
+        let Some(Entry::Running(job)) = self.jobs.get_mut(&id) else { return };
+        if job.pending() > 0 || self.pool.workers.get(&thief).is_none_or(|w| w.ahead.iter().any(|&(j, ..)| j == id)) {
+            return;
+        }
+        let victim = self.pool.workers.iter_mut().filter(|(&v, _)| v != thief).find_map(|(_, w)| {
+            let at = w.ahead.iter().rposition(|&(j, ..)| j == id)?;
+            Some((w, at))
+        });
+        if let Some((w, at)) = victim {
+            let (_, tile, panels) = w.ahead.remove(at).expect("found");
+            for p in panels {
+                w.cache.unpin(id, p);
+            }
+            job.unreserve(tile, true);
+        }
+    }
+}
+
+/// Gives back every tile of job `id` set aside for `w`: its panels unpinned
+/// (they stay cached), the tiles queued again.
+fn release_ahead(w: &mut crate::pool::Worker, job: &mut Job, id: JobId) {
+    let crate::pool::Worker { ahead, cache, .. } = w;
+    ahead.retain(|&(j, tile, panels)| {
+        if j != id {
+            return true;
+        }
+        for p in panels {
+            cache.unpin(j, p);
+        }
+        job.unreserve(tile, true);
+        false
+    });
+}
 
 /// Makes room in `w`'s cache for `tile`'s panels and `product` more bytes,
 /// queues the frames that evict what must go, announce the job if `w` is new
