@@ -310,3 +310,47 @@ fn the_dashboard_shows_a_thousand_workers_live() {
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot of the dashboard");
     drop(crowd);
 }
+
+/// The ETA the API gives, sampled over the second half of a steady job (one
+/// worker, many tiles), is within ±30% of the time that was in fact left.
+#[test]
+fn the_eta_is_honest_over_the_second_half_of_a_steady_job() {
+    let _serial = common::serial();
+    let dir = temp_dir();
+    let n = 5120; // about 270 GFLOP: several seconds on one thread
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = format!(
+        "import numpy as np\nr = np.random.default_rng(7)\nfor name in 'ab':\n    np.save('{}/' + name + '.npy', r.integers(-9, 10, ({n}, {n})).astype(np.float64))",
+        dir.path().display()
+    );
+    let made = Command::new(python).args(["-c", &script]).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (_master, addr) = start_service(&path(&dir, "data"), &[]);
+    let _worker = start_worker("steady", &addr, &[]);
+    let (a, b) = (std::fs::read(path(&dir, "a.npy")).unwrap(), std::fs::read(path(&dir, "b.npy")).unwrap());
+    let (status, answer) = post_job(&addr, &a, &b, None);
+    assert_eq!(status, 201, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let mut samples = Vec::new(); // (time since submit, ETA)
+    let start = Instant::now();
+    let end = loop {
+        let (_, view) = get(&addr, &format!("/api/jobs/{id}"));
+        let now = start.elapsed().as_secs_f64();
+        match view["state"].as_str().unwrap() {
+            "done" => break now,
+            "running" => samples.extend(view["eta_s"].as_f64().map(|eta| (now, eta))),
+            "queued" => {}
+            other => panic!("the job ended {other}: {view}"),
+        }
+        assert!(now < 600.0, "the job did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // C is computed by then, but stored after: the end is when C was ready.
+    let second_half: Vec<(f64, f64)> = samples.into_iter().filter(|&(t, _)| t >= end / 2.0 && end - t >= 1.0).collect();
+    assert!(second_half.len() >= 5, "too few samples of a {end:.1} s job to judge");
+    for &(t, eta) in &second_half {
+        let left = end - t;
+        assert!((eta - left).abs() <= 0.3 * left + 0.25, "at {t:.1} s the ETA said {eta:.1} s, and {left:.1} s were left (the job took {end:.1} s)");
+    }
+    eprintln!("{} ETA samples over the second half of a {end:.1} s job, each within ±30%", second_half.len());
+}

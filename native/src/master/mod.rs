@@ -5,6 +5,7 @@ mod gate;
 mod open;
 mod page;
 mod progress;
+mod rate;
 mod server;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use page::Status;
 pub(crate) use progress::Reporter;
+pub(crate) use rate::Rate;
 pub use server::Limits;
 pub(crate) use server::Input;
 use server::{Outgoing, Traffic};
@@ -178,6 +180,7 @@ impl Master {
         let start = Instant::now();
         let mut shell = Shell::default();
         let mut reporter = Reporter::new(show_progress);
+        let mut rate = Rate::default();
         let mut planned = false;
         let mut verifier: Option<tokio::task::JoinHandle<(Verifier, Duration)>> = None;
         let mut writer: Option<checkpoint::Writer> = None;
@@ -241,7 +244,9 @@ impl Master {
             }
             if let Some(j) = scheduler.job(job) {
                 let elapsed = shell.first_task.map_or(Duration::ZERO, |t| t.elapsed());
-                reporter.update(j.tiles_done(), scheduler.headcount(), j.flops_done(), elapsed);
+                rate.sample(Instant::now(), j.flops_done());
+                let total = flops(j.plan().m, j.plan().k, j.plan().n);
+                reporter.update(j.tiles_done(), scheduler.headcount(), j.flops_done(), elapsed, rate.eta(total - j.flops_done()));
             }
             if complete {
                 break;

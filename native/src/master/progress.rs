@@ -90,16 +90,13 @@ impl Reporter {
         }
     }
 
-    pub fn update(&self, tiles_done: usize, p: Headcount, done_flops: f64, elapsed: Duration) {
+    /// `eta`: seconds left at the recent speed, once known.
+    pub fn update(&self, tiles_done: usize, p: Headcount, done_flops: f64, elapsed: Duration, eta: Option<f64>) {
         if let Some(bar) = &self.bar {
             bar.set_position(tiles_done as u64);
             let rate = done_flops / elapsed.as_secs_f64().max(1e-9) / 1e9;
-            bar.set_message(format!(
-                "{} workers ({} native, {} browser) · {rate:.1} GFLOP/s",
-                p.total(),
-                p.native,
-                p.browser
-            ));
+            let eta = eta.map_or(String::new(), |s| format!(" · ETA {s:.0} s"));
+            bar.set_message(format!("{} workers ({} native, {} browser) · {rate:.1} GFLOP/s{eta}", p.total(), p.native, p.browser));
         }
     }
 

@@ -18,12 +18,12 @@ use colonnade_core::DenseMatrix;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::board::{Board, JobView, Rate, WorkerView, THROUGHPUT_WINDOW};
+use super::board::{Board, JobView, WorkerView, THROUGHPUT_WINDOW};
 use super::store::{now_secs, Record, State, Store};
 use crate::checkpoint;
 use crate::commands::{prepare, read_inputs, JobSpec};
 use crate::io::{self, Format};
-use crate::master::{build_verifier, describe, sleep_until, Master, Preparation, Reporter, Shell, Status};
+use crate::master::{build_verifier, describe, sleep_until, Master, Preparation, Rate, Reporter, Shell, Status};
 
 /// What the API asks of the driver.
 #[derive(Debug)]
