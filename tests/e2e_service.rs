@@ -53,7 +53,7 @@ fn bad_requests_get_multiplys_message_and_tokens_are_checked() {
     let dir = temp_dir();
     std::fs::write(path(&dir, "token"), "s3cret\n").unwrap();
     let token_file = path(&dir, "token");
-    let (_master, addr) = start_service(&path(&dir, "data"), &["--submit-token-file", token_file.to_str().unwrap(), "--local-workers", "1"]);
+    let (_master, addr) = start_service(&path(&dir, "data"), &["--submit-token-file", token_file.to_str().unwrap(), "--local-workers", "1", "--max-upload", "64K"]);
     let good = npy_bytes(dir.path(), "g.npy", &Dense::random_ints(8, 8, 1));
     assert_eq!(post_job(&addr, &good, &good, None).0, 401);
     assert_eq!(post_job(&addr, &good, &good, Some("wrong")).0, 401);
@@ -73,6 +73,11 @@ fn bad_requests_get_multiplys_message_and_tokens_are_checked() {
     let (status, answer) = post_job(&addr, &wide, &wide, Some("s3cret"));
     assert_eq!(status, 400);
     assert!(answer["error"].as_str().unwrap().contains("cannot multiply"), "{answer}");
+    // A file over the upload limit is cut off as it streams in.
+    let big = npy_bytes(dir.path(), "big.npy", &Dense::random_ints(100, 100, 1));
+    let (status, answer) = post_job(&addr, &big, &good, Some("s3cret"));
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"], "a.npy: larger than the 64.0 KiB upload limit (set by --max-upload)");
     // Nothing of the refused jobs is kept, and a good one still runs.
     let (status, answer) = post_job(&addr, &good, &good, Some("s3cret"));
     assert_eq!(status, 201, "{answer}");
