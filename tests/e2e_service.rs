@@ -205,71 +205,6 @@ fn the_readmes_python_example_works() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("C = A·B: (500, 200)"));
 }
 
-/// `count` connections that say Hello as browser tabs and then only beat,
-/// until dropped: a crowd for the dashboard to show.
-struct Crowd {
-    stop: Option<tokio::sync::watch::Sender<bool>>,
-    joined: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Crowd {
-    fn start(addr: &str, count: usize) -> Self {
-        use colonnade_core::codec::{decode, encode};
-        use colonnade_core::protocol::{Message, Token, WorkerKind, PROTOCOL_VERSION};
-        use futures_util::{SinkExt, StreamExt};
-        use std::sync::atomic::Ordering;
-        use tokio_tungstenite::tungstenite::Message as Ws;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let joined = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (url, counter) = (format!("ws://{addr}/ws"), std::sync::Arc::clone(&joined));
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let members: Vec<_> = (0..count)
-                    .map(|i| {
-                        let (url, mut stopped, counter) = (url.clone(), stopped.clone(), std::sync::Arc::clone(&counter));
-                        tokio::spawn(async move {
-                            let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else { return };
-                            let hello = Message::Hello { protocol: PROTOCOL_VERSION, kind: WorkerKind::Browser, threads: 1, slots: 1, name: format!("crowd-{i}"), token: Token::default(), memory: 1 << 28, flops: 0 };
-                            if ws.send(Ws::Binary(encode(&hello, &[]).into())).await.is_err() {
-                                return;
-                            }
-                            let mut beat = tokio::time::interval(Duration::from_secs(2));
-                            loop {
-                                tokio::select! {
-                                    _ = stopped.changed() => return,
-                                    _ = beat.tick() => if ws.send(Ws::Binary(encode(&Message::Heartbeat, &[]).into())).await.is_err() { return },
-                                    message = ws.next() => match message {
-                                        Some(Ok(Ws::Binary(bytes))) => if matches!(decode(&bytes).map(|d| d.0), Ok(Message::Welcome { .. })) {
-                                            counter.fetch_add(1, Ordering::SeqCst);
-                                        },
-                                        Some(Ok(_)) => {}
-                                        _ => return,
-                                    },
-                                }
-                            }
-                        })
-                    })
-                    .collect();
-                for member in members {
-                    let _ = member.await;
-                }
-            });
-        });
-        Self { stop: Some(stop), joined, thread: Some(thread) }
-    }
-}
-
-impl Drop for Crowd {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 #[test]
 fn the_dashboard_shows_a_thousand_workers_live() {
     let _serial = common::serial();
@@ -292,7 +227,7 @@ fn the_dashboard_shows_a_thousand_workers_live() {
         assert!(Instant::now() < deadline, "the job did not finish");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let crowd = Crowd::start(&addr, 1000);
+    let crowd = common::crowd::Crowd::start(&addr, 1000);
     let deadline = Instant::now() + Duration::from_secs(120);
     while crowd.joined.load(std::sync::atomic::Ordering::SeqCst) < 1000 {
         assert!(Instant::now() < deadline, "only {} joined", crowd.joined.load(std::sync::atomic::Ordering::SeqCst));

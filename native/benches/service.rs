@@ -10,7 +10,9 @@
 //!   same files on the same workers (goal: ≤ 1.15×);
 //! - two equal jobs at once: how far apart they finish (goal: within 10%);
 //! - SIGKILL with 3 jobs queued and 1 running, then a restart: all 4 complete
-//!   with C identical to a clean run's.
+//!   with C identical to a clean run's;
+//! - the master's memory per connected worker, operands aside: its resident
+//!   memory with 1,000 idle connected workers, less without (goal: ≤ 16 KiB).
 //!
 //! `--smoke` runs it tiny, to check the pipeline (CI).
 
@@ -38,6 +40,7 @@ fn main() {
         "submit_vs_multiply": submit_vs_multiply(dir.path(), big, if smoke { 1 } else { 3 }),
         "two_at_once": two_at_once(dir.path(), pair),
         "sigkill_and_restart": sigkill_and_restart(dir.path(), kill, small),
+        "memory_per_worker": memory_per_worker(dir.path(), if smoke { 50 } else { 1000 }),
     });
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out).unwrap();
@@ -178,4 +181,20 @@ fn sigkill_and_restart(dir: &Path, n: usize, small: usize) -> Value {
     );
     assert_eq!(identical, 4);
     json!({ "states_at_kill": states, "complete_and_identical": identical, "after_restart_s": start.elapsed().as_secs_f64() })
+}
+
+fn memory_per_worker(dir: &Path, count: usize) -> Value {
+    eprintln!("service: memory with {count} connected workers");
+    let limits = ["--max-connections", "4000", "--max-per-address", "4000"];
+    let (master, addr) = start_service(&dir.join("mem"), &limits);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = colonnade_native::procstats::rss_bytes(Some(master.pid())).unwrap_or(0);
+    let crowd = common::crowd::Crowd::start(&addr, count);
+    crowd.wait_joined(count, LONG);
+    std::thread::sleep(Duration::from_secs(3)); // heartbeats both ways, the board refreshed
+    let after = colonnade_native::procstats::rss_bytes(Some(master.pid())).unwrap_or(0);
+    let per = after.saturating_sub(before) as f64 / count as f64;
+    println!("master memory per connected worker ({count} idle, operands aside): {:.1} KiB (goal ≤ 16 KiB)", per / 1024.0);
+    drop(crowd);
+    json!({ "workers": count, "rss_before_bytes": before, "rss_after_bytes": after, "bytes_per_worker": per })
 }

@@ -1,13 +1,22 @@
-//! What Linux says about a process: peak resident memory and CPU time.
+//! What Linux says about a process: resident memory (now and peak) and CPU time.
 //! Used for the benchmark's figures; `None` where /proc is not there.
 
 use std::time::Duration;
 
 /// Peak resident set (VmHWM) of `pid`, or of this process.
 pub fn peak_rss_bytes(pid: Option<u32>) -> Option<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// Resident set now (VmRSS) of `pid`, or of this process.
+pub fn rss_bytes(pid: Option<u32>) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+fn status_bytes(pid: Option<u32>, field: &str) -> Option<u64> {
     let path = pid.map_or("/proc/self/status".to_owned(), |p| format!("/proc/{p}/status"));
     let status = std::fs::read_to_string(path).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
