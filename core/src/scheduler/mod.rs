@@ -605,7 +605,14 @@ impl Scheduler {
         let (speed, proven) = (self.pool.speed(worker, job.assumed_flops()), self.pool.is_proven(worker));
         let w = self.pool.workers.get_mut(&worker).expect("a member");
         let mut frames = Vec::new();
-        let (order, panels, product) = match w.ahead.iter().position(|&(j, ..)| j == id) {
+        let held: Vec<PanelId> = w.cache.panels_of(id).collect();
+        let next = job.next_order(worker, &held, speed, proven, now);
+        // A tile whose panels it has (or has on the way) comes before one set
+        // aside: those were chosen for the panels they bring, and the worker
+        // computes whatever is ready first.
+        let at_hand = next.is_some_and(|o| !o.speculative && job.panels_of(o.tile).iter().all(|p| held.contains(p)));
+        let ahead = if at_hand { None } else { w.ahead.iter().position(|&(j, ..)| j == id) };
+        let (order, panels, product) = match ahead {
             Some(at) => {
                 // Its panels are there or on the way, pinned since it was set aside.
                 let (_, tile, panels) = w.ahead[at];
@@ -621,8 +628,7 @@ impl Scheduler {
                 (Order { tile, speculative: false }, panels, product)
             }
             None => {
-                let held: Vec<PanelId> = w.cache.panels_of(id).collect();
-                let Some(order) = job.next_order(worker, &held, speed, proven, now) else { return false };
+                let Some(order) = next else { return false };
                 let product = job.product_size(order.tile);
                 let Some(panels) = send_panels(w, job, id, order.tile, product, &mut frames) else { return false };
                 (order, panels, product)

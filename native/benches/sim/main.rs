@@ -80,7 +80,8 @@ fn scenarios() -> Vec<(String, Setup)> {
     for p in [1, 2, 3] {
         let workers = servers(p, 45e9, 8 * GIB);
         let plan = planned(square(4096), &workers, GBIT);
-        out.push((format!("n=4096 f64, 1 Gbit/s master, {p} worker(s)"), Setup { plan, master_link: GBIT, master_ingress: GBIT, workers, relay: false, horizon: 3600.0 }));
+        // As tbf caps it there: the master's egress; its ingress is the veth's.
+        out.push((format!("n=4096 f64, 1 Gbit/s master, {p} worker(s)"), Setup { plan, master_link: GBIT, master_ingress: 10.0 * GBIT, workers, relay: false, horizon: 3600.0 }));
     }
     // Egress with many equal workers with ample memory.
     for p in [8, 64] {

@@ -207,6 +207,13 @@ pub fn run(setup: &Setup) -> Outcome {
             Happening::ToWorker(id, bytes) => {
                 touched_master = false;
                 let Some(w) = workers.get_mut(&id) else { continue };
+                if std::env::var_os("SIM_TRACE").is_some() {
+                    match codec::decode(&bytes).map(|d| d.0) {
+                        Ok(Message::Panel { panel, .. }) => eprintln!("{now:.3} worker {id} has panel {panel}"),
+                        Ok(Message::Task { lease, a, b, .. }) => eprintln!("{now:.3} worker {id} has task {lease} (panels {a}, {b})"),
+                        _ => {}
+                    }
+                }
                 if w.session.handle_message(&bytes, now_d).is_err() {
                     continue; // e.g. a master gone silent: the session would reconnect; the sim ignores it
                 }
