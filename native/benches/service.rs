@@ -124,7 +124,7 @@ fn two_at_once(dir: &Path, n: usize) -> Value {
     let bodies: Vec<(Vec<u8>, Vec<u8>)> = inputs.iter().enumerate().map(|(i, (a, b))| (npy_bytes(dir, &format!("pa{i}.npy"), a), npy_bytes(dir, &format!("pb{i}.npy"), b))).collect();
     let start = Instant::now();
     let ids: Vec<String> = bodies.iter().map(|(a, b)| post_job(&addr, a, b, None).1["id"].as_str().unwrap().to_owned()).collect();
-    let mut finished = vec![None; 2];
+    let mut finished = [None; 2];
     while finished.iter().any(Option::is_none) {
         for (i, id) in ids.iter().enumerate() {
             if finished[i].is_none() && get(&addr, &format!("/api/jobs/{id}")).1["state"] == "done" {
