@@ -238,3 +238,22 @@ fn the_page_opened_from_disk_says_what_to_do() {
     let said = browser.wait_text("state", Duration::from_secs(30), |t| t.contains("opened from disk"));
     assert!(said.contains("python3 -m http.server") && said.contains("?master="), "{said}");
 }
+
+/// A tab that lends its WebAssembly a quarter of A (?memory=) still computes
+/// the whole job: the master sends it tiles that fit, and panels come and go.
+#[test]
+fn a_tab_with_a_quarter_of_a_in_memory_completes_the_job() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, b_path, c_path, a, b) = inputs(&dir, 1024, 1024, 1024); // A is 8 MiB of f64
+    let (mut master, addr) = start_master(&a_path, &b_path, &c_path, &[]);
+    let browser = Browser::launch();
+    browser.goto(&format!("http://{addr}/?cores=1&memory=2M"));
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    check_sampled(&c_path, &a, &b);
+    let figures = stats(&c_path);
+    let tab = &figures["workers"][0];
+    assert_eq!((tab["kind"].as_str(), tab["memory_bytes"].as_u64()), (Some("browser"), Some(2 << 20)), "{tab}");
+    let panels = figures["panel_bytes"].as_f64().unwrap();
+    assert!(panels > 2.0 * (1024 * 1024 * 8) as f64, "panels were sent again after eviction: {panels} bytes");
+}
