@@ -136,6 +136,8 @@ fn stats_json(report: &JobReport, read: Duration, write: Duration, job_cpu: Opti
         "m": m, "k": k, "n": n, "dtype": report.c.dtype().to_string(),
         "grid": [plan.rows.parts, plan.cols.parts, plan.depth.parts],
         "layout": [plan.layout.0, plan.layout.1, plan.layout.2],
+        // Whether workers beyond the layout's boxes share them, or wait (and how fast one must be to get a box).
+        "spread": plan.spread, "min_speed": plan.min_speed,
         "tiles": plan.tiles(), "blocks": plan.blocks(),
         "read_s": read.as_secs_f64(), "job_s": report.elapsed.as_secs_f64(), "write_s": write.as_secs_f64(),
         "gflops": report.gflops(),

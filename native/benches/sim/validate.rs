@@ -44,7 +44,9 @@ pub fn compare(n: usize, workers: usize, rate: f64, tc_rate: &str) -> Value {
     // The workers' real speed: one thread each, sharing this machine's cores.
     let share = (compute::available_cores() as f64 / workers as f64).min(1.0);
     let speed = kernel_speed() * share;
-    let plan = Plan::grid(n, n, n, pr, pc, pk).laid_out(layout);
+    let spread = figures["spread"].as_bool().unwrap_or(true);
+    let min_speed = figures["min_speed"].as_f64().unwrap_or(0.0);
+    let plan = Plan { min_speed, ..Plan::grid(n, n, n, pr, pc, pk).laid_out(layout).spread_to(spread) };
     let spec = WorkerSpec { kind: WorkerKind::Native, flops: speed, link: 1.25e9, latency: 0.0001, memory: 8 << 30, join_at: 0.0, leave_at: None, liar: false };
     let setup = Setup { plan, master_link: rate, master_ingress: 1.25e9, workers: vec![spec; workers], relay: false, horizon: 3600.0 };
     let simulated = world::run(&setup).makespan;

@@ -123,7 +123,8 @@ fn ns(t: f64) -> u64 {
 pub fn run(setup: &Setup) -> Outcome {
     let plan = &setup.plan;
     let (pr, pc, pk) = plan.shape();
-    let small = Plan::grid(2 * pr, 2 * pk, 2 * pc, pr, pc, pk).laid_out(plan.layout);
+    // The same grid and layout, and the same say on who waits (spread, min_speed).
+    let small = Plan { min_speed: plan.min_speed, ..Plan::grid(2 * pr, 2 * pk, 2 * pc, pr, pc, pk).laid_out(plan.layout).spread_to(plan.spread) };
     let mut sizes = Sizes::new(plan, &small);
     let a = Matrix::from_fn(small.m, small.k, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
     let b = Matrix::from_fn(small.k, small.n, |i, j| ((i * 5 + j * 13) % 9) as f64 - 4.0);
