@@ -103,9 +103,29 @@ impl Client {
     fn follow(&self, id: &str) -> anyhow::Result<View> {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         bar.set_style(ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} tiles · {msg} [{elapsed_precise}]").expect("valid template"));
+        // A master restarting resumes the job: wait for it a while.
+        const PATIENCE: Duration = Duration::from_secs(120);
+        let mut unreachable_since: Option<Instant> = None;
         loop {
             let request = self.agent.get(format!("{}/api/jobs/{id}", self.base));
-            let view: View = self.json(self.authorized(request).call().with_context(|| format!("cannot reach {}", self.base))?)?;
+            let response = match self.authorized(request).call() {
+                Ok(response) => {
+                    unreachable_since = None;
+                    response
+                }
+                Err(e) => {
+                    let since = *unreachable_since.get_or_insert_with(|| {
+                        bar.println(format!("lost the master ({e}); waiting for it to come back"));
+                        Instant::now()
+                    });
+                    if since.elapsed() > PATIENCE {
+                        return Err(anyhow::Error::new(e).context(format!("cannot reach {} for {} s", self.base, PATIENCE.as_secs())));
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let view: View = self.json(response)?;
             bar.set_length(view.tiles_total as u64);
             bar.set_position(view.tiles_done as u64);
             bar.set_message(match (view.state.as_str(), view.eta_s) {

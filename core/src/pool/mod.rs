@@ -93,6 +93,33 @@ pub struct WorkerInfo {
     pub connected: bool,
 }
 
+/// The last leases cancelled under one worker. Late chunks come within a
+/// round trip of the Cancel, so the last [`Cancelled::KEEP`] are plenty, and a
+/// worker that stays up for many jobs does not grow this without bound.
+#[derive(Debug, Default)]
+pub struct Cancelled {
+    order: VecDeque<LeaseId>,
+    set: HashSet<LeaseId>,
+}
+
+impl Cancelled {
+    const KEEP: usize = 1024;
+
+    pub fn insert(&mut self, lease: LeaseId) {
+        if self.set.insert(lease) {
+            self.order.push_back(lease);
+            if self.order.len() > Self::KEEP {
+                let oldest = self.order.pop_front().expect("over KEEP");
+                self.set.remove(&oldest);
+            }
+        }
+    }
+
+    pub fn contains(&self, lease: &LeaseId) -> bool {
+        self.set.contains(lease)
+    }
+}
+
 /// A lease as its worker's record keeps it: what it pins in the cache.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Held {
@@ -112,8 +139,9 @@ pub(crate) struct Worker {
     pub credit: usize,
     /// Its leases.
     pub leases: BTreeMap<LeaseId, Held>,
-    /// Leases cancelled because another copy won; their late chunks are ignored.
-    pub cancelled: HashSet<LeaseId>,
+    /// Leases cancelled because another copy won, or their job was removed;
+    /// their late chunks are ignored.
+    pub cancelled: Cancelled,
     /// Jobs it has been told of.
     pub jobs: BTreeSet<JobId>,
     /// Tiles set aside for it, whose panels are sent ahead of their tasks (and
@@ -214,7 +242,7 @@ impl Pool {
             slots: slots as usize,
             credit: 1,
             leases: BTreeMap::new(),
-            cancelled: HashSet::new(),
+            cancelled: Cancelled::default(),
             jobs: BTreeSet::new(),
             ahead: VecDeque::new(),
             cache: Cache::new(hello.memory),
@@ -421,6 +449,12 @@ impl Pool {
     }
 
     /// Every worker that ever joined, connected or not.
+    /// Forgets the workers that have left: for a master that stays up, whose
+    /// pool would otherwise remember every connection it ever had.
+    pub(crate) fn forget_departed(&mut self) {
+        self.infos.retain(|_, info| info.connected);
+    }
+
     pub fn infos(&self) -> impl Iterator<Item = (WorkerId, &WorkerInfo)> {
         self.infos.iter().map(|(&id, info)| (id, info))
     }

@@ -295,6 +295,11 @@ impl Scheduler {
         Some(job)
     }
 
+    /// Forgets the workers that have left (see [`Pool::forget_departed`]).
+    pub fn forget_departed(&mut self) {
+        self.pool.forget_departed();
+    }
+
     pub fn pool(&self) -> &Pool {
         &self.pool
     }

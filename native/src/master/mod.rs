@@ -351,6 +351,9 @@ pub(crate) struct Shell {
     first_task: Option<Instant>,
     /// Tasks sent, over the shell's life.
     pub tasks_sent: u64,
+    /// Connections closed since [`Shell::forget_gone`] last ran: their
+    /// addresses are kept until the scheduler's last words about them are out.
+    gone: Vec<WorkerId>,
     scheduler_time: Duration,
 }
 
@@ -374,6 +377,7 @@ impl Shell {
                 if self.senders.remove(&worker).is_some() {
                     scheduler.handle_input(core::Input::Disconnected { worker }, now);
                 }
+                self.gone.push(worker);
             }
         }
     }
@@ -385,6 +389,14 @@ impl Shell {
                 self.first_task.get_or_insert_with(Instant::now);
                 self.tasks_sent += 1;
             }
+        }
+    }
+
+    /// Forgets the addresses of connections closed before the last call, so a
+    /// master that stays up does not keep one per connection it ever had.
+    pub fn forget_gone(&mut self) {
+        for worker in std::mem::take(&mut self.gone) {
+            self.addrs.remove(&worker);
         }
     }
 

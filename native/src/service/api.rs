@@ -28,7 +28,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::board::Board;
-use super::driver::{job_id, job_key, Command};
+use super::driver::{job_key, Command};
 use super::store::{now_secs, Record, State as JobState, Store};
 use crate::cli::human_bytes;
 use crate::commands::read_inputs;
@@ -144,8 +144,13 @@ async fn delete(State(api): State<Api>, headers: HeaderMap, UrlPath(id): UrlPath
     api.authorize(&headers)?;
     let state = api.board.lock().expect("board").jobs.get(&id).map(|v| v.record.state).ok_or_else(|| not_found(&id))?;
     if state.is_live() {
-        api.commands.send(Command::Cancel(id.clone())).await.map_err(|_| Failure(StatusCode::SERVICE_UNAVAILABLE, "the master is stopping".into()))?;
-        return Ok(Json(serde_json::json!({ "id": id, "state": "cancelled" })).into_response());
+        let stopping = || Failure(StatusCode::SERVICE_UNAVAILABLE, "the master is stopping".into());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        api.commands.send(Command::Cancel(id.clone(), tx)).await.map_err(|_| stopping())?;
+        return match rx.await.map_err(|_| stopping())? {
+            Some(JobState::Cancelled) => Ok(Json(serde_json::json!({ "id": id, "state": "cancelled" })).into_response()),
+            _ => Err(Failure(StatusCode::CONFLICT, format!("job {id} has finished; its C is being stored"))),
+        };
     }
     api.board.lock().expect("board").jobs.remove(&id);
     api.store.remove(&id);
@@ -180,7 +185,7 @@ async fn result(State(api): State<Api>, headers: HeaderMap, UrlPath(id): UrlPath
     let mut response = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, "application/octet-stream".parse().expect("valid"));
-    headers.insert(header::CONTENT_DISPOSITION, format!("attachment; filename=\"c.{ext}\"").parse().expect("valid"));
+    headers.insert(header::CONTENT_DISPOSITION, format!("attachment; filename=\"c.{}\"", format.extension()).parse().expect("valid"));
     if let Some(length) = length {
         headers.insert(header::CONTENT_LENGTH, length.into());
     }
@@ -188,27 +193,47 @@ async fn result(State(api): State<Api>, headers: HeaderMap, UrlPath(id): UrlPath
 }
 
 /// Streams the upload to the job's folder, reads it as `multiply` would,
-/// records the job, and hands it to the driver.
+/// records the job, and hands it to the driver. Once the upload is in, the
+/// rest runs as a task of its own: a client that hangs up then strands nothing.
 async fn submit(State(api): State<Api>, headers: HeaderMap, mut form: Multipart) -> Result<Response, Failure> {
     api.authorize(&headers)?;
-    let key = job_key(rand::random::<u64>());
-    let dir = api.store.create(&key).map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
-    let outcome = receive(&api, &key, &dir, &mut form).await;
-    if outcome.is_err() {
-        api.store.remove(&key);
-    }
-    let (record, inputs) = outcome?;
-    api.board.lock().expect("board").jobs.insert(key.clone(), super::board::JobView::new(record.clone()));
-    let url = format!("/api/jobs/{key}");
-    api.commands
-        .send(Command::Submit { record, inputs: Some(Box::new(inputs)) })
-        .await
-        .map_err(|_| Failure(StatusCode::SERVICE_UNAVAILABLE, "the master is stopping".into()))?;
-    Ok((StatusCode::CREATED, [(header::LOCATION, url.clone())], Json(serde_json::json!({ "id": key, "url": url }))).into_response())
+    let (key, dir) = loop {
+        let key = job_key(rand::random::<u64>());
+        match api.store.create(&key) {
+            Ok(dir) => break (key, dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot create the job's folder: {e}"))),
+        }
+    };
+    let folder = Folder { store: api.store.clone(), key: Some(key.clone()) };
+    let upload = receive(&api, &dir, &mut form).await?;
+    let finishing = tokio::spawn(finish(api, key, dir, upload, folder));
+    finishing.await.map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
-/// The form's files and fields, checked; the job's record, saved.
-async fn receive(api: &Api, key: &str, dir: &Path, form: &mut Multipart) -> Result<(Record, (colonnade_core::DenseMatrix, colonnade_core::DenseMatrix)), Failure> {
+/// A new job's folder, removed unless the job is accepted.
+struct Folder {
+    store: Store,
+    key: Option<String>,
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.store.remove(&key);
+        }
+    }
+}
+
+/// The files as uploaded: (the name the client gave, where it is stored), and the priority.
+struct Upload {
+    a: (String, PathBuf),
+    b: (String, PathBuf),
+    priority: u32,
+}
+
+/// The form's files, streamed to `dir`, and its fields, checked.
+async fn receive(api: &Api, dir: &Path, form: &mut Multipart) -> Result<Upload, Failure> {
     let mut files: [Option<(String, PathBuf)>; 2] = [None, None];
     let mut priority = 1u32;
     while let Some(mut field) = form.next_field().await.map_err(|e| bad(format!("the form: {e}")))? {
@@ -217,7 +242,14 @@ async fn receive(api: &Api, key: &str, dir: &Path, form: &mut Multipart) -> Resu
             "a" => 0,
             "b" => 1,
             "priority" => {
-                let text = field.text().await.map_err(|e| bad(format!("priority: {e}")))?;
+                let mut text = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(|e| bad(format!("priority: {e}")))? {
+                    text.extend_from_slice(&chunk);
+                    if text.len() > 32 {
+                        return Err(bad("priority: a whole number from 1"));
+                    }
+                }
+                let text = String::from_utf8_lossy(&text);
                 priority = text.trim().parse().ok().filter(|&p| p >= 1).ok_or_else(|| bad(format!("priority '{}': a whole number from 1", text.trim())))?;
                 continue;
             }
@@ -239,15 +271,25 @@ async fn receive(api: &Api, key: &str, dir: &Path, form: &mut Multipart) -> Resu
         out.sync_all().await.map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("storing {given}: {e}")))?;
         files[slot] = Some((given, stored));
     }
-    let [Some((a_name, a)), Some((b_name, b))] = files else {
+    let [Some(a), Some(b)] = files else {
         return Err(bad("send two files, as form fields 'a' and 'b' (e.g. curl -F a=@a.npy -F b=@b.npy)"));
     };
+    Ok(Upload { a, b, priority })
+}
+
+/// Reads the inputs (one submission at a time, so concurrent uploads cannot
+/// together exhaust memory), saves the record, and hands the job over.
+async fn finish(api: Api, key: String, dir: PathBuf, upload: Upload, mut folder: Folder) -> Result<Response, Failure> {
+    static READING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let Upload { a: (a_name, a), b: (b_name, b), priority } = upload;
     let c = dir.join("c.npy");
     let max_memory = api.max_memory;
     let (a_path, b_path) = (a.clone(), b.clone());
+    let reading = READING.acquire().await.map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let read = tokio::task::spawn_blocking(move || read_inputs(&a_path, &b_path, &c, max_memory))
         .await
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    drop(reading);
     // Errors name the files as the user sent them, not where they are stored.
     let (a_m, b_m, integer) = read.map_err(|e| {
         let line = format!("{e:#}").replace(&*a.to_string_lossy(), &a_name).replace(&*b.to_string_lossy(), &b_name).replace(&*dir.join("c.npy").to_string_lossy(), "C");
@@ -256,7 +298,7 @@ async fn receive(api: &Api, key: &str, dir: &Path, form: &mut Multipart) -> Resu
     })?;
     let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let record = Record {
-        id: key.to_owned(),
+        id: key.clone(),
         state: JobState::Queued,
         a: file_name(&a),
         b: file_name(&b),
@@ -269,7 +311,13 @@ async fn receive(api: &Api, key: &str, dir: &Path, form: &mut Multipart) -> Resu
         error: None,
         integer,
     };
+    // Room in the driver's queue first: once the record is saved, nothing may block.
+    let stopping = || Failure(StatusCode::SERVICE_UNAVAILABLE, "the master is stopping".into());
+    let permit = api.commands.reserve().await.map_err(|_| stopping())?;
     api.store.save(&record).map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
-    debug_assert!(job_id(key).is_some());
-    Ok((record, (a_m, b_m)))
+    folder.key = None; // accepted: the folder stays
+    api.board.lock().expect("board").jobs.insert(key.clone(), super::board::JobView::new(record.clone()));
+    permit.send(Command::Submit { record, inputs: Some(Box::new((a_m, b_m))) });
+    let url = format!("/api/jobs/{key}");
+    Ok((StatusCode::CREATED, [(header::LOCATION, url.clone())], Json(serde_json::json!({ "id": key, "url": url }))).into_response())
 }

@@ -55,8 +55,40 @@ pub struct Counters {
     pub bytes_received: u64,
     /// Seconds spent precomputing verification, summed over jobs.
     pub verify_seconds: f64,
-    /// How long each finished job took, submitted to done, seconds.
-    pub durations: Vec<f64>,
+    /// How long finished jobs took, submitted to done.
+    pub durations: Histogram,
+}
+
+/// Counts of observations at or under each bound, their sum and their number.
+#[derive(Clone, Debug, Serialize)]
+pub struct Histogram {
+    pub bounds: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &[f64]) -> Self {
+        Self { bounds: bounds.to_vec(), counts: vec![0; bounds.len()], sum: 0.0, count: 0 }
+    }
+
+    pub fn add(&mut self, value: f64) {
+        for (bound, count) in self.bounds.iter().zip(&mut self.counts) {
+            if value <= *bound {
+                *count += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+}
+
+impl Default for Histogram {
+    /// For job durations, seconds: a second to two days.
+    fn default() -> Self {
+        Self::new(&[1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 48.0 * 3600.0])
+    }
 }
 
 #[derive(Debug, Default)]

@@ -30,8 +30,14 @@ use crate::master::{build_verifier, describe, sleep_until, Master, Preparation, 
 pub enum Command {
     /// Run a stored job; its inputs come along if the API has read them already.
     Submit { record: Record, inputs: Option<Box<(DenseMatrix, DenseMatrix)>> },
-    /// Cancel a queued or running job, withdrawing its tasks.
-    Cancel(String),
+    /// Cancel a queued or running job, withdrawing its tasks; answers the
+    /// job's state after (cancelled, or done if C was being stored already).
+    Cancel(String, tokio::sync::oneshot::Sender<Option<State>>),
+}
+
+/// Runs `work`, turning a panic into an error: one bad job fails alone.
+fn unpanicked<T>(work: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|_| Err(anyhow::anyhow!("an internal error (a panic); see the log")))
 }
 
 /// A job's id in the protocol, from its id in the API (16 hex digits).
@@ -67,6 +73,8 @@ pub struct Driver {
     active: HashMap<JobId, Active>,
     /// Jobs whose inputs are being read, and those cancelled meanwhile.
     loading: HashSet<JobId>,
+    /// Jobs whose C is being written.
+    storing: HashSet<JobId>,
     cancelled_while_loading: HashSet<JobId>,
     loads: JoinSet<(Record, Inputs)>,
     verifiers: JoinSet<(JobId, Verifier, Duration)>,
@@ -96,6 +104,7 @@ impl Driver {
             queue: VecDeque::new(),
             active: HashMap::new(),
             loading: HashSet::new(),
+            storing: HashSet::new(),
             cancelled_while_loading: HashSet::new(),
             loads: JoinSet::new(),
             verifiers: JoinSet::new(),
@@ -154,7 +163,7 @@ impl Driver {
                     self.loaded(record, inputs);
                 }
                 Some(built) = self.verifiers.join_next(), if !self.verifiers.is_empty() => {
-                    let (job, verifier, took) = built.context("building a verifier failed")?;
+                    let (job, verifier, took) = built.context("building a verifier failed")?; // only a panic, which verify never should
                     self.board.lock().expect("board").counters.verify_seconds += took.as_secs_f64();
                     let now = self.now();
                     self.scheduler.set_verifier(job, verifier, now);
@@ -183,7 +192,10 @@ impl Driver {
                 }
                 _ => self.queue.push_back(record),
             },
-            Command::Cancel(key) => self.cancel(&key),
+            Command::Cancel(key, answer) => {
+                let state = self.cancel(&key);
+                let _ = answer.send(state);
+            }
         }
     }
 
@@ -200,7 +212,7 @@ impl Driver {
             let max_memory = self.max_memory;
             self.loading.insert(id);
             self.loads.spawn_blocking(move || {
-                let inputs = read_inputs(&a, &b, &c, max_memory);
+                let inputs = unpanicked(|| read_inputs(&a, &b, &c, max_memory));
                 (record, inputs)
             });
         }
@@ -231,6 +243,10 @@ impl Driver {
                 self.record(&record);
                 tracing::info!(job = record.id, "running: {}x{} times {}x{}", record.m, record.k, record.k, record.n);
                 self.active.insert(id, Active { record, prep, writer: None, rate: Rate::default(), planned: false });
+                // A job resumed on its checkpoint's grid is planned already: no JobPlanned comes.
+                if self.scheduler.job(id).is_some() {
+                    self.planned(id);
+                }
             }
             Err(e) => self.fail(record, format!("{e:#}")),
         }
@@ -304,31 +320,40 @@ impl Driver {
         let path = self.store.result(&active.record.id, Format::Npy);
         let record = active.record;
         let integer = record.integer;
+        self.storing.insert(job);
         self.writes.spawn_blocking(move || {
-            let result = io::write_matrix(&path, &c, integer);
+            let result = unpanicked(|| io::write_matrix(&path, &c, integer));
             (record, result)
         });
     }
 
     fn written(&mut self, mut record: Record, result: anyhow::Result<()>) {
+        if let Some(id) = job_id(&record.id) {
+            self.storing.remove(&id);
+        }
         if let Err(e) = result {
             return self.fail(record, format!("cannot store C: {e:#}"));
         }
         record.state = State::Done;
         record.finished = Some(now_secs());
-        self.record(&record);
-        self.tidy(&record);
+        if self.record(&record) {
+            self.tidy(&record);
+        }
         let mut board = self.board.lock().expect("board");
         let took = record.finished.unwrap_or(record.submitted) - record.submitted;
-        board.counters.durations.push(took.max(0.0));
+        board.counters.durations.add(took.max(0.0));
         if let Some(view) = board.jobs.get_mut(&record.id) {
             view.eta_s = Some(0.0);
         }
         tracing::info!(job = record.id, "done");
     }
 
-    fn cancel(&mut self, key: &str) {
-        let Some(id) = job_id(key) else { return };
+    /// Cancels the job if it is live; returns its state after.
+    fn cancel(&mut self, key: &str) -> Option<State> {
+        let id = job_id(key)?;
+        if self.storing.contains(&id) {
+            return Some(State::Running); // finished already; C is on its way to disk
+        }
         let now = self.now();
         let record = if let Some(at) = self.queue.iter().position(|r| r.id == key) {
             self.queue.remove(at)
@@ -341,13 +366,14 @@ impl Driver {
         } else {
             None
         };
-        if let Some(mut record) = record {
-            record.state = State::Cancelled;
-            record.finished = Some(now_secs());
-            self.record(&record);
+        let mut record = record?;
+        record.state = State::Cancelled;
+        record.finished = Some(now_secs());
+        if self.record(&record) {
             self.tidy(&record);
-            tracing::info!(job = key, "cancelled");
         }
+        tracing::info!(job = key, "cancelled");
+        Some(State::Cancelled)
     }
 
     fn fail(&mut self, mut record: Record, error: String) {
@@ -358,13 +384,13 @@ impl Driver {
         self.record(&record);
     }
 
-    /// Saves the record and shows it; a record that cannot be saved is logged.
-    fn record(&self, record: &Record) {
-        if let Err(e) = self.store.save(record) {
-            tracing::error!("{e:#}");
-        }
+    /// Saves the record and shows it; returns whether it is on disk (a
+    /// record that cannot be saved is logged, and nothing is deleted on its word).
+    fn record(&self, record: &Record) -> bool {
+        let saved = self.store.save(record).map_err(|e| tracing::error!("{e:#}")).is_ok();
         let mut board = self.board.lock().expect("board");
         board.jobs.entry(record.id.clone()).or_insert_with(|| JobView::new(record.clone())).record = record.clone();
+        saved
     }
 
     /// A finished job keeps only its record and C.
@@ -378,6 +404,8 @@ impl Driver {
     /// Refreshes the board (jobs, workers, throughput) and the page.
     fn publish(&mut self, master: &Master) {
         let now = Instant::now();
+        self.scheduler.forget_departed();
+        self.shell.forget_gone();
         let mut board = self.board.lock().expect("board");
         for (&id, active) in &mut self.active {
             let Some(view) = board.jobs.get_mut(&active.record.id) else { continue };

@@ -4,9 +4,6 @@ use std::fmt::Write;
 
 use super::board::Board;
 
-/// Upper bounds of the job-duration histogram's buckets, seconds.
-const DURATION_BUCKETS: [f64; 10] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 48.0 * 3600.0];
-
 pub fn render(board: &Board) -> String {
     let mut out = String::new();
     let c = &board.counters;
@@ -39,12 +36,12 @@ pub fn render(board: &Board) -> String {
     family("colonnade_jobs", "gauge", "Jobs known to this master, by state.", &samples);
     family("colonnade_verify_seconds_total", "counter", "Time spent precomputing verification.", &[("", c.verify_seconds)]);
     let _ = writeln!(out, "# HELP colonnade_job_duration_seconds Jobs from submission to C stored.\n# TYPE colonnade_job_duration_seconds histogram");
-    for bound in DURATION_BUCKETS {
-        let count = c.durations.iter().filter(|&&d| d <= bound).count();
+    let d = &c.durations;
+    for (bound, count) in d.bounds.iter().zip(&d.counts) {
         let _ = writeln!(out, "colonnade_job_duration_seconds_bucket{{le=\"{bound}\"}} {count}");
     }
-    let _ = writeln!(out, "colonnade_job_duration_seconds_bucket{{le=\"+Inf\"}} {}", c.durations.len());
-    let _ = writeln!(out, "colonnade_job_duration_seconds_sum {}", c.durations.iter().sum::<f64>());
-    let _ = writeln!(out, "colonnade_job_duration_seconds_count {}", c.durations.len());
+    let _ = writeln!(out, "colonnade_job_duration_seconds_bucket{{le=\"+Inf\"}} {}", d.count);
+    let _ = writeln!(out, "colonnade_job_duration_seconds_sum {}", d.sum);
+    let _ = writeln!(out, "colonnade_job_duration_seconds_count {}", d.count);
     out
 }

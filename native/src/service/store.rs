@@ -81,10 +81,11 @@ impl Store {
         Ok(Self { root })
     }
 
-    /// A new job's folder, empty.
-    pub fn create(&self, id: &str) -> anyhow::Result<PathBuf> {
+    /// A new job's folder, empty, and durably listed (AlreadyExists if the id is taken).
+    pub fn create(&self, id: &str) -> std::io::Result<PathBuf> {
         let dir = self.folder(id);
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        fs::create_dir(&dir)?;
+        fs::File::open(&self.root)?.sync_all()?;
         Ok(dir)
     }
 
@@ -120,19 +121,29 @@ impl Store {
         write().with_context(|| format!("cannot record job {} in {}", record.id, dir.display()))
     }
 
-    /// Every job recorded, oldest first. A folder without a readable record
-    /// (a submission cut short) is removed.
+    /// Every job recorded, oldest first. A folder with no record at all (a
+    /// submission cut short) is removed; one whose record cannot be read is
+    /// left alone, with a warning: it may hold someone's C.
     pub fn load_all(&self) -> anyhow::Result<Vec<Record>> {
         let mut records = Vec::new();
         for entry in fs::read_dir(&self.root).with_context(|| format!("cannot list {}", self.root.display()))? {
             let dir = entry?.path();
-            let record = fs::read(dir.join("job.json")).ok().and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok());
-            match record {
-                Some(r) if dir.file_name().is_some_and(|n| *n == *r.id) => records.push(r),
-                _ => {
+            let bytes = match fs::read(dir.join("job.json")) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     tracing::warn!("removing {}: an unfinished submission", dir.display());
                     let _ = fs::remove_dir_all(&dir);
+                    continue;
                 }
+                Err(e) => {
+                    tracing::warn!("skipping {}: cannot read its record: {e}", dir.display());
+                    continue;
+                }
+            };
+            match serde_json::from_slice::<Record>(&bytes) {
+                Ok(r) if dir.file_name().is_some_and(|n| *n == *r.id) => records.push(r),
+                Ok(r) => tracing::warn!("skipping {}: its record is job {}'s", dir.display(), r.id),
+                Err(e) => tracing::warn!("skipping {}: its record is damaged: {e}", dir.display()),
             }
         }
         records.sort_by(|x, y| x.submitted.total_cmp(&y.submitted).then_with(|| x.id.cmp(&y.id)));
@@ -189,12 +200,16 @@ mod tests {
     }
 
     #[test]
-    fn a_record_for_another_folder_is_not_trusted() {
+    fn a_record_for_another_folder_or_a_damaged_one_is_not_trusted_nor_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.create("real").unwrap();
         store.save(&record("real", 1.0)).unwrap();
         fs::rename(store.folder("real"), store.folder("moved")).unwrap();
+        store.create("torn").unwrap();
+        fs::write(store.folder("torn").join("job.json"), b"{\"id\": \"torn\", \"sta").unwrap();
         assert!(store.load_all().unwrap().is_empty());
+        assert!(store.folder("moved").exists() && store.folder("torn").exists(), "kept for a person to look at");
+        assert_eq!(store.create("torn").unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
     }
 }
