@@ -501,12 +501,20 @@ impl Job {
 
     /// When this job next needs a call: a lease deadline, or (if `someone_idle`)
     /// the moment a straggler's tile may be copied.
-    pub(crate) fn next_wake(&self, someone_idle: bool) -> Option<Duration> {
+    /// When the job next needs a look: a lease's deadline, or (if a worker is
+    /// idle) when a straggler's tile may be copied, unless that moment came by
+    /// `acted`, when it was looked at already (else a copy no idle worker may
+    /// take would wake the master again and again at once).
+    pub(crate) fn next_wake(&self, someone_idle: bool, acted: Duration) -> Option<Duration> {
         if self.result.is_some() {
             return None;
         }
         let expiry = self.deadlines.first().map(|&(at, _)| at);
-        let straggler = someone_idle.then(|| self.straggler_threshold()).flatten().and_then(|t| self.oldest_single().map(|l| l.issued + t));
+        let straggler = someone_idle
+            .then(|| self.straggler_threshold())
+            .flatten()
+            .and_then(|t| self.oldest_single().map(|l| l.issued + t))
+            .filter(|&at| at > acted);
         expiry.into_iter().chain(straggler).min()
     }
 

@@ -186,12 +186,14 @@ pub struct Scheduler {
     outputs: VecDeque<Output>,
     /// Shares of the pool, for jobs given more than one ([`Self::set_weight`]).
     weights: BTreeMap<JobId, u32>,
+    /// When the last timeout was handled: what was due by then has been looked at.
+    last_timeout: Duration,
 }
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Self {
         let pool = Pool::new(config.access.clone(), config.heartbeat, config.max_slots, config.max_strikes);
-        Self { config, pool, jobs: BTreeMap::new(), next_lease: 1, last_join: Duration::ZERO, outputs: VecDeque::new(), weights: BTreeMap::new() }
+        Self { config, pool, jobs: BTreeMap::new(), next_lease: 1, last_join: Duration::ZERO, outputs: VecDeque::new(), weights: BTreeMap::new(), last_timeout: Duration::ZERO }
     }
 
     /// The chunk size jobs should be built with.
@@ -497,6 +499,7 @@ impl Scheduler {
     /// Time has reached `now`: send heartbeats, close silent workers, expire
     /// overdue leases and give stragglers' tiles to idle workers.
     fn on_timeout(&mut self, now: Duration) {
+        self.last_timeout = now;
         let (beats, silent) = self.pool.due(now, self.typical_task_time());
         for worker in beats {
             self.send(worker, Frame::new(Message::Heartbeat));
@@ -531,7 +534,7 @@ impl Scheduler {
 
     fn next_wake(&self) -> Option<Duration> {
         let idle = self.pool.someone_has_room();
-        let jobs = self.running().filter_map(|(_, j)| j.next_wake(idle));
+        let jobs = self.running().filter_map(|(_, j)| j.next_wake(idle, self.last_timeout));
         let planning = self.planning_due().filter(|_| self.jobs.values().any(|e| matches!(e, Entry::Unplanned(_))));
         jobs.chain(self.pool.next_wake()).chain(planning).min()
     }

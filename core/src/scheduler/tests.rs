@@ -736,3 +736,23 @@ fn running_jobs_share_the_pool_by_weight() {
     assert_eq!((out(JOB), out(JOB + 1)), (1, 3), "four one-task workers, weights 1 and 3");
     assert_eq!(sim.sched.workers_on(JOB) + sim.sched.workers_on(JOB + 1), 4);
 }
+
+#[test]
+fn a_straggler_no_idle_worker_may_copy_does_not_wake_the_master_again_at_once() {
+    let mut sim = Sim::new(4, 4, 2, 1, quick_config());
+    let fast = sim.join(1);
+    // It proves itself on one tile, then sits on the other (beating, never answering).
+    sim.deliver_to_worker(fast, usize::MAX);
+    sim.compute(fast);
+    sim.deliver_to_master(fast, usize::MAX);
+    sim.deliver_to_worker(fast, usize::MAX);
+    // A newcomer, idle: it may not take copies before it has a verified result.
+    let _new = sim.join(1);
+    for _ in 0..200 {
+        sim.advance(ms(50));
+        sim.deliver_to_master(fast, usize::MAX);
+        sim.deliver_to_worker(fast, usize::MAX);
+        assert!(sim.wake.is_none_or(|t| t > sim.now), "woken for {:?} at {:?}: a busy loop", sim.wake, sim.now);
+    }
+    assert!(!sim.is_complete());
+}

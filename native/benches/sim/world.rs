@@ -163,6 +163,15 @@ pub fn run(setup: &Setup) -> Outcome {
             break;
         }
         out.events += 1;
+        if out.events % 1_000_000 == 0 && std::env::var_os("SIM_TRACE").is_some() {
+            let done = sched.job(1).map_or(0, |j| j.tiles_done());
+            let what = match &happening {
+                Happening::Join(_) => "join", Happening::Leave(_) => "leave", Happening::ToWorker(..) => "to worker", Happening::ToMaster(..) => "to master",
+                Happening::Computed(..) => "computed", Happening::WorkerWake(_) => "worker wake", Happening::MasterWake => "master wake",
+                Happening::EgressDone(_) => "egress", Happening::IngressDone(_) => "ingress",
+            };
+            eprintln!("{now:.3} s: {} events, {done} tiles done, {} workers; now: {what}", out.events, workers.len());
+        }
         let now_d = Duration::from_nanos(at);
         let started = Instant::now();
         let mut touched_master = true;
