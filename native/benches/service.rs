@@ -122,8 +122,12 @@ fn two_at_once(dir: &Path, n: usize) -> Value {
     std::thread::sleep(Duration::from_millis(500)); // both workers in
     let inputs: Vec<(Dense, Dense)> = (0..2).map(|i| (Dense::random_ints(n, n, 40 + i), Dense::random_ints(n, n, 50 + i))).collect();
     let bodies: Vec<(Vec<u8>, Vec<u8>)> = inputs.iter().enumerate().map(|(i, (a, b))| (npy_bytes(dir, &format!("pa{i}.npy"), a), npy_bytes(dir, &format!("pb{i}.npy"), b))).collect();
+    // Submitted at the same moment, from two clients.
     let start = Instant::now();
-    let ids: Vec<String> = bodies.iter().map(|(a, b)| post_job(&addr, a, b, None).1["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = std::thread::scope(|scope| {
+        let posts: Vec<_> = bodies.iter().map(|(a, b)| scope.spawn(|| post_job(&addr, a, b, None).1["id"].as_str().unwrap().to_owned())).collect();
+        posts.into_iter().map(|p| p.join().unwrap()).collect()
+    });
     let mut finished = [None; 2];
     while finished.iter().any(Option::is_none) {
         for (i, id) in ids.iter().enumerate() {

@@ -268,7 +268,7 @@ async fn receive(api: &Api, dir: &Path, form: &mut Multipart) -> Result<Upload, 
             }
             out.write_all(&chunk).await.map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("storing {given}: {e}")))?;
         }
-        out.sync_all().await.map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("storing {given}: {e}")))?;
+        out.flush().await.map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("storing {given}: {e}")))?;
         files[slot] = Some((given, stored));
     }
     let [Some(a), Some(b)] = files else {
@@ -285,11 +285,21 @@ async fn finish(api: Api, key: String, dir: PathBuf, upload: Upload, mut folder:
     let c = dir.join("c.npy");
     let max_memory = api.max_memory;
     let (a_path, b_path) = (a.clone(), b.clone());
+    // The files reach the disk while they are read; the record, saved after both, is the commit.
+    let (a_sync, b_sync) = (a.clone(), b.clone());
+    let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        std::fs::File::open(&a_sync)?.sync_all()?;
+        std::fs::File::open(&b_sync)?.sync_all()
+    });
     let reading = READING.acquire().await.map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let read = tokio::task::spawn_blocking(move || read_inputs(&a_path, &b_path, &c, max_memory))
         .await
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     drop(reading);
+    synced
+        .await
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("storing the inputs: {e}")))?;
     // Errors name the files as the user sent them, not where they are stored.
     let (a_m, b_m, integer) = read.map_err(|e| {
         let line = format!("{e:#}").replace(&*a.to_string_lossy(), &a_name).replace(&*b.to_string_lossy(), &b_name).replace(&*dir.join("c.npy").to_string_lossy(), "C");
