@@ -18,6 +18,11 @@ impl Rate {
         if self.samples.back().is_some_and(|&(t, _)| now.duration_since(t) < Duration::from_millis(100)) {
             return;
         }
+        // Before any progress only the latest sample counts: the wait for the
+        // first panels says nothing of the speed to come.
+        if done == 0.0 {
+            self.samples.clear();
+        }
         self.samples.push_back((now, done));
         while self.samples.len() > 2 && now.duration_since(self.samples[0].0) > Self::WINDOW {
             self.samples.pop_front();
