@@ -97,10 +97,11 @@ fn cancelling_withdraws_the_jobs_tasks_and_the_pool_goes_on() {
     let (_, answer) = post_job(&addr, &big, &big, None);
     let id = answer["id"].as_str().unwrap().to_owned();
     wait_state(&addr, &id, "running", Duration::from_secs(30));
-    worker.wait_for("a task", Duration::from_secs(60), |l| l.contains("task"));
+    pause_mid_task(&worker);
     let response = agent().delete(format!("http://{addr}/api/jobs/{id}")).call().unwrap();
     assert_eq!(response.status().as_u16(), 200);
     wait_state(&addr, &id, "cancelled", Duration::from_secs(10));
+    worker.signal("CONT");
     worker.wait_for("its tasks withdrawn", Duration::from_secs(30), |l| l.contains("task cancelled"));
     assert_eq!(get(&addr, &format!("/api/jobs/{id}/result")).0, 409);
     let (a, b) = (Dense::random_ints(40, 20, 6), Dense::random_ints(20, 30, 7));
@@ -108,6 +109,23 @@ fn cancelling_withdraws_the_jobs_tasks_and_the_pool_goes_on() {
     let next = answer["id"].as_str().unwrap().to_owned();
     wait_state(&addr, &next, "done", Duration::from_secs(60));
     assert_eq!(result(&addr, &next, dir.path()), common::naive(&a, &b));
+}
+
+/// Stops the worker while it computes a task, so that it surely holds a lease
+/// when the job is cancelled; tries the next task if the stop came too late.
+fn pause_mid_task(worker: &Proc) {
+    let mut tried = Vec::new();
+    loop {
+        let line = worker.wait_for("a task", Duration::from_secs(60), |l| l.contains("computing task") && !tried.contains(&l.to_owned()));
+        worker.signal("STOP");
+        std::thread::sleep(Duration::from_millis(100)); // the lines written before the stop reach the log
+        let lease = line.split("lease=").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("a lease in the line").to_owned();
+        if !worker.output().lines().any(|l| l.ends_with(&format!("task done lease={lease}"))) {
+            return;
+        }
+        worker.signal("CONT");
+        tried.push(line);
+    }
 }
 
 /// Blocks of C saved in a job's checkpoint.
