@@ -136,7 +136,9 @@ impl Client {
                 bar.finish_and_clear();
                 return Ok(view);
             }
-            std::thread::sleep(Duration::from_millis(250));
+            // Often near the end, where each poll's delay adds to the job's; rarely on a long job.
+            let next = view.eta_s.map_or(0.1, |eta| (eta / 20.0).clamp(0.02, 1.0));
+            std::thread::sleep(Duration::from_secs_f64(next));
         }
     }
 
