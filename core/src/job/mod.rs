@@ -595,6 +595,11 @@ impl Job {
         self.queue.pending()
     }
 
+    /// Tiles set aside for workers now ([`Self::reserve`]).
+    pub(crate) fn set_aside(&self) -> usize {
+        self.reserved
+    }
+
     /// Sets `tile` aside for a worker: out of the queue, not yet leased.
     pub(crate) fn reserve(&mut self, tile: usize) {
         self.queue.remove(tile);

@@ -692,7 +692,8 @@ impl Scheduler {
     /// than idle while they wait their turn.
     fn steal_ahead(&mut self, thief: WorkerId, id: JobId) {
         let Some(Entry::Running(job)) = self.jobs.get_mut(&id) else { return };
-        if job.pending() > 0 || self.pool.workers.get(&thief).is_none_or(|w| w.ahead.iter().any(|&(j, ..)| j == id)) {
+        // Nothing set aside anywhere: no need to look through every worker.
+        if job.pending() > 0 || job.set_aside() == 0 || self.pool.workers.get(&thief).is_none_or(|w| w.ahead.iter().any(|&(j, ..)| j == id)) {
             return;
         }
         let victim = self.pool.workers.iter_mut().filter(|(&v, _)| v != thief).find_map(|(_, w)| {
@@ -701,28 +702,30 @@ impl Scheduler {
         });
         if let Some((w, at)) = victim {
             let (_, tile, panels) = w.ahead.remove(at).expect("found");
-            for p in panels {
-                w.cache.unpin(id, p);
-            }
-            job.unreserve(tile, true);
+            give_back(&mut w.cache, job, id, tile, panels);
         }
     }
 }
 
-/// Gives back every tile of job `id` set aside for `w`: its panels unpinned
-/// (they stay cached), the tiles queued again.
+/// Gives back every tile of job `id` set aside for `w`.
 fn release_ahead(w: &mut crate::pool::Worker, job: &mut Job, id: JobId) {
     let crate::pool::Worker { ahead, cache, .. } = w;
     ahead.retain(|&(j, tile, panels)| {
         if j != id {
             return true;
         }
-        for p in panels {
-            cache.unpin(j, p);
-        }
-        job.unreserve(tile, true);
+        give_back(cache, job, id, tile, panels);
         false
     });
+}
+
+/// A tile set aside goes back in the queue; its panels are unpinned (they
+/// stay cached).
+fn give_back(cache: &mut crate::pool::Cache, job: &mut Job, id: JobId, tile: usize, panels: [PanelId; 2]) {
+    for p in panels {
+        cache.unpin(id, p);
+    }
+    job.unreserve(tile, true);
 }
 
 /// Makes room in `w`'s cache for `tile`'s panels and `product` more bytes,
