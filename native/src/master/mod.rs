@@ -244,9 +244,10 @@ impl Master {
             }
             if let Some(j) = scheduler.job(job) {
                 let elapsed = shell.first_task.map_or(Duration::ZERO, |t| t.elapsed());
-                rate.sample(Instant::now(), j.flops_done());
+                let now = Instant::now();
+                rate.sample(now, j.flops_done());
                 let total = flops(j.plan().m, j.plan().k, j.plan().n);
-                reporter.update(j.tiles_done(), scheduler.headcount(), j.flops_done(), elapsed, rate.eta(total - j.flops_done()));
+                reporter.update(j.tiles_done(), scheduler.headcount(), j.flops_done(), elapsed, rate.eta(now, total - j.flops_done()));
             }
             if complete {
                 break;

@@ -264,9 +264,13 @@ impl Driver {
                 if let Some(j) = self.scheduler.job(job) {
                     let t = j.plan().tile(tile);
                     board.counters.flops += flops(t.rows.len(), t.depth.len(), t.cols.len());
-                    if let (true, Some(Active { writer: Some(w), .. })) = (block_done, self.active.get(&job)) {
-                        if let Some(bytes) = j.block_bytes(block) {
-                            w.save(block, &bytes);
+                    if let Some(active) = self.active.get_mut(&job) {
+                        // The rate is measured at the steps themselves.
+                        active.rate.sample(Instant::now(), j.flops_done());
+                        if let (true, Some(w)) = (block_done, &active.writer) {
+                            if let Some(bytes) = j.block_bytes(block) {
+                                w.save(block, &bytes);
+                            }
                         }
                     }
                 }
@@ -415,8 +419,8 @@ impl Driver {
             view.tiles_done = job.tiles_done();
             view.tiles_total = job.plan().tiles();
             view.workers = self.scheduler.workers_on(id);
-            view.gflops = active.rate.speed().unwrap_or(0.0) / 1e9;
-            view.eta_s = active.rate.eta(total - job.flops_done());
+            view.gflops = active.rate.speed(now).unwrap_or(0.0) / 1e9;
+            view.eta_s = active.rate.eta(now, total - job.flops_done());
         }
         let headcount = self.scheduler.headcount();
         (board.native, board.browser) = (headcount.native, headcount.browser);
