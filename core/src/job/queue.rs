@@ -71,6 +71,9 @@ pub(crate) struct Queue {
     pending: usize,
     /// Pending tiles that use each panel.
     by_panel: Vec<BTreeSet<usize>>,
+    /// Each panel's operand and elements: looked up for every panel a worker
+    /// holds, on every offer, so not worked out again each time.
+    panel_sizes: Vec<(Operand, usize)>,
     owned: BTreeMap<WorkerId, usize>,
     /// Workers that have owned a region: when the plan does not spread, only
     /// they may steal (to shorten the tail).
@@ -111,6 +114,7 @@ impl Queue {
             home,
             pending: 0,
             by_panel: vec![BTreeSet::new(); plan.panels()],
+            panel_sizes: (0..plan.panels()).map(|p| plan.panel(p as PanelId)).map(|p| (p.operand, p.elements())).collect(),
             owned: BTreeMap::new(),
             veterans: BTreeSet::new(),
             fullest: BySize::new(),
@@ -213,8 +217,14 @@ impl Queue {
         // then its own region's, then (once its region is dry) anyone's. Among
         // those needing one, a panel of the operand it holds less of: so A's and
         // B's panels come in turns, and each byte unlocks the most tiles.
-        let bytes = |operand| held.iter().map(|&p| self.plan.panel(p)).filter(|p| p.operand == operand).map(|p| p.elements()).sum::<usize>();
-        let short = if bytes(Operand::A) <= bytes(Operand::B) { Operand::A } else { Operand::B };
+        let (mut a_bytes, mut b_bytes) = (0, 0);
+        for &p in held {
+            match self.panel_sizes[p as usize] {
+                (Operand::A, elements) => a_bytes += elements,
+                (Operand::B, elements) => b_bytes += elements,
+            }
+        }
+        let short = if a_bytes <= b_bytes { Operand::A } else { Operand::B };
         let mut best: Option<(usize, bool, bool, usize)> = None;
         for &panel in held {
             let Some(tiles) = self.by_panel.get(panel as usize) else { continue };
@@ -230,7 +240,7 @@ impl Queue {
                 if !needed.is_empty() && outside && !own_dry {
                     continue;
                 }
-                let long = needed.iter().any(|&p| self.plan.panel(p).operand != short);
+                let long = needed.iter().any(|&p| self.panel_sizes[p as usize].0 != short);
                 if best.is_none_or(|b| (needed.len(), outside, long, t) < b) {
                     best = Some((needed.len(), outside, long, t));
                 }
