@@ -341,7 +341,8 @@ fn the_eta_is_honest_over_the_second_half_of_a_steady_job() {
 }
 
 /// Runs a job of A and B; returns what the API said every 100 ms (time since
-/// submit, ETA, tiles done) and when every tile was done.
+/// submit, ETA, tiles done; the last one, with every tile done, has no ETA)
+/// and when every tile was done.
 fn eta_samples(addr: &str, a: &[u8], b: &[u8]) -> (Vec<(f64, Option<f64>, u64)>, f64) {
     let (status, answer) = post_job(addr, a, b, None);
     assert_eq!(status, 201, "{answer}");
@@ -353,10 +354,13 @@ fn eta_samples(addr: &str, a: &[u8], b: &[u8]) -> (Vec<(f64, Option<f64>, u64)>,
         let (_, view) = get(addr, &format!("/api/jobs/{id}"));
         let now = start.elapsed().as_secs_f64();
         let done = view["tiles_done"].as_u64().unwrap_or(0);
-        let all = view["tiles_total"].as_u64().is_some_and(|t| t > 0 && done == t);
-        match view["state"].as_str().unwrap() {
-            "done" => break now,
-            "running" if all => break now,
+        let total = view["tiles_total"].as_u64().unwrap_or(0);
+        let state = view["state"].as_str().unwrap();
+        if state == "done" || (state == "running" && total > 0 && done == total) {
+            samples.push((now, None, total));
+            break now;
+        }
+        match state {
             "running" => samples.push((now, view["eta_s"].as_f64(), done)),
             "queued" => {}
             other => panic!("the job ended {other}: {view}"),
