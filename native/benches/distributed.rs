@@ -117,6 +117,9 @@ fn bench_size(n: usize, dtype: Dtype, runs: usize) -> Value {
             "master_job_cpu_s": f("master_job_cpu_s"),
             "verification_prep_s": f("verify_prep_s"),
             "verification_share_of_job": f("verify_prep_s") / f("job_s"),
+            "verification_prep_cpu_s": f("verify_prep_cpu_s"),
+            "verification_cpu_share_of_job": f("verify_prep_cpu_s") / f("job_s"),
+            "results_held_for_verifier": mid["results_held_for_verifier"],
         },
         "egress_over_inputs": f("egress_over_inputs"),
         "wire_bytes": f("wire_sent_bytes") + f("wire_received_bytes"),
@@ -305,14 +308,14 @@ fn bench_scheduler(tasks: usize, workers: usize, runs: usize) -> Value {
 }
 
 fn print_table(sizes: &[Value], scheduler: &Value) {
-    println!("\n{:<10} {:>10} {:>9} {:>9} {:>7} {:>6} | {:>7} {:>9} {:>6} {:>7} | {:>6} {:>6} {:>6} {:>10}", "size", "grid", "limit 2T", "limit 1T", "GFLOP/s", "ratio", "job s", "compute/w", "sched", "verify", "egress", "wire", "master", "worker MiB");
+    println!("\n{:<10} {:>10} {:>9} {:>9} {:>7} {:>6} | {:>7} {:>9} {:>6} {:>7} {:>7} {:>4} | {:>6} {:>6} {:>6} {:>10}", "size", "grid", "limit 2T", "limit 1T", "GFLOP/s", "ratio", "job s", "compute/w", "sched", "verify", "cpu", "held", "egress", "wire", "master", "worker MiB");
     for s in sizes {
         let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
         let t = |k: &str| s["time"][k].as_f64().unwrap_or(f64::NAN);
         let grid = s["grid"].as_array().map_or("?".into(), |g| g.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("x"));
         let worker = s["worker_peak_rss_bytes"].as_array().map_or(f64::NAN, |w| w.iter().filter_map(Value::as_f64).fold(0.0, f64::max)) / (1u64 << 20) as f64;
         println!(
-            "{:<10} {:>10} {:>9.1} {:>9.1} {:>7.1} {:>6.2} | {:>7.3} {:>9.3} {:>6.3} {:>6.1}% | {:>6.2} {:>6.3} {:>6.2} {:>10.0}",
+            "{:<10} {:>10} {:>9.1} {:>9.1} {:>7.1} {:>6.2} | {:>7.3} {:>9.3} {:>6.3} {:>6.1}% {:>6.1}% {:>4} | {:>6.2} {:>6.3} {:>6.2} {:>10.0}",
             format!("{} {}", s["n"], s["dtype"].as_str().unwrap()),
             grid,
             f("limit_2_threads_gflops"),
@@ -323,13 +326,15 @@ fn print_table(sizes: &[Value], scheduler: &Value) {
             t("compute_per_worker_s"),
             t("master_scheduler_s"),
             100.0 * t("verification_share_of_job"),
+            100.0 * t("verification_cpu_share_of_job"),
+            s["time"]["results_held_for_verifier"],
             f("egress_over_inputs"),
             f("wire_ratio"),
             f("master_rss_ratio"),
             worker,
         );
     }
-    println!("(ratio: distributed over the 2-thread limit; sched: master time in the scheduler, result checks included; verify: precomputing the checks (on a thread of its own, while the first tiles travel) over the job time; egress: panel bytes sent over A+B; wire: bytes on the wire over the payload; master: peak RSS over A+B+C; worker: peak RSS)");
+    println!("(ratio: distributed over the 2-thread limit; sched: master time in the scheduler, result checks included; verify: precomputing the checks (on a thread of its own, while the first tiles travel) over the job time; cpu: that thread's CPU time over the job time; held: results that waited for it; egress: panel bytes sent over A+B; wire: bytes on the wire over the payload; master: peak RSS over A+B+C; worker: peak RSS)");
     println!(
         "scheduler: {} tiny tasks to {} workers: {:.0} tasks/s, {:.1} µs of master CPU per task",
         scheduler["tasks"], scheduler["workers"], scheduler["tasks_per_s"].as_f64().unwrap(), scheduler["master_cpu_us_per_task"].as_f64().unwrap()

@@ -150,7 +150,9 @@ fn stats_json(report: &JobReport, read: Duration, write: Duration, job_cpu: Opti
         "payload_bytes": report.stats.panel_bytes + report.stats.result_bytes,
         "leases_issued": report.stats.leases_issued,
         "encode_s": report.encode_time.as_secs_f64(), "scheduler_s": report.scheduler_time.as_secs_f64(),
-        "verify_prep_s": report.verify_prep.as_secs_f64(),
+        "verify_prep_s": report.verify_prep.wall.as_secs_f64(),
+        "verify_prep_cpu_s": report.verify_prep.cpu.map(|d| d.as_secs_f64()),
+        "results_held_for_verifier": report.held_for_verifier,
         "rejected": report.workers.iter().map(|(_, w)| w.strikes).sum::<u32>(),
         "master_job_cpu_s": job_cpu.map(|d| d.as_secs_f64()),
         "master_peak_rss_bytes": procstats::peak_rss_bytes(None),
@@ -311,7 +313,7 @@ pub(crate) fn prepare(spec: JobSpec, scheduler: &mut Scheduler, now: Duration) -
     let (dir, cp) = checkpoint.expect("resuming");
     // Resuming: blocks read back get the same verification as a worker's result.
     let VerifierRecipe { a, b, weights, integer } = recipe;
-    let mut job = job.with_verifier(Verifier::new(a, Arc::clone(&b), &Job::verified_tiles(&plan), weights, integer));
+    let mut job = job.with_verifier(Verifier::new(a, Arc::clone(&b), &Job::restorable_tiles(&plan), weights, integer));
     let block_len = |i: usize| (i < plan.blocks()).then(|| plan.block(i)).map(|(r, c)| r.len() * c.len() * b.dtype().size());
     let (mut restored, mut restored_flops) = (0, 0.0);
     for saved in cp.saved_blocks(block_len) {

@@ -32,6 +32,13 @@ pub fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// CPU time of the calling thread so far, to the nanosecond (the scheduler's
+/// own account, /proc/thread-self/schedstat).
+pub fn thread_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(Duration::from_nanos(stat.split_whitespace().next()?.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,5 +53,20 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(cpu_time().unwrap() >= before);
+    }
+
+    #[test]
+    fn counts_this_threads_work_and_not_its_sleep() {
+        let before = thread_cpu_time().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let slept = thread_cpu_time().unwrap() - before;
+        let mut x = 0u64;
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let worked = thread_cpu_time().unwrap() - before - slept;
+        assert!(slept < Duration::from_millis(50), "{slept:?} of CPU while asleep");
+        assert!(worked > Duration::from_millis(50), "{worked:?} of CPU in 200 ms of spinning");
     }
 }

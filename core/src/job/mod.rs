@@ -233,6 +233,8 @@ pub struct Job {
     /// Flops of the tiles in C (restored blocks included).
     flops_done: f64,
     checks: Checks,
+    /// Results that arrived before the verifier was ready, and waited for it.
+    held_for_verifier: u64,
     /// Workers whose result for a tile was wrong: they do not get it again.
     rejected_by: Vec<Vec<WorkerId>>,
     /// Tiles set aside for workers, their panels sent ahead.
@@ -282,14 +284,15 @@ impl Job {
             stats: PayloadStats::default(),
             flops_done: 0.0,
             checks: Checks::Off,
+            held_for_verifier: 0,
             rejected_by: vec![Vec::new(); tiles],
             reserved: 0,
         })
     }
 
     /// Checks every result with `verifier` before assembling it. Its tiles are
-    /// the plan's tiles, then (when k is split) the plan's whole blocks, which
-    /// checkpointed blocks are checked as.
+    /// [`Self::verified_tiles`], or [`Self::restorable_tiles`] for a job that
+    /// restores checkpointed blocks.
     pub fn with_verifier(mut self, verifier: Verifier) -> Self {
         self.checks = Checks::Ready(Box::new(verifier));
         self
@@ -318,7 +321,15 @@ impl Job {
 
     /// The tiles a verifier for this plan checks, in the order [`Self::with_verifier`] expects.
     pub fn verified_tiles(plan: &Plan) -> Vec<crate::plan::Tile> {
-        let mut tiles: Vec<_> = (0..plan.tiles()).map(|t| plan.tile(t)).collect();
+        (0..plan.tiles()).map(|t| plan.tile(t)).collect()
+    }
+
+    /// As [`Self::verified_tiles`], and then, where tiles are partial sums
+    /// over depth slices, each whole block of C: what [`Self::restore`] checks.
+    /// Only a job resumed from a checkpoint needs them, and they cost the
+    /// verifier's precompute a second pass over A.
+    pub fn restorable_tiles(plan: &Plan) -> Vec<crate::plan::Tile> {
+        let mut tiles = Self::verified_tiles(plan);
         if plan.depth.parts > 1 {
             tiles.extend((0..plan.blocks()).map(|b| {
                 let (rows, cols) = plan.block(b);
@@ -348,6 +359,9 @@ impl Job {
         let checked = if self.plan.depth.parts > 1 { self.plan.tiles() + block } else { block };
         if matches!(self.checks, Checks::Pending(_)) {
             return Err(RestoreError::Mismatch { block, reason: "the verifier is not ready yet".into() });
+        }
+        if self.verifier().is_some_and(|v| v.tiles() <= checked) {
+            return Err(RestoreError::Mismatch { block, reason: "the verifier was not built to check whole blocks".into() });
         }
         if let Some(Err(mismatch)) = self.verifier().map(|v| v.check(checked, &c)) {
             return Err(RestoreError::Mismatch { block, reason: mismatch.to_string() });
@@ -394,6 +408,7 @@ impl Job {
         let result = Unverified { tile: l.tile, worker, lease, issued: l.issued, compute, c };
         if let Checks::Pending(held) = &mut self.checks {
             held.push(result);
+            self.held_for_verifier += 1;
             return Ok(Some(Finished::Held));
         }
         Ok(Some(self.judge(result, now)))
@@ -706,6 +721,12 @@ impl Job {
 
     pub fn stats(&self) -> PayloadStats {
         self.stats
+    }
+
+    /// How many results waited for the verifier: none, when its precompute
+    /// kept ahead of the workers.
+    pub fn held_for_verifier(&self) -> u64 {
+        self.held_for_verifier
     }
 
     pub fn plan(&self) -> &Plan {

@@ -2,6 +2,7 @@
 //! real worker session and kernel, with no sockets.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -391,7 +392,7 @@ fn wrong_results_are_caught_reissued_elsewhere_and_their_sender_is_cut_off() {
     let (a, b) = operands(m, k, n);
     let weights = (0..n).map(|j| [3.0, -1.0, 2.0, -5.0][j % 4]).collect();
     let plan = Plan::columns(m, k, n, width);
-    let verifier = Verifier::new(DenseMatrix::from(a), DenseMatrix::from(b), &Job::verified_tiles(&plan), weights, true);
+    let verifier = Verifier::new(DenseMatrix::from(a), DenseMatrix::from(b), &Job::restorable_tiles(&plan), weights, true);
     let mut sim = Sim::with_job(plan, quick_config(), |job| job.with_verifier(verifier));
     let liar = sim.join(2);
     sim.workers.get_mut(&liar).unwrap().liar = true;
@@ -466,7 +467,7 @@ fn restored_blocks_are_verified_and_never_recomputed() {
     let c = DenseMatrix::from(naive(&a, &b));
     let weights = (0..n).map(|j| [2.0, -3.0][j % 2]).collect();
     let plan = Plan::columns(m, k, n, width);
-    let verifier = Verifier::new(DenseMatrix::from(a), DenseMatrix::from(b), &Job::verified_tiles(&plan), weights, true);
+    let verifier = Verifier::new(DenseMatrix::from(a), DenseMatrix::from(b), &Job::restorable_tiles(&plan), weights, true);
     let block = |j: usize| c.as_bytes()[j * 2 * m * 8..(j + 1) * 2 * m * 8].to_vec();
     let (good, mut bad) = (block(1), block(4));
     bad[3] ^= 0x40;
@@ -482,6 +483,34 @@ fn restored_blocks_are_verified_and_never_recomputed() {
     let w = sim.join(2);
     assert_eq!(sim.run_to_completion(), sim.expected);
     assert_eq!(sim.count(w, |msg| matches!(msg, Message::Task { .. })), 5, "every block but the restored one");
+}
+
+#[test]
+fn whole_blocks_of_a_depth_split_plan_are_restored_only_by_a_verifier_built_for_it() {
+    let (m, k, n) = (6, 8, 4);
+    let (a, b) = operands(m, k, n);
+    let c = DenseMatrix::from(naive(&a, &b));
+    let weights: Vec<f64> = (0..n).map(|j| [2.0, -3.0][j % 2]).collect();
+    let plan = Plan::grid(m, k, n, 1, 2, 2);
+    let block = c.as_bytes()[2 * m * 8..4 * m * 8].to_vec();
+    let (a, b) = (Arc::new(DenseMatrix::from(a)), Arc::new(DenseMatrix::from(b)));
+    let job = |tiles: Vec<crate::plan::Tile>| {
+        let verifier = Verifier::new(Arc::clone(&a), Arc::clone(&b), &tiles, weights.clone(), true);
+        Job::new(1, Arc::clone(&a), Arc::clone(&b), plan.clone(), LeaseConfig::default(), usize::MAX).unwrap().with_verifier(verifier)
+    };
+    assert_eq!(Job::restorable_tiles(&plan).len(), plan.tiles() + plan.blocks());
+    let mut restorable = job(Job::restorable_tiles(&plan));
+    restorable.restore(1, &block).unwrap();
+    assert_eq!(restorable.block_bytes(1).as_deref(), Some(&block[..]));
+    let mut wrong = block.clone();
+    wrong[3] ^= 0x40;
+    assert!(matches!(restorable.restore(0, &wrong), Err(RestoreError::Mismatch { block: 0, .. })));
+    // One built for the workers' tiles alone says so instead of checking the wrong thing.
+    let mut workers_only = job(Job::verified_tiles(&plan));
+    let Err(RestoreError::Mismatch { reason, .. }) = workers_only.restore(1, &block) else {
+        panic!("restored without a check")
+    };
+    assert!(reason.contains("whole blocks"), "{reason}");
 }
 
 fn hello(kind: WorkerKind, token: &str) -> Vec<u8> {
@@ -650,6 +679,7 @@ fn results_wait_for_a_verifier_that_comes_late() {
         sim.deliver_to_master(liar, usize::MAX);
     }
     assert_eq!(sim.job().tiles_done(), 0, "nothing is assembled unverified");
+    assert_eq!(sim.job().held_for_verifier(), 4, "each result held, and counted");
     assert_eq!(sim.count(liar, |m| matches!(m, Message::Task { .. })), 4, "its slot is free again each time");
     sim.sched.set_verifier(JOB, verifier, sim.now);
     sim.pump();

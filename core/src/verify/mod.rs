@@ -19,14 +19,14 @@
 //! columns are cut into groups of at most G = max(k/16, 16) columns, each
 //! group its own check. Once per job, for every distinct (depth range,
 //! group), the master computes x = B[K, g]·r and t = |B[K, g]|·|r| in one
-//! pass over B, then y = A[:, K]·x and Ŝ = |A[:, K]|·t for all rows at once
-//! with the kernel, a panel of A's columns at a time: one pass over A per
-//! distinct depth range, 2 MiB of panels. y is in the job's dtype; Ŝ, which
-//! only scales error bounds, is in f32 wherever the magnitudes allow. Skinny
-//! products like these cost mostly the kernel's packing of A, so more groups
-//! cost little until they are many: at n = 4096 the tiles (256 wide) are
-//! single groups, and the precompute is two such products where it used to
-//! be one.
+//! pass over B, then y = A[:, K]·x and Ŝ = |A[:, K]|·t for all rows at once,
+//! in the job's dtype, in one pass over A per distinct depth range (see
+//! `skinny`: each element of A is read once for both products). At
+//! n = 4096 the tiles (256 wide) are single groups: the precompute is two
+//! products of A by 16 columns. A plan that splits k checks each slice's
+//! partial sums; the whole blocks those add up to are checked too only when
+//! a checkpoint is restored (`Job::restorable_tiles`), which costs a second
+//! pass over A.
 //!
 //! A claimed tile costs one pass over itself: for each group and row,
 //! z_i = Σ_j c_ij·r_j in f64, and d_i = z_i − y_i, where S_i = Σ_j |r_j|·s_ij is
@@ -96,6 +96,7 @@
 
 mod bound;
 mod exact;
+mod skinny;
 #[cfg(test)]
 mod tests;
 
@@ -109,12 +110,6 @@ use crate::matrix::{DenseMatrix, Element, Matrix};
 use crate::plan::Tile;
 
 use bound::{within, Precision, F64, LAMBDA, SLACK};
-
-/// A panel of A's columns holds about this many elements (2 MiB of f64), so
-/// that |A_panel| and the kernel's packing of both work from cache: A is read
-/// from memory once.
-const PANEL_ELEMENTS: usize = 1 << 18;
-const MAX_PANEL: usize = 256;
 
 /// Flagged rows recomputed per kernel call in stage 2.
 const ROW_BATCH: usize = 256;
@@ -213,8 +208,6 @@ pub struct Verifier {
     /// Ŝ = |A[:, K]|·(|B[K, g]|·|r_g|). m × groups, column-major.
     y: Vec<f64>,
     scale: Vec<f64>,
-    /// Per depth range, the arithmetic Ŝ and ‖·‖₁ were computed in.
-    scale_precision: Vec<Precision>,
 }
 
 impl fmt::Debug for Verifier {
@@ -310,7 +303,6 @@ impl Verifier {
             tile_groups,
             y: vec![0.0; m * groups.len()],
             scale: vec![0.0; m * groups.len()],
-            scale_precision: vec![F64; depths.len()],
             groups,
             depths,
         };
@@ -349,13 +341,17 @@ impl Verifier {
                 *tp += raise;
             }
         }
-        let (y, scale, precision) = match &*self.a {
-            DenseMatrix::F64(a) => products_f64(a, depth, &x, &t),
-            DenseMatrix::F32(a) => products_f32(a, depth, &x, &t),
+        let (y, scale) = match &*self.a {
+            DenseMatrix::F64(a) => products(a, depth, &x, &t),
+            DenseMatrix::F32(a) => products(a, depth, &x, &t),
         };
-        self.scale_precision[d] = precision;
         self.y[first * m..(first + count) * m].copy_from_slice(&y);
         self.scale[first * m..(first + count) * m].copy_from_slice(&scale);
+    }
+
+    /// How many tiles it checks.
+    pub fn tiles(&self) -> usize {
+        self.tiles.len()
     }
 
     /// Checks a claimed tile `c` (|rows| × |cols|, column-major) of tile `tile`.
@@ -437,7 +433,7 @@ impl Verifier {
         // Our underflow: products in y, Ŝ and z (x's is inside Ŝ, see `precompute`).
         let underflow = p.underflow(4.0 * (k + w + 1) as f64);
         // S_i ≥ Σ_j |r_j|·s_ij, the row's scale.
-        let s_up = s_hat * (1.0 + self.scale_precision[group.depth].gamma(k + w + 4)) + underflow;
+        let s_up = s_hat * (1.0 + p.gamma(k + w + 4)) + underflow;
         if !within(s_up, p.max / 4.0) {
             return RowVerdict::Flag; // an honest result may overflow (or inputs are not finite): element by element
         }
@@ -644,101 +640,26 @@ fn dot_and_scale<T: Element>(a: &[f64], b: &[T]) -> (f64, f64) {
     (value, scale)
 }
 
-/// Nonzero magnitudes of |A| and t within which f32 products and their sums
-/// (for k < 2^27) neither underflow nor overflow.
-const F32_SAFE: Range<f64> = 8.881_784_197_001_252e-16..1_125_899_906_842_624.0; // 2^-50..2^50
-
-/// (A[:, K]·x, |A[:, K]|·t, the precision Ŝ was computed in) for kd-row
-/// matrices x and t, a panel of A's columns at a time, summed over panels in
-/// f64. y is in f64. Ŝ is in f32 where every nonzero entry of the panel and of
-/// t lies within [`F32_SAFE`] (half the bytes through the kernel; Ŝ only
-/// bounds rounding errors, so f32's relative error, with the two conversions
-/// counted as two more roundings, is plenty).
-fn products_f64(a: &Matrix<f64>, depth: Range<usize>, x: &[f64], t: &[f64]) -> (Vec<f64>, Vec<f64>, Precision) {
+/// (A[:, K]·x, |A[:, K]|·t) for kd-row matrices x and t (column-major, in
+/// f64), computed in the job's dtype in one pass over A (see [`skinny`]).
+fn products<T: Element + skinny::Lane>(a: &Matrix<T>, depth: Range<usize>, x: &[f64], t: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let (m, kd) = (a.rows(), depth.len());
-    let (x_cols, t_cols) = (x.len() / kd, t.len() / kd);
-    let (mut y, mut scale) = (vec![0.0; m * x_cols], vec![0.0; m * t_cols]);
-    let mut product = vec![0.0; m * x_cols.max(t_cols)];
-    let mut precision = F64;
-    let t_f32: Option<Vec<f32>> = t.iter().all(|&v| v == 0.0 || F32_SAFE.contains(&v)).then(|| t.iter().map(|&v| v as f32).collect());
-    let mut product_f32 = vec![0.0f32; if t_f32.is_some() { m * t_cols } else { 0 }];
-    let (mut absolute, mut absolute_f32) = (Vec::new(), Vec::new());
-    let panel = (PANEL_ELEMENTS / m).clamp(1, MAX_PANEL);
-    for start in depth.clone().step_by(panel) {
-        let end = (start + panel).min(depth.end);
-        let (offset, kp) = (start - depth.start, end - start);
-        let values = a.columns(start..end);
-        kernel::gemm_into(m, values, &rows_of(x, kd, offset, kp), &mut product[..m * x_cols]);
-        accumulate(&mut y, &product[..m * x_cols]);
-        match &t_f32 {
-            Some(t_f32) if magnitudes_f32(values, &mut absolute_f32) => {
-                let panel = Matrix::from_col_major(m, kp, std::mem::take(&mut absolute_f32)).expect("m × kp elements");
-                kernel::multiply_into(&panel, &rows_of(t_f32, kd, offset, kp), &mut product_f32);
-                accumulate(&mut scale, &product_f32);
-                absolute_f32 = panel.into_vec();
-                precision = bound::F32;
-            }
-            _ => {
-                absolute.clear();
-                absolute.extend(values.iter().map(|v| v.abs()));
-                kernel::gemm_into(m, &absolute, &rows_of(t, kd, offset, kp), &mut product[..m * t_cols]);
-                accumulate(&mut scale, &product[..m * t_cols]);
-            }
+    let count = x.len() / kd;
+    let width = count.next_multiple_of(skinny::COLUMN_BLOCK);
+    let (xt, tt) = (by_row::<T>(x, kd, width), by_row::<T>(t, kd, width));
+    let (y, scale) = skinny::products(&skinny::Operands { m, a: a.columns(depth), xt: &xt, tt: &tt, width });
+    let widen = |v: Vec<T>| v[..m * count].iter().map(|v| v.to_f64()).collect();
+    (widen(y), widen(scale))
+}
+
+/// A kd-row matrix (column-major, in f64) by row, `out[p * width + g]`, in T,
+/// with the columns beyond it zero.
+fn by_row<T: Element>(source: &[f64], kd: usize, width: usize) -> Vec<T> {
+    let mut out = vec![T::default(); kd * width];
+    for (g, column) in source.chunks_exact(kd).enumerate() {
+        for (p, &v) in column.iter().enumerate() {
+            out[p * width + g] = T::from_f64(v);
         }
     }
-    (y, scale, precision)
-}
-
-/// As [`products_f64`], all in f32 (the job's precision).
-fn products_f32(a: &Matrix<f32>, depth: Range<usize>, x: &[f64], t: &[f64]) -> (Vec<f64>, Vec<f64>, Precision) {
-    let (m, kd) = (a.rows(), depth.len());
-    let (x_cols, t_cols) = (x.len() / kd, t.len() / kd);
-    let narrow = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
-    let (x, t) = (narrow(x), narrow(t));
-    let (mut y, mut scale) = (vec![0.0; m * x_cols], vec![0.0; m * t_cols]);
-    let mut product = vec![0.0f32; m * x_cols.max(t_cols)];
-    let panel = (PANEL_ELEMENTS / m).clamp(1, MAX_PANEL);
-    let mut buffer: Vec<f32> = Vec::with_capacity(m * panel.min(kd));
-    for start in depth.clone().step_by(panel) {
-        let end = (start + panel).min(depth.end);
-        let (offset, kp) = (start - depth.start, end - start);
-        let values = a.columns(start..end);
-        buffer.clear();
-        buffer.extend_from_slice(values);
-        let panel = Matrix::from_col_major(m, kp, buffer).expect("m × kp elements");
-        kernel::multiply_into(&panel, &rows_of(&x, kd, offset, kp), &mut product[..m * x_cols]);
-        accumulate(&mut y, &product[..m * x_cols]);
-        buffer = panel.into_vec();
-        buffer.iter_mut().for_each(|v| *v = v.abs());
-        let panel = Matrix::from_col_major(m, kp, buffer).expect("m × kp elements");
-        kernel::multiply_into(&panel, &rows_of(&t, kd, offset, kp), &mut product[..m * t_cols]);
-        accumulate(&mut scale, &product[..m * t_cols]);
-        buffer = panel.into_vec();
-    }
-    (y, scale, bound::F32)
-}
-
-/// Rows offset..offset + kp of each column of a kd-row matrix.
-fn rows_of<T: Copy>(source: &[T], kd: usize, offset: usize, kp: usize) -> Vec<T> {
-    source.chunks_exact(kd).flat_map(|column| column[offset..offset + kp].iter().copied()).collect()
-}
-
-/// |values| in f32 into `out`; whether every nonzero one lies within
-/// [`F32_SAFE`] (else `out` is not to be used).
-fn magnitudes_f32(values: &[f64], out: &mut Vec<f32>) -> bool {
-    out.clear();
-    out.resize(values.len(), 0.0);
-    let mut outside = 0u32;
-    for (o, &v) in out.iter_mut().zip(values) {
-        let v = v.abs();
-        outside |= u32::from(!(v == 0.0 || F32_SAFE.contains(&v)));
-        *o = v as f32;
-    }
-    outside == 0
-}
-
-fn accumulate<T: Element>(into: &mut [f64], product: &[T]) {
-    for (a, b) in into.iter_mut().zip(product) {
-        *a += b.to_f64();
-    }
+    out
 }

@@ -64,9 +64,11 @@ pub struct JobReport {
     /// copying results in, checking and assembling them).
     pub encode_time: Duration,
     pub scheduler_time: Duration,
-    /// Time to precompute the verification products (on a thread of its own,
-    /// while the first tiles travel).
-    pub verify_prep: Duration,
+    /// What the verifier's precompute took (on a thread of its own, while
+    /// the first tiles travel).
+    pub verify_prep: PrepCost,
+    /// Results that arrived before the verifier was ready and waited for it.
+    pub held_for_verifier: u64,
     /// Flops of the blocks taken from a checkpoint rather than computed.
     pub restored_flops: f64,
 }
@@ -182,9 +184,9 @@ impl Master {
         let mut reporter = Reporter::new(show_progress);
         let mut rate = Rate::default();
         let mut planned = false;
-        let mut verifier: Option<tokio::task::JoinHandle<(Verifier, Duration)>> = None;
+        let mut verifier: Option<tokio::task::JoinHandle<(Verifier, PrepCost)>> = None;
         let mut writer: Option<checkpoint::Writer> = None;
-        let mut verify_prep = Duration::ZERO;
+        let mut verify_prep = PrepCost::default();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         if let Some(p) = scheduler.problem(job) {
             self.status.send_modify(|s| {
@@ -296,6 +298,7 @@ impl Master {
             encode_time: Duration::from_nanos(self.traffic.encode_nanos.load(Ordering::Relaxed)),
             scheduler_time: shell.scheduler_time,
             verify_prep,
+            held_for_verifier: finished.held_for_verifier(),
             restored_flops: 0.0,
         })
     }
@@ -335,12 +338,21 @@ pub fn describe(plan: &Plan) -> String {
     format!("{} tiles ({pr} row bands x {pc} column bands x {pk} depth slices), laid out for {wr}x{wc}x{wk} workers", plan.tiles())
 }
 
-/// Builds the verifier for `plan`, and says how long it took.
-pub(crate) fn build_verifier(recipe: VerifierRecipe, plan: &Plan) -> (Verifier, Duration) {
-    let started = Instant::now();
+/// What building a verifier took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrepCost {
+    pub wall: Duration,
+    /// CPU time of the thread that built it (None without /proc).
+    pub cpu: Option<Duration>,
+}
+
+/// Builds the verifier for `plan`, and says what it took.
+pub(crate) fn build_verifier(recipe: VerifierRecipe, plan: &Plan) -> (Verifier, PrepCost) {
+    let (started, cpu) = (Instant::now(), crate::procstats::thread_cpu_time());
     let VerifierRecipe { a, b, weights, integer } = recipe;
     let verifier = Verifier::new(a, b, &Job::verified_tiles(plan), weights, integer);
-    (verifier, started.elapsed())
+    let cpu = cpu.zip(crate::procstats::thread_cpu_time()).map(|(before, after)| after.saturating_sub(before));
+    (verifier, PrepCost { wall: started.elapsed(), cpu })
 }
 
 /// The shell's side of the connections: where to send each worker's frames.

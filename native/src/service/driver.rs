@@ -23,7 +23,7 @@ use super::store::{now_secs, Record, State, Store};
 use crate::checkpoint;
 use crate::commands::{prepare, read_inputs, JobSpec};
 use crate::io::{self, Format};
-use crate::master::{build_verifier, describe, sleep_until, Master, Preparation, Rate, Reporter, Shell, Status};
+use crate::master::{build_verifier, describe, sleep_until, Master, PrepCost, Preparation, Rate, Reporter, Shell, Status};
 
 /// What the API asks of the driver.
 #[derive(Debug)]
@@ -77,7 +77,7 @@ pub struct Driver {
     storing: HashSet<JobId>,
     cancelled_while_loading: HashSet<JobId>,
     loads: JoinSet<(Record, Inputs)>,
-    verifiers: JoinSet<(JobId, Verifier, Duration)>,
+    verifiers: JoinSet<(JobId, Verifier, PrepCost)>,
     writes: JoinSet<(Record, anyhow::Result<()>)>,
     /// The job the page shows.
     shown: Option<JobId>,
@@ -164,7 +164,7 @@ impl Driver {
                 }
                 Some(built) = self.verifiers.join_next(), if !self.verifiers.is_empty() => {
                     let (job, verifier, took) = built.context("building a verifier failed")?; // only a panic, which verify never should
-                    self.board.lock().expect("board").counters.verify_seconds += took.as_secs_f64();
+                    self.board.lock().expect("board").counters.verify_seconds += took.wall.as_secs_f64();
                     let now = self.now();
                     self.scheduler.set_verifier(job, verifier, now);
                 }
