@@ -38,19 +38,23 @@ fn a_job_completes_through_loss_a_bandwidth_cap_and_latency() {
     let net = Net::new('f', 3);
     let dir = temp_dir();
     let (a_path, c_path) = (path(&dir, "a.npy"), path(&dir, "c.npy"));
-    let a = Dense::random_ints(600, 600, 31);
+    let a = Dense::random_ints(900, 900, 31);
     write_npy(&a_path, &a);
-    let mut master = start_master(&net, &a_path, &c_path, &["--block", "30"]);
+    let mut master = start_master(&net, &a_path, &c_path, &["--block", "45"]);
+    // Each worker reaches the master through a proxy that adds 50 ms each way.
+    // The proxies come up first and the workers then start together, so that
+    // none has the job to itself before the others join.
     let mut procs = Vec::new();
     for host in 1..=3 {
         net.cap(host, "100mbit");
         net.lose(host, 0.01);
-        // Each worker reaches the master through a proxy that adds 50 ms each way.
         let target = format!("{}:{PORT}", net.ip(0));
         let proxy = net.spawn(host, &format!("proxy{host}"), &delay_proxy(), &["127.0.0.1:7100", &target, "50"]);
         proxy.wait_for("'proxy listening'", LONG, |l| l.starts_with("proxy listening"));
-        let worker = net.spawn(host, &format!("w{host}"), WORKER, &["ws://127.0.0.1:7100/ws", "--threads", "1", "--name", &format!("w{host}")]);
-        procs.extend([proxy, worker]);
+        procs.push(proxy);
+    }
+    for host in 1..=3 {
+        procs.push(net.spawn(host, &format!("w{host}"), WORKER, &["ws://127.0.0.1:7100/ws", "--threads", "1", "--name", &format!("w{host}")]));
     }
     let start = Instant::now();
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
@@ -63,7 +67,7 @@ fn a_job_completes_through_loss_a_bandwidth_cap_and_latency() {
     let dropped = net.dropped();
     assert!(dropped > 0, "no packet was dropped");
     for host in 1..=3 {
-        assert!(net.shaped_bytes(host) > 600 * 600 * 8, "host {host}: A did not cross its capped link");
+        assert!(net.shaped_bytes(host) > 900 * 900 * 8, "host {host}: A did not cross its capped link");
     }
     eprintln!("3 hosts, 1% loss, 100 Mbit/s, +50 ms each way: job done in {:.2} s, {dropped} packets dropped", took.as_secs_f64());
 }
