@@ -326,11 +326,10 @@ impl Verifier {
         let mut t = vec![0.0; kd * count];
         for (g, group) in self.groups[first..first + count].iter().enumerate() {
             let (xg, tg) = (&mut x[g * kd..(g + 1) * kd], &mut t[g * kd..(g + 1) * kd]);
-            for j in group.cols.clone() {
-                match &*self.b {
-                    DenseMatrix::F64(b) => weigh(&b.columns(j..j + 1)[depth.clone()], self.weights[j], xg, tg),
-                    DenseMatrix::F32(b) => weigh(&b.columns(j..j + 1)[depth.clone()], self.weights[j], xg, tg),
-                }
+            let (cols, weights) = (group.cols.clone(), &self.weights[group.cols.clone()]);
+            match &*self.b {
+                DenseMatrix::F64(b) => skinny::weigh(b.columns(cols), b.rows(), depth.clone(), weights, xg, tg),
+                DenseMatrix::F32(b) => skinny::weigh(b.columns(cols), b.rows(), depth.clone(), weights, xg, tg),
             }
             // Where t_p is tiny, x_p (in f64, or narrowed to f32) may have lost
             // up to w·tiny (or f32's tiny) to underflow, which |a_ip| could
@@ -588,15 +587,6 @@ impl Verifier {
             want: self.dot2(row, col, &t.depth),
             tolerance: 0.0,
         })
-    }
-}
-
-/// x += column·r and t += |column|·|r|.
-fn weigh<T: Element>(column: &[T], r: f64, x: &mut [f64], t: &mut [f64]) {
-    for ((xp, tp), &v) in x.iter_mut().zip(t.iter_mut()).zip(column) {
-        let p = v.to_f64() * r;
-        *xp += p;
-        *tp += p.abs();
     }
 }
 

@@ -13,7 +13,9 @@
 //! elsewhere it is plain. Any order of summation, with or without fused
 //! multiply-adds, is within the error bounds the checks assume.
 
-use std::ops::{Add, Mul};
+use std::ops::{Add, Mul, Range};
+
+use crate::matrix::Element;
 
 /// An element type the kernel works in.
 pub(super) trait Lane: Copy + Default + Add<Output = Self> + Mul<Output = Self> {
@@ -300,9 +302,62 @@ fn one<T: Lane, const R: usize, const C: usize, const ABS: bool>(
     }
 }
 
+/// x += Σ_j B[depth, j]·r_j and t += Σ_j |B[depth, j]·r_j| (in f64) over the
+/// columns of `b`, each k long, with `weights` r: the precompute's pass over B.
+#[allow(unsafe_code)]
+pub(super) fn weigh<T: Element>(b: &[T], k: usize, depth: Range<usize>, weights: &[f64], x: &mut [f64], t: &mut [f64]) {
+    assert!(b.len() == k * weights.len() && depth.end <= k && x.len() == depth.len() && t.len() == depth.len());
+    match Kernel::available()[0] {
+        // SAFETY: `available` found the CPU features each of these is compiled for.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { weigh_avx512(b, k, depth, weights, x, t) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { weigh_avx2(b, k, depth, weights, x, t) },
+        _ => weigh_columns(b, k, depth, weights, x, t),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn weigh_avx512<T: Element>(b: &[T], k: usize, depth: Range<usize>, weights: &[f64], x: &mut [f64], t: &mut [f64]) {
+    weigh_columns(b, k, depth, weights, x, t);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn weigh_avx2<T: Element>(b: &[T], k: usize, depth: Range<usize>, weights: &[f64], x: &mut [f64], t: &mut [f64]) {
+    weigh_columns(b, k, depth, weights, x, t);
+}
+
+#[inline(always)]
+fn weigh_columns<T: Element>(b: &[T], k: usize, depth: Range<usize>, weights: &[f64], x: &mut [f64], t: &mut [f64]) {
+    for (column, &r) in b.chunks_exact(k.max(1)).zip(weights) {
+        for ((xp, tp), &v) in x.iter_mut().zip(t.iter_mut()).zip(&column[depth.clone()]) {
+            let p = v.to_f64() * r;
+            *xp += p;
+            *tp += p.abs();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pass over B, against the plain definition, on a depth range inside k.
+    #[test]
+    fn weighing_matches_the_definition() {
+        let (k, cols, depth) = (37, 5, 3..30);
+        let b: Vec<f32> = (0..k * cols).map(|i| ((i * 29 % 13) as f32 - 6.0) / 8.0).collect();
+        let weights = [1.5, -2.0, 1.25, -1.0, 1.75];
+        let (mut x, mut t) = (vec![0.5; depth.len()], vec![0.25; depth.len()]);
+        weigh(&b, k, depth.clone(), &weights, &mut x, &mut t);
+        for (i, p) in depth.enumerate() {
+            let terms = (0..cols).map(|j| f64::from(b[j * k + p]) * weights[j]);
+            assert_eq!(x[i], 0.5 + terms.clone().sum::<f64>());
+            assert_eq!(t[i], 0.25 + terms.map(f64::abs).sum::<f64>());
+        }
+    }
 
     /// Against the plain definition, on shapes with ragged rows and several
     /// panels, in both dtypes, through every kernel this CPU can run.
