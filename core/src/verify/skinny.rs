@@ -1,8 +1,9 @@
 //! The precompute's two skinny products in one pass over A:
 //! y = A·x and s = |A|·t, where x and t have a few columns (one per group).
 //!
-//! A general kernel pays for these mostly in packing A, twice (once for A,
-//! once for |A|). Here each element of A is loaded once, its magnitude taken
+//! A general kernel packs A for one and |A| for the other, and takes the
+//! columns of x and t in blocks sized for square products. Here each element
+//! of A is loaded once, its magnitude taken
 //! in a register, and both products accumulated from it: a strip of rows times
 //! a few columns of x and t at a time, in registers. A is packed a panel of
 //! columns at a time into strips of rows (reading each column straight
@@ -105,30 +106,17 @@ pub(super) fn products<T: Lane>(operands: &Operands<'_, T>) -> (Vec<T>, Vec<T>) 
 
 #[allow(unsafe_code)]
 fn products_with<T: Lane>(kernel: Kernel, operands: &Operands<'_, T>) -> (Vec<T>, Vec<T>) {
-    let Operands {
-        m,
-        a,
-        xt,
-        tt,
-        width,
-    } = *operands;
+    let Operands { m, a, xt, tt, width } = *operands;
     assert!(width % COLUMN_BLOCK == 0 && xt.len() == tt.len() && xt.len() % width.max(1) == 0);
     let mut y = vec![T::default(); m * width];
     let mut s = vec![T::default(); m * width];
     if m == 0 || width == 0 || a.is_empty() {
         return (y, s);
     }
-    assert_eq!(
-        a.len(),
-        m * (xt.len() / width),
-        "A is m × k, x is k × width"
-    );
-    assert!(
-        Kernel::available().contains(&kernel),
-        "{kernel:?} needs what this CPU lacks"
-    );
+    assert_eq!(a.len(), m * (xt.len() / width), "A is m × k, x is k × width");
+    assert!(kernel.runs_here(), "{kernel:?} needs what this CPU lacks");
     match kernel {
-        // SAFETY: `available` found the CPU features each of these is compiled for.
+        // SAFETY: `runs_here` (asserted above) found the CPU features each of these is compiled for.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe { products_avx512(operands, &mut y, &mut s) },
         #[cfg(target_arch = "x86_64")]
@@ -182,13 +170,7 @@ fn panels<T: Lane, const R: usize, const C: usize>(
     fma: impl Fn(T, T, T) -> T + Copy,
     prefetch: impl Fn(&[T]),
 ) {
-    let Operands {
-        m,
-        a,
-        xt,
-        tt,
-        width,
-    } = *operands;
+    let Operands { m, a, xt, tt, width } = *operands;
     let k = a.len() / m;
     let panel = (PANEL_BYTES / size_of::<T>() / m).clamp(1, k);
     let whole = m - m % R;
@@ -197,10 +179,7 @@ fn panels<T: Lane, const R: usize, const C: usize>(
     for start in (0..k).step_by(panel) {
         let end = (start + panel).min(k);
         let (columns, kp) = (&a[start * m..end * m], end - start);
-        let (xt, tt) = (
-            &xt[start * width..end * width],
-            &tt[start * width..end * width],
-        );
+        let (xt, tt) = (&xt[start * width..end * width], &tt[start * width..end * width]);
         let packed = &mut packed[..whole * kp];
         for (p, column) in columns.chunks_exact(m).enumerate() {
             for (strip, values) in column[..whole].chunks_exact(R).enumerate() {
@@ -217,37 +196,14 @@ fn panels<T: Lane, const R: usize, const C: usize>(
                 prefetch(chunk);
             }
             for first in (0..width).step_by(C) {
-                block::<T, R, C>(
-                    strip,
-                    xt,
-                    tt,
-                    width,
-                    first,
-                    &mut y[first * m + row..],
-                    &mut s[first * m + row..],
-                    m,
-                    fma,
-                );
+                block::<T, R, C>(strip, xt, tt, width, first, &mut y[first * m + row..], &mut s[first * m + row..], m, fma);
             }
         }
         for row in whole..m {
             let single = &mut single[..kp];
-            single
-                .iter_mut()
-                .zip(columns.chunks_exact(m))
-                .for_each(|(v, column)| *v = column[row]);
+            single.iter_mut().zip(columns.chunks_exact(m)).for_each(|(v, column)| *v = column[row]);
             for first in (0..width).step_by(C) {
-                block::<T, 1, C>(
-                    single,
-                    xt,
-                    tt,
-                    width,
-                    first,
-                    &mut y[first * m + row..],
-                    &mut s[first * m + row..],
-                    m,
-                    fma,
-                );
+                block::<T, 1, C>(single, xt, tt, width, first, &mut y[first * m + row..], &mut s[first * m + row..], m, fma);
             }
         }
     }
@@ -363,62 +319,23 @@ mod tests {
     /// panels, in both dtypes, through every kernel this CPU can run.
     #[test]
     fn both_products_match_the_definition() {
-        for (m, k) in [
-            (1, 5),
-            (7, 3),
-            (8, 5),
-            (9, 5),
-            (33, 2),
-            (150, 4),
-            (40_000, 9),
-        ] {
+        for (m, k) in [(1, 5), (7, 3), (8, 5), (9, 5), (33, 2), (150, 4), (40_000, 9)] {
             let width = 2 * COLUMN_BLOCK;
-            let a: Vec<f64> = (0..m * k)
-                .map(|i| ((i * 37 % 11) as f64 - 5.0) / 4.0)
-                .collect();
-            let xt: Vec<f64> = (0..k * width)
-                .map(|i| ((i * 13 % 7) as f64 - 3.0) / 2.0)
-                .collect();
+            let a: Vec<f64> = (0..m * k).map(|i| ((i * 37 % 11) as f64 - 5.0) / 4.0).collect();
+            let xt: Vec<f64> = (0..k * width).map(|i| ((i * 13 % 7) as f64 - 3.0) / 2.0).collect();
             let tt: Vec<f64> = xt.iter().map(|v| v.abs() + 0.25).collect();
             let narrow = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
             let (a32, xt32, tt32) = (narrow(&a), narrow(&xt), narrow(&tt));
             for kernel in Kernel::available() {
-                let (y, s) = products_with(
-                    kernel,
-                    &Operands {
-                        m,
-                        a: &a,
-                        xt: &xt,
-                        tt: &tt,
-                        width,
-                    },
-                );
-                let (y32, s32) = products_with(
-                    kernel,
-                    &Operands {
-                        m,
-                        a: &a32,
-                        xt: &xt32,
-                        tt: &tt32,
-                        width,
-                    },
-                );
+                let (y, s) = products_with(kernel, &Operands { m, a: &a, xt: &xt, tt: &tt, width });
+                let (y32, s32) = products_with(kernel, &Operands { m, a: &a32, xt: &xt32, tt: &tt32, width });
                 for g in 0..width {
                     for i in 0..m {
                         let want_y: f64 = (0..k).map(|p| a[p * m + i] * xt[p * width + g]).sum();
-                        let want_s: f64 =
-                            (0..k).map(|p| a[p * m + i].abs() * tt[p * width + g]).sum();
+                        let want_s: f64 = (0..k).map(|p| a[p * m + i].abs() * tt[p * width + g]).sum();
                         // Quarters and halves: every sum here is exact in both dtypes.
-                        assert_eq!(
-                            (y[g * m + i], s[g * m + i]),
-                            (want_y, want_s),
-                            "m={m} ({i}, {g}) {kernel:?}"
-                        );
-                        assert_eq!(
-                            (f64::from(y32[g * m + i]), f64::from(s32[g * m + i])),
-                            (want_y, want_s),
-                            "m={m} f32 ({i}, {g}) {kernel:?}"
-                        );
+                        assert_eq!((y[g * m + i], s[g * m + i]), (want_y, want_s), "m={m} ({i}, {g}) {kernel:?}");
+                        assert_eq!((f64::from(y32[g * m + i]), f64::from(s32[g * m + i])), (want_y, want_s), "m={m} f32 ({i}, {g}) {kernel:?}");
                     }
                 }
             }
