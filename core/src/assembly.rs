@@ -19,6 +19,8 @@ pub enum AssemblyError {
     NoSuchBlock { index: usize, blocks: usize },
     #[error("{what} {index} should be {expected} bytes, got {actual}")]
     WrongSize { what: &'static str, index: usize, expected: usize, actual: usize },
+    #[error("tile {index} should be {}x{} {}, got {}x{} {}", expected.0, expected.1, expected.2, actual.0, actual.1, actual.2)]
+    WrongShape { index: usize, expected: (usize, usize, Dtype), actual: (usize, usize, Dtype) },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,25 +57,25 @@ impl Assembly {
         tile.rows.len() * tile.cols.len() * self.c.dtype().size()
     }
 
-    /// Takes tile `index`'s product, raw little-endian bytes, column-major,
-    /// unless it is already in.
-    pub fn accept(&mut self, index: usize, bytes: &[u8]) -> Result<Accepted, AssemblyError> {
+    /// Takes tile `index`'s product (|rows| × |cols| of the tile, in C's
+    /// dtype), unless it is already in.
+    pub fn accept(&mut self, index: usize, product: DenseMatrix) -> Result<Accepted, AssemblyError> {
         let tiles = self.tile_done.len();
         if index >= tiles {
             return Err(AssemblyError::NoSuchTile { index, tiles });
         }
-        let expected = self.tile_bytes(index);
-        if bytes.len() != expected {
-            return Err(AssemblyError::WrongSize { what: "tile", index, expected, actual: bytes.len() });
+        let tile = self.plan.tile(index);
+        let expected = (tile.rows.len(), tile.cols.len(), self.c.dtype());
+        let actual = (product.rows(), product.cols(), product.dtype());
+        if actual != expected {
+            return Err(AssemblyError::WrongShape { index, expected, actual });
         }
         if self.tile_done[index] {
             return Ok(Accepted::Duplicate);
         }
         self.tile_done[index] = true;
         self.tiles_done += 1;
-        let tile = self.plan.tile(index);
-        let partial = DenseMatrix::from_le_bytes(self.c.dtype(), tile.rows.len(), tile.cols.len(), bytes).expect("size checked");
-        self.waiting.insert(index, partial);
+        self.waiting.insert(index, product);
         // Add this block's partials in depth order, as far as they have come.
         let block = self.plan.block_of(index);
         let first = self.plan.tiles_of(block).start;
@@ -207,7 +209,7 @@ mod tests {
     fn assembled(a: &Matrix<f64>, b: &Matrix<f64>, plan: &Plan, order: &[usize]) -> Matrix<f64> {
         let mut asm = Assembly::new(plan.clone(), Dtype::F64).unwrap();
         for &t in order.iter().chain(order) {
-            asm.accept(t, tile_product(a, b, plan, t).as_bytes()).unwrap();
+            asm.accept(t, tile_product(a, b, plan, t).into()).unwrap();
         }
         match asm.take().unwrap() {
             DenseMatrix::F64(c) => c,
@@ -252,13 +254,13 @@ mod tests {
         let mut asm = Assembly::new(plan.clone(), Dtype::F64).unwrap();
         for t in plan.tiles_of(3) {
             assert!(asm.block(3).is_none());
-            asm.accept(t, tile_product(&a, &b, &plan, t).as_bytes()).unwrap();
+            asm.accept(t, tile_product(&a, &b, &plan, t).into()).unwrap();
         }
         let block = asm.block(3).unwrap().into_owned();
         let mut again = Assembly::new(plan.clone(), Dtype::F64).unwrap();
         assert_eq!(again.accept_block(3, &block), Ok(Accepted::New));
         assert!(again.is_tile_done(plan.tiles_of(3).start) && again.is_block_done(3));
-        assert_eq!(again.accept(plan.tiles_of(3).start, tile_product(&a, &b, &plan, 9).as_bytes()), Ok(Accepted::Duplicate));
+        assert_eq!(again.accept(plan.tiles_of(3).start, tile_product(&a, &b, &plan, 9).into()), Ok(Accepted::Duplicate));
         assert_eq!(again.block(3).unwrap(), block.as_slice());
         assert_eq!(again.remaining(), 3);
     }
@@ -266,11 +268,15 @@ mod tests {
     #[test]
     fn rejects_bad_tiles_and_ignores_duplicates() {
         let mut asm = Assembly::new(Plan::columns(2, 2, 3, 2), Dtype::F64).unwrap();
-        assert_eq!(asm.accept(5, &[]), Err(AssemblyError::NoSuchTile { index: 5, tiles: 2 }));
-        // Columns 0..1 and 1..3: the second tile is 2x2.
-        assert_eq!(asm.accept(1, &[0; 8]), Err(AssemblyError::WrongSize { what: "tile", index: 1, expected: 32, actual: 8 }));
-        assert_eq!(asm.accept(1, &[0; 32]), Ok(Accepted::New));
-        assert_eq!(asm.accept(1, &[1; 32]), Ok(Accepted::Duplicate));
+        let zeros = |rows, cols| DenseMatrix::F64(Matrix::zeros(rows, cols).unwrap());
+        assert_eq!(asm.accept(5, zeros(2, 1)), Err(AssemblyError::NoSuchTile { index: 5, tiles: 2 }));
+        // Columns 0..1 and 1..3: the second tile is 2x2, in f64.
+        let wrong = Err(AssemblyError::WrongShape { index: 1, expected: (2, 2, Dtype::F64), actual: (2, 1, Dtype::F64) });
+        assert_eq!(asm.accept(1, zeros(2, 1)), wrong);
+        let f32 = DenseMatrix::F32(Matrix::zeros(2, 2).unwrap());
+        assert!(matches!(asm.accept(1, f32), Err(AssemblyError::WrongShape { actual: (2, 2, Dtype::F32), .. })));
+        assert_eq!(asm.accept(1, zeros(2, 2)), Ok(Accepted::New));
+        assert_eq!(asm.accept(1, DenseMatrix::F64(Matrix::from_fn(2, 2, |_, _| 1.0))), Ok(Accepted::Duplicate));
         assert!(!asm.is_complete());
         assert!(asm.take().is_none());
     }

@@ -422,9 +422,9 @@ impl Job {
             self.requeue(tile);
             return Finished::Rejected { tile, reason: mismatch.to_string() };
         }
-        match self.assembly.accept(tile, c.as_bytes()) {
+        match self.assembly.accept(tile, c) {
             Ok(Accepted::New) => {}
-            // Sizes were fixed by `Incoming`; a duplicate means another copy won.
+            // Shapes were fixed by `Incoming`; a duplicate means another copy won.
             Ok(Accepted::Duplicate) | Err(_) => return Finished::Duplicate,
         }
         let took = now.saturating_sub(issued);
