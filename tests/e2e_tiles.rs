@@ -1,10 +1,12 @@
 //! Tiles planned for the pool, and workers whose memory is smaller than A:
-//! real master and worker processes on loopback.
+//! real master and worker processes, on loopback or on hosts of their own
+//! (network namespaces: those tests need root, and fail without it).
 
 mod common;
 
 use std::time::Duration;
 
+use common::netns::Net;
 use common::*;
 
 const LONG: Duration = Duration::from_secs(180);
@@ -18,11 +20,33 @@ fn inputs(dir: &tempfile::TempDir, m: usize, k: usize, n: usize) -> (std::path::
 }
 
 #[test]
-fn two_workers_split_k_and_each_input_byte_leaves_the_master_once() {
+fn two_workers_on_other_hosts_split_k_and_each_input_byte_leaves_the_master_once() {
     let _serial = serial();
+    let net = Net::new('t', 2);
     let dir = temp_dir();
     let (a_path, b_path, c_path, a, b) = inputs(&dir, 512, 512, 512);
     // Workers first, as on a cluster: they knock until the master listens, and join together.
+    let addr = format!("{}:7000", net.ip(0));
+    let url = format!("ws://{addr}/ws");
+    let _workers: Vec<Proc> = (1..=2).map(|h| net.spawn(h, &format!("w{h}"), WORKER, &[&url, "--threads", "1", "--name", &format!("w{h}")])).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let stats_file = stats_path(&c_path);
+    let (a_arg, b_arg, c_arg) = (a_path.to_str().unwrap(), b_path.to_str().unwrap(), c_path.to_str().unwrap());
+    let mut master = net.spawn(0, "master", MASTER, &["multiply", a_arg, b_arg, "-o", c_arg, "--listen", &addr, "--stats-json", stats_file.to_str().unwrap()]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_npy(&c_path).1, naive(&a, &b));
+    let stats = stats(&c_path);
+    assert_eq!(stats["layout"], serde_json::json!([1, 1, 2]), "one depth slice each: {stats}");
+    let egress = stats["egress_over_inputs"].as_f64().unwrap();
+    assert!((0.99..1.01).contains(&egress), "A and B each sent once in all: {egress}");
+    assert!(worker_tiles(&c_path).iter().all(|(_, t)| *t > 0));
+}
+
+#[test]
+fn local_workers_keep_k_whole_so_the_master_receives_and_checks_c_once() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, b_path, c_path, a, b) = inputs(&dir, 512, 512, 512);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let _workers = [start_worker("w1", &addr, &[]), start_worker("w2", &addr, &[])];
@@ -31,9 +55,8 @@ fn two_workers_split_k_and_each_input_byte_leaves_the_master_once() {
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_npy(&c_path).1, naive(&a, &b));
     let stats = stats(&c_path);
-    assert_eq!(stats["layout"], serde_json::json!([1, 1, 2]), "one depth slice each: {stats}");
-    let egress = stats["egress_over_inputs"].as_f64().unwrap();
-    assert!((0.99..1.01).contains(&egress), "A and B each sent once in all: {egress}");
+    assert_eq!(stats["grid"][2], 1, "k whole: {stats}");
+    assert_eq!(stats["result_bytes"].as_u64(), Some(512 * 512 * 8), "C came back once: {stats}");
     assert!(worker_tiles(&c_path).iter().all(|(_, t)| *t > 0));
 }
 

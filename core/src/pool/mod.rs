@@ -470,7 +470,8 @@ impl Pool {
             .iter()
             .map(|(id, w)| {
                 let info = &self.infos[id];
-                Capacity { memory: w.cache.budget(), flops: self.speed_of(info, assumed) }
+                let local = info.addr.is_some_and(|a| a.to_canonical().is_loopback());
+                Capacity { memory: w.cache.budget(), flops: self.speed_of(info, assumed), local }
             })
             .collect()
     }

@@ -224,6 +224,18 @@ impl fmt::Debug for Verifier {
     }
 }
 
+/// Multiply-adds the verifier's preparation takes for a plan's tiles: for
+/// every distinct (depth slice, group of columns), two products of A[:, K] by
+/// one column (y and Ŝ). Splitting k multiplies them: each slice's groups are
+/// narrower. The plan's model weighs this as the master's work.
+pub fn preparation_multiply_adds(plan: &crate::plan::Plan) -> f64 {
+    let groups_per_slice = |depth: usize| -> f64 {
+        let width = bound::group_width(depth);
+        (0..plan.cols.parts).map(|c| plan.cols.range(c).len().div_ceil(width) as f64).sum()
+    };
+    (0..plan.depth.parts).map(|s| plan.depth.range(s).len()).map(|depth| 2.0 * plan.m as f64 * depth as f64 * groups_per_slice(depth)).sum()
+}
+
 enum RowVerdict {
     Pass,
     Flag,

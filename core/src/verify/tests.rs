@@ -548,6 +548,18 @@ fn tiles_that_share_columns_and_depth_share_checks() {
 }
 
 #[test]
+fn the_preparations_count_of_multiply_adds_is_the_verifiers() {
+    let (m, k, n) = (48, 1000, 900);
+    let mut rng = Rng(26);
+    let (a, b) = operands(Kind::Uniform, Dtype::F64, m, k, n, &mut rng);
+    for plan in [Plan::columns(m, k, n, 256), Plan::columns(m, k, n, 40), Plan::grid(m, k, n, 3, 4, 2), Plan::grid(m, k, n, 2, 7, 5)] {
+        let verifier = Verifier::new(a.clone(), b.clone(), &tiles_of(&plan), weights(n, &mut rng), false);
+        let counted: usize = verifier.groups.iter().map(|g| 2 * m * verifier.depths[g.depth].len()).sum();
+        assert_eq!(preparation_multiply_adds(&plan), counted as f64, "{:?}", plan.shape());
+    }
+}
+
+#[test]
 fn empty_tiles_and_empty_depths() {
     let (m, k, n) = (4, 5, 6);
     let mut rng = Rng(26);

@@ -62,7 +62,7 @@ fn servers(p: usize, flops: f64, memory: u64) -> Vec<WorkerSpec> {
 
 /// The plan the master would make with the workers present at the start, knowing the link.
 fn planned(problem: Problem, workers: &[WorkerSpec], link: f64) -> colonnade_core::plan::Plan {
-    let pool: Vec<Capacity> = workers.iter().filter(|w| w.join_at == 0.0).map(|w| Capacity { memory: w.memory, flops: w.flops }).collect();
+    let pool: Vec<Capacity> = workers.iter().filter(|w| w.join_at == 0.0).map(|w| Capacity { memory: w.memory, flops: w.flops, local: false }).collect();
     CostModel::default().plan_for(problem, &pool, Some(link))
 }
 

@@ -39,7 +39,8 @@ enum Command {
         block: Option<u64>,
         /// The master's link rate, e.g. 1G or 100M (bytes/s, as --max-memory
         /// counts); given, the plan weighs bytes against flops and may use fewer
-        /// workers than join. Default: the link is assumed to be the bottleneck.
+        /// workers than join. Default: the link is assumed to be the bottleneck,
+        /// unless every worker is local (loopback): then the master's CPU is.
         #[arg(long, value_name = "BYTES", value_parser = cli::parse_bytes)]
         link_rate: Option<u64>,
         /// Write the run's figures (times, plan, bytes on the wire, master CPU and peak memory) as JSON.
