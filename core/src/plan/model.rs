@@ -144,7 +144,9 @@ impl CostModel {
         pool.sort_by(|x, y| y.flops.total_cmp(&x.flops));
         let p = pool.len();
         let local = pool.iter().all(|c| c.local);
-        let counts: Vec<usize> = if link.is_none() && !local { vec![p] } else { region_counts(p) };
+        // Fewer regions than workers only to spare a known link: local workers
+        // cost the master the same CPU whether they compute or wait.
+        let counts: Vec<usize> = if link.is_some() { region_counts(p) } else { vec![p] };
         let work = flops(problem.m, problem.k, problem.n);
         let mut best: Option<((f64, f64, usize), Plan)> = None;
         for count in counts {
@@ -421,6 +423,9 @@ mod tests {
         let plan = model.plan_for(square(4096), &local, None);
         assert_eq!(plan.depth.parts, 1, "{:?}", plan.shape());
         assert_eq!(plan.layout.0 * plan.layout.1, 2, "both work: {:?}", plan.layout);
+        // However small the job, none is told to wait: with no link to spare, waiting saves nothing.
+        let tiny = model.plan_for(square(32), &local, None);
+        assert!(tiny.spread && tiny.min_speed == 0.0, "{tiny:?}");
         // Said to be behind a 1 Gbit/s link, the same pool sends each input byte once.
         let linked = model.plan_for(square(4096), &local, Some(125e6));
         assert_eq!(linked.depth.parts % 2, 0, "{:?}", linked.shape());
