@@ -600,6 +600,16 @@ impl Job {
         self.queue.next(worker, held, fit, true, |t| rejected[t].contains(&worker))
     }
 
+    /// The plan left some workers waiting, for the speed of the ones it
+    /// chose. When no worker that fast is left, the waiting ones must take
+    /// over, or the job would never end: from now on any worker may take a
+    /// region.
+    pub(crate) fn open_to_all(&mut self) {
+        self.plan.spread = true;
+        self.plan.min_speed = 0.0;
+        self.queue.spread();
+    }
+
     /// Leases out now, copies included.
     pub fn leases_out(&self) -> usize {
         self.leases.len()

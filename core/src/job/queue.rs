@@ -200,6 +200,12 @@ impl Queue {
         }
     }
 
+    /// Lets any worker claim or share a region from now on, as if the plan
+    /// had used the whole pool.
+    pub fn spread(&mut self) {
+        self.plan.spread = true;
+    }
+
     /// The next tile for `worker`, which holds the panels `held` says, never
     /// one `refused` says it may not have. The tile stays pending until removed.
     ///

@@ -481,6 +481,10 @@ impl Scheduler {
         for entry in self.jobs.values_mut() {
             if let Entry::Running(job) = entry {
                 job.forget(worker);
+                let plan = job.plan();
+                if !plan.spread && !self.pool.workers.keys().any(|&w| self.pool.speed(w, job.assumed_flops()) >= plan.min_speed) {
+                    job.open_to_all();
+                }
             }
         }
         self.outputs.push_back(Output::Event(Event::WorkerLeft { worker, requeued }));

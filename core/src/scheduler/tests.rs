@@ -334,6 +334,21 @@ fn squatters_that_take_tasks_and_never_answer_cost_the_honest_worker_little() {
 }
 
 #[test]
+fn when_the_workers_a_plan_chose_have_left_the_ones_it_left_waiting_take_over() {
+    // Planned for one fast worker (as with a known link): slower ones wait.
+    let plan = Plan { spread: false, min_speed: 1e11, ..Plan::columns(4, 4, 40, 2) };
+    let mut sim = Sim::with_job(plan, quick_config(), |job| job);
+    let fast = sim.join_with(WorkerConfig { flops: 1_000_000_000_000, ..WorkerConfig::new(WorkerKind::Native, "fast") });
+    let slow = sim.join_with(WorkerConfig { flops: 1_000_000_000, ..WorkerConfig::new(WorkerKind::Native, "slow") });
+    serve(&mut sim, fast, 3);
+    serve(&mut sim, slow, 3);
+    assert_eq!(sim.tiles_done(slow), 0, "the slow worker waits while the fast one works");
+    sim.leave(fast);
+    assert_eq!(sim.run_to_completion(), sim.expected);
+    assert!(sim.tiles_done(slow) > 0);
+}
+
+#[test]
 fn a_vanished_workers_blocks_are_requeued() {
     let mut sim = Sim::new(6, 5, 20, 4, quick_config());
     let doomed = sim.join(2);
