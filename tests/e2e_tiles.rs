@@ -25,14 +25,15 @@ fn two_workers_on_other_hosts_split_k_and_each_input_byte_leaves_the_master_once
     let net = Net::new('t', 2);
     let dir = temp_dir();
     let (a_path, b_path, c_path, a, b) = inputs(&dir, 512, 512, 512);
-    // Workers first, as on a cluster: they knock until the master listens, and join together.
     let addr = format!("{}:7000", net.ip(0));
-    let url = format!("ws://{addr}/ws");
-    let _workers: Vec<Proc> = (1..=2).map(|h| net.spawn(h, &format!("w{h}"), WORKER, &[&url, "--threads", "1", "--name", &format!("w{h}")])).collect();
-    std::thread::sleep(Duration::from_millis(300));
     let stats_file = stats_path(&c_path);
     let (a_arg, b_arg, c_arg) = (a_path.to_str().unwrap(), b_path.to_str().unwrap(), c_path.to_str().unwrap());
     let mut master = net.spawn(0, "master", MASTER, &["multiply", a_arg, b_arg, "-o", c_arg, "--listen", &addr, "--stats-json", stats_file.to_str().unwrap()]);
+    master.wait_for("'master listening on'", LONG, |l| l.starts_with("master listening on "));
+    // Both join at once, well within the pause the master waits for newcomers before it plans.
+    // (Started before the master, their reconnection back-offs could leave them a second apart.)
+    let url = format!("ws://{addr}/ws");
+    let _workers: Vec<Proc> = (1..=2).map(|h| net.spawn(h, &format!("w{h}"), WORKER, &[&url, "--threads", "1", "--name", &format!("w{h}")])).collect();
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_npy(&c_path).1, naive(&a, &b));
     let stats = stats(&c_path);
@@ -47,14 +48,12 @@ fn local_workers_keep_k_whole_so_the_master_receives_and_checks_c_once() {
     let _serial = serial();
     let dir = temp_dir();
     let (a_path, b_path, c_path, a, b) = inputs(&dir, 512, 512, 512);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
+    let (mut master, addr) = start_master(&a_path, &b_path, &c_path, &[]);
     let _workers = [start_worker("w1", &addr, &[]), start_worker("w2", &addr, &[])];
-    std::thread::sleep(Duration::from_millis(300));
-    let (mut master, _) = start_master_on(&addr, &a_path, &b_path, &c_path, &[]);
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_npy(&c_path).1, naive(&a, &b));
     let stats = stats(&c_path);
+    assert_eq!(stats["layout"][0].as_u64().unwrap() * stats["layout"][1].as_u64().unwrap(), 2, "a region each: {stats}");
     assert_eq!(stats["grid"][2], 1, "k whole: {stats}");
     assert_eq!(stats["result_bytes"].as_u64(), Some(512 * 512 * 8), "C came back once: {stats}");
     assert!(worker_tiles(&c_path).iter().all(|(_, t)| *t > 0));
