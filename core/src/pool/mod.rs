@@ -10,7 +10,6 @@
 mod cache;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
-use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::liveness::{Heartbeat, Liveness};
@@ -75,12 +74,35 @@ pub struct Hello {
     pub flops: u64,
 }
 
+/// A worker's network address, as the shell saw it: IPv6 octets, an IPv4
+/// address mapped into them (::ffff:a.b.c.d). Core only compares addresses
+/// (to ban one) and asks whether one is loopback (the worker shares the
+/// master's machine).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerAddr(pub [u8; 16]);
+
+impl PeerAddr {
+    /// An IPv4 address, mapped.
+    pub fn v4(octets: [u8; 4]) -> Self {
+        let mut mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+        mapped[12..].copy_from_slice(&octets);
+        Self(mapped)
+    }
+
+    /// ::1, or 127.0.0.0/8 mapped.
+    pub fn is_loopback(&self) -> bool {
+        let (head, v4) = self.0.split_at(12);
+        let mapped = head[..10].iter().all(|&b| b == 0) && head[10..] == [0xff, 0xff];
+        (mapped && v4[0] == 127) || self.0 == u128::to_be_bytes(1)
+    }
+}
+
 /// What is known of a worker, kept after it leaves.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerInfo {
     pub kind: WorkerKind,
     pub name: String,
-    pub addr: Option<IpAddr>,
+    pub addr: Option<PeerAddr>,
     /// Memory it announced for panels and products, and its own speed measure.
     pub memory: u64,
     pub announced_flops: u64,
@@ -167,7 +189,7 @@ pub struct Pool {
     max_slots: u32,
     max_strikes: u32,
     /// Connections not yet welcomed (or refused), by address.
-    connecting: BTreeMap<WorkerId, Option<IpAddr>>,
+    connecting: BTreeMap<WorkerId, Option<PeerAddr>>,
     pub(crate) workers: BTreeMap<WorkerId, Worker>,
     /// Workers with room for another task: those with a verified result first
     /// (preferred when work is short), then newcomers. A worker offered
@@ -182,7 +204,7 @@ pub struct Pool {
     headcount: [usize; 2],
     infos: BTreeMap<WorkerId, WorkerInfo>,
     /// Addresses that sent too many wrong results: refused for the pool's life.
-    banned: BTreeSet<IpAddr>,
+    banned: BTreeSet<PeerAddr>,
 }
 
 impl Pool {
@@ -208,7 +230,7 @@ impl Pool {
     }
 
     /// A connection opened from `addr`; refused at once if that address is banned.
-    pub fn connect(&mut self, worker: WorkerId, addr: Option<IpAddr>) -> Result<(), Refusal> {
+    pub fn connect(&mut self, worker: WorkerId, addr: Option<PeerAddr>) -> Result<(), Refusal> {
         if addr.is_some_and(|a| self.banned.contains(&a)) {
             return Err(Refusal::Banned);
         }
@@ -444,10 +466,6 @@ impl Pool {
         self.reroom(worker);
     }
 
-    pub fn is_banned(&self, addr: IpAddr) -> bool {
-        self.banned.contains(&addr)
-    }
-
     /// Every worker that ever joined, connected or not.
     /// Forgets the workers that have left: for a master that stays up, whose
     /// pool would otherwise remember every connection it ever had.
@@ -470,7 +488,7 @@ impl Pool {
             .iter()
             .map(|(id, w)| {
                 let info = &self.infos[id];
-                let local = info.addr.is_some_and(|a| a.to_canonical().is_loopback());
+                let local = info.addr.is_some_and(|a| a.is_loopback());
                 Capacity { memory: w.cache.budget(), flops: self.speed_of(info, assumed), local }
             })
             .collect()
@@ -539,15 +557,27 @@ mod tests {
     }
 
     #[test]
+    fn loopback_addresses_are_known_in_both_families() {
+        assert!(PeerAddr::v4([127, 0, 0, 1]).is_loopback() && PeerAddr::v4([127, 3, 2, 1]).is_loopback());
+        assert!(PeerAddr(u128::to_be_bytes(1)).is_loopback());
+        assert!(!PeerAddr::v4([10, 0, 0, 7]).is_loopback() && !PeerAddr::v4([128, 0, 0, 1]).is_loopback());
+        let mut v6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        assert!(!PeerAddr(v6).is_loopback());
+        v6[..12].copy_from_slice(&[0; 12]); // ::127.0.0.1, the old IPv4-compatible form: not loopback
+        v6[12] = 127;
+        assert!(!PeerAddr(v6).is_loopback());
+    }
+
+    #[test]
     fn too_many_strikes_ban_the_address_for_the_pools_life() {
         let mut pool = Pool::new(Access::default(), Heartbeat::default(), 4, 2);
-        let addr: IpAddr = [10, 0, 0, 7].into();
+        let addr = PeerAddr::v4([10, 0, 0, 7]);
         pool.connect(1, Some(addr)).unwrap();
         pool.admit(1, hello(WorkerKind::Browser, ""), Duration::ZERO).unwrap();
         assert_eq!(pool.strike(1), (1, false));
         assert_eq!(pool.strike(1), (2, true));
         pool.leave(1);
         assert_eq!(pool.connect(2, Some(addr)), Err(Refusal::Banned));
-        assert_eq!(pool.connect(3, Some([10, 0, 0, 8].into())), Ok(()));
+        assert_eq!(pool.connect(3, Some(PeerAddr::v4([10, 0, 0, 8]))), Ok(()));
     }
 }

@@ -26,7 +26,6 @@
 //! address banned.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::codec::{self, CodecError};
@@ -45,7 +44,7 @@ pub mod fuzz;
 mod tests;
 
 pub use crate::job::{JobError, PayloadStats, RestoreError};
-pub use crate::pool::{Access, Refusal, WorkerId, WorkerInfo};
+pub use crate::pool::{Access, PeerAddr, Refusal, WorkerId, WorkerInfo};
 
 /// Default tasks one worker may hold, whatever it asks for.
 pub const DEFAULT_MAX_SLOTS: u32 = 4;
@@ -84,7 +83,7 @@ impl Default for SchedulerConfig {
 #[derive(Debug)]
 pub enum Input<'a> {
     /// A connection opened (from `addr`, if known); its first message must be Hello.
-    Connected { worker: WorkerId, addr: Option<IpAddr> },
+    Connected { worker: WorkerId, addr: Option<PeerAddr> },
     /// A WebSocket binary message arrived.
     Message { worker: WorkerId, bytes: &'a [u8] },
     /// The connection is gone.

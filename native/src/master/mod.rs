@@ -378,7 +378,7 @@ impl Shell {
                 tracing::debug!(worker, %addr, "connection");
                 self.senders.insert(worker, outgoing);
                 self.addrs.insert(worker, addr);
-                scheduler.handle_input(core::Input::Connected { worker, addr: Some(addr.ip()) }, now);
+                scheduler.handle_input(core::Input::Connected { worker, addr: Some(peer_addr(addr.ip())) }, now);
             }
             Input::Message { worker, bytes } => {
                 // A connection already closed may still have messages on the way.
@@ -435,6 +435,14 @@ impl LocalWorkers {
             let _ = h.await;
         }
     }
+}
+
+/// The address as core keeps it: IPv6 octets, IPv4 mapped.
+fn peer_addr(ip: std::net::IpAddr) -> core::PeerAddr {
+    core::PeerAddr(match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    })
 }
 
 fn loopback_for(addr: SocketAddr) -> std::net::IpAddr {
