@@ -31,7 +31,7 @@ pub fn multiply_into_portable<T: Element>(a: &Matrix<T>, b: &[T], c: &mut [T]) {
 
 fn multiply_with<T: Element>(a: &Matrix<T>, b: &[T], c: &mut [T], simd_f64: bool) {
     let (m, k) = (a.rows(), a.cols());
-    assert!(k > 0 && b.len() % k == 0, "B block length {} is not a multiple of k={k}", b.len());
+    assert!(k > 0 && b.len().is_multiple_of(k), "B block length {} is not a multiple of k={k}", b.len());
     let n = b.len() / k;
     assert_eq!(c.len(), m * n, "C block length does not match {m}x{n}");
     if m == 0 || n == 0 {
@@ -69,9 +69,9 @@ fn multiply_with<T: Element>(a: &Matrix<T>, b: &[T], c: &mut [T], simd_f64: bool
 /// # Panics
 /// If the lengths do not describe an m×k by k×n product.
 pub fn gemm_into(m: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
-    assert!(m > 0 && a.len() % m == 0, "A's length {} is not a multiple of m={m}", a.len());
+    assert!(m > 0 && a.len().is_multiple_of(m), "A's length {} is not a multiple of m={m}", a.len());
     let k = a.len() / m;
-    assert!(k > 0 && b.len() % k == 0 && c.len() == m * (b.len() / k), "shapes do not match");
+    assert!(k > 0 && b.len().is_multiple_of(k) && c.len() == m * (b.len() / k), "shapes do not match");
     gemm_f64(m, k, b.len() / k, a, b, c);
 }
 

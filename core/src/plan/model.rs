@@ -293,8 +293,8 @@ fn region_counts(p: usize) -> Vec<usize> {
 /// Every (wr, wc, wk) with wr·wc·wk = p that the problem's dimensions allow.
 fn factorizations(p: usize, problem: Problem) -> Vec<(usize, usize, usize)> {
     let mut out = Vec::new();
-    for wr in (1..=p).filter(|d| p % d == 0 && *d <= problem.m.max(1)) {
-        for wc in (1..=p / wr).filter(|d| (p / wr) % d == 0 && *d <= problem.n.max(1)) {
+    for wr in (1..=p).filter(|d| p.is_multiple_of(*d) && *d <= problem.m.max(1)) {
+        for wc in (1..=p / wr).filter(|d| (p / wr).is_multiple_of(*d) && *d <= problem.n.max(1)) {
             let wk = p / wr / wc;
             if wk <= problem.k.max(1) {
                 out.push((wr, wc, wk));

@@ -276,7 +276,7 @@ fn operands(kind: Kind, dtype: Dtype, m: usize, k: usize, n: usize, rng: &mut Rn
         Kind::Uniform => rng.unit() * 2.0 - 1.0,
         Kind::Wild if f32 => rng.sign() * 10f64.powf(rng.unit() * 36.0 - 19.0),
         Kind::Wild => wild(rng),
-        Kind::Cancelling if is_a => (if p % 2 == 0 { 1e10 } else { -1e10 }) * (1.0 + 1e-6 * rng.unit()),
+        Kind::Cancelling if is_a => (if p.is_multiple_of(2) { 1e10 } else { -1e10 }) * (1.0 + 1e-6 * rng.unit()),
         Kind::Cancelling => 1.0 + (p / 2) as f64 * 1e-7 + rng.unit() * 1e-9,
         Kind::Positive => 1.0 + rng.unit(),
     };

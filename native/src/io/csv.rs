@@ -50,7 +50,7 @@ pub(super) fn read(input: impl Read, limit: u64) -> Result<Loaded, String> {
             }
             Some(c) => c,
         };
-        if rows % band_rows == 0 {
+        if rows.is_multiple_of(band_rows) {
             // The first band grows as rows come, so a small file stays small;
             // later ones are allocated whole.
             bands.push(if rows == 0 { Vec::new() } else { Vec::with_capacity(band_rows * width) });
