@@ -2,17 +2,18 @@
 //! y = A·x and s = |A|·t, where x and t have a few columns (one per group).
 //!
 //! A general kernel packs A for one and |A| for the other, and takes the
-//! columns of x and t in blocks sized for square products. Here each element
-//! of A is loaded once, its magnitude taken
-//! in a register, and both products accumulated from it: a strip of rows times
-//! a few columns of x and t at a time, in registers. A is packed a panel of
-//! columns at a time into strips of rows (reading each column straight
-//! through, which the prefetcher follows; strips read in place would hit the
-//! same cache sets, their columns being m elements apart), and every column
-//! of x and t passes over a strip while it is in L1. On x86-64 the same code
-//! is compiled for AVX-512 and for AVX2 with FMA and picked at run time;
-//! elsewhere it is plain. Any order of summation, with or without fused
-//! multiply-adds, is within the error bounds the checks assume.
+//! columns of x and t in blocks sized for square products. Here a strip of
+//! rows of A is packed once, and both products are accumulated from it, a
+//! few columns of x and t at a time, in registers (the magnitudes taken in
+//! registers too). A is packed a panel of columns at a time, strip after
+//! strip, each written in order (strips read in place would hit the same
+//! cache sets, their columns being m elements apart; packed column by
+//! column, the strips' writes did, and took a tenth longer), and every
+//! column of x and t passes over a strip while it is in L1. On x86-64 the
+//! strips are written in AVX-512 intrinsics, or compiled for AVX2 with FMA,
+//! picked at run time; elsewhere the code is plain. Any order of summation,
+//! with or without fused multiply-adds, is within the error bounds the
+//! checks assume.
 
 use std::ops::{Add, Mul, Range};
 
@@ -24,6 +25,14 @@ pub(super) trait Lane: Copy + Default + Add<Output = Self> + Mul<Output = Self> 
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn mul_add(self, b: Self, c: Self) -> Self;
     fn abs(self) -> Self;
+    /// [`avx512`]'s strip for this type: R = 2 registers of rows of y, then
+    /// of s, by the 8 columns from `first`.
+    ///
+    /// # Safety
+    /// Only where the CPU has AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments, unsafe_code)]
+    unsafe fn strip_avx512(strip: &[Self], xt: &[Self], tt: &[Self], width: usize, first: usize, y: &mut [Self], s: &mut [Self], m: usize);
 }
 
 impl Lane for f64 {
@@ -35,6 +44,16 @@ impl Lane for f64 {
     fn abs(self) -> Self {
         f64::abs(self)
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    unsafe fn strip_avx512(strip: &[Self], xt: &[Self], tt: &[Self], width: usize, first: usize, y: &mut [Self], s: &mut [Self], m: usize) {
+        // SAFETY: the caller has checked for AVX-512F.
+        unsafe {
+            avx512::strip_f64::<false>(strip, xt, width, first, y, m);
+            avx512::strip_f64::<true>(strip, tt, width, first, s, m);
+        }
+    }
 }
 
 impl Lane for f32 {
@@ -45,6 +64,16 @@ impl Lane for f32 {
     #[inline(always)]
     fn abs(self) -> Self {
         f32::abs(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    unsafe fn strip_avx512(strip: &[Self], xt: &[Self], tt: &[Self], width: usize, first: usize, y: &mut [Self], s: &mut [Self], m: usize) {
+        // SAFETY: the caller has checked for AVX-512F.
+        unsafe {
+            avx512::strip_f32::<false>(strip, xt, width, first, y, m);
+            avx512::strip_f32::<true>(strip, tt, width, first, s, m);
+        }
     }
 }
 
@@ -63,9 +92,13 @@ pub(super) struct Operands<'a, T> {
 /// kernel takes at once.
 pub(super) const COLUMN_BLOCK: usize = 8;
 
-/// A panel of A's columns packed at a time is about this many bytes: it stays
-/// in L2 while its strips are worked through.
+/// A panel of A packed at a time is about this many bytes: it stays in L2
+/// while its strips are worked through.
 const PANEL_BYTES: usize = 1 << 20;
+
+/// A packed strip (R rows by the panel's columns) is about this many bytes:
+/// it stays in L1 while every column block of x and t passes over it.
+const STRIP_BYTES: usize = 16 << 10;
 
 /// The code paths, best first.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -121,30 +154,84 @@ fn products_with<T: Lane>(kernel: Kernel, operands: &Operands<'_, T>) -> (Vec<T>
         Kernel::Avx512 => unsafe { products_avx512(operands, &mut y, &mut s) },
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe { products_avx2(operands, &mut y, &mut s) },
-        _ => panels::<T, 4, 4>(operands, &mut y, &mut s, |a, b, c| a * b + c, |_| {}),
+        _ => {
+            let fma = |a, b, c| a * b + c;
+            panels::<T, 4, 4>(operands, &mut y, &mut s, fma, |_| {}, |v, xt, tt, w, f, y, s, m| block::<T, 4, 4>(v, xt, tt, w, f, y, s, m, fma))
+        }
     }
     (y, s)
 }
 
-/// A register of rows: 8 of f64 (by 8 columns), 16 of f32 (by 4: a larger
-/// block of accumulators defeats the compiler's vectorizer).
+/// Two registers of rows by 8 columns, written with intrinsics (see
+/// [`avx512`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
+#[allow(unsafe_code)]
 fn products_avx512<T: Lane>(operands: &Operands<'_, T>, y: &mut [T], s: &mut [T]) {
+    // SAFETY: this function is compiled for AVX-512F and runs only where it is.
+    let strip = |v: &[T], xt: &[T], tt: &[T], w, f, y: &mut [T], s: &mut [T], m| unsafe { T::strip_avx512(v, xt, tt, w, f, y, s, m) };
     if size_of::<T>() == 4 {
-        panels::<T, 16, 4>(operands, y, s, T::mul_add, prefetch_l2);
+        panels::<T, 32, 8>(operands, y, s, T::mul_add, prefetch_l2, strip);
     } else {
-        panels::<T, 8, 8>(operands, y, s, T::mul_add, prefetch_l2);
+        panels::<T, 16, 8>(operands, y, s, T::mul_add, prefetch_l2, strip);
     }
+}
+
+/// The strips for AVX-512, in intrinsics: two registers of rows by 8
+/// columns, 16 accumulators, enough to keep both FMA units busy through
+/// their latency, with 10 loads per 16 multiply-adds. The compiler does not
+/// vectorize the generic code at that size: it kept half as many.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    macro_rules! strip {
+        ($name:ident, $t:ty, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fmadd:ident, $abs:ident, $add:ident) => {
+            /// y[g·m + r] += Σ_p v[p·R + r]·xt[p·width + first + g] for the
+            /// strip's R = 2·lanes rows and g < 8, with v = |strip| if ABS.
+            #[target_feature(enable = "avx512f")]
+            pub(super) fn $name<const ABS: bool>(strip: &[$t], xt: &[$t], width: usize, first: usize, y: &mut [$t], m: usize) {
+                const R: usize = 2 * $lanes;
+                assert!(first + 8 <= width && strip.len().is_multiple_of(R) && strip.len() / R * width <= xt.len() && y.len() >= 7 * m + R);
+                let mut acc = [[$zero(); 2]; 8];
+                for (values, xs) in strip.chunks_exact(R).zip(xt.chunks_exact(width)) {
+                    // SAFETY: `values` holds R = 2·lanes elements.
+                    let (mut v0, mut v1) = unsafe { ($load(values.as_ptr()), $load(values.as_ptr().add($lanes))) };
+                    if ABS {
+                        (v0, v1) = ($abs(v0), $abs(v1));
+                    }
+                    let xs = &xs[first..first + 8];
+                    for g in 0..8 {
+                        let x = $set1(xs[g]);
+                        acc[g][0] = $fmadd(v0, x, acc[g][0]);
+                        acc[g][1] = $fmadd(v1, x, acc[g][1]);
+                    }
+                }
+                for (g, [a0, a1]) in acc.into_iter().enumerate() {
+                    let out = &mut y[g * m..g * m + R];
+                    // SAFETY: `out` holds R = 2·lanes elements.
+                    unsafe {
+                        let p = out.as_mut_ptr();
+                        $store(p, $add($load(p), a0));
+                        $store(p.add($lanes), $add($load(p.add($lanes)), a1));
+                    }
+                }
+            }
+        };
+    }
+
+    strip!(strip_f64, f64, 8, _mm512_setzero_pd, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_set1_pd, _mm512_fmadd_pd, _mm512_abs_pd, _mm512_add_pd);
+    strip!(strip_f32, f32, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_abs_ps, _mm512_add_ps);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn products_avx2<T: Lane>(operands: &Operands<'_, T>, y: &mut [T], s: &mut [T]) {
     if size_of::<T>() == 4 {
-        panels::<T, 8, 8>(operands, y, s, T::mul_add, prefetch_l2);
+        panels::<T, 8, 8>(operands, y, s, T::mul_add, prefetch_l2, |v, xt, tt, w, f, y, s, m| block::<T, 8, 8>(v, xt, tt, w, f, y, s, m, T::mul_add));
     } else {
-        panels::<T, 4, 8>(operands, y, s, T::mul_add, prefetch_l2);
+        panels::<T, 4, 8>(operands, y, s, T::mul_add, prefetch_l2, |v, xt, tt, w, f, y, s, m| block::<T, 4, 8>(v, xt, tt, w, f, y, s, m, T::mul_add));
     }
 }
 
@@ -160,8 +247,13 @@ fn prefetch_l2<T>(values: &[T]) {
     }
 }
 
-/// Panel by panel: pack strips of R rows, run every column block over each,
-/// then the rows left over one at a time.
+/// Panel by panel: a panel is a band of rows of A by the columns that make
+/// a strip of [`STRIP_BYTES`], as many rows as make [`PANEL_BYTES`]. Each
+/// strip's sums stay in registers over all its columns, and y and s are read
+/// and written once per panel: for a band, not for all of A's rows (which,
+/// for a tall A, fell out of cache at every panel). Pack the panel's strips
+/// of R rows, run `strip` over each for every block of C columns (as
+/// [`block`] does), then the rows left over one at a time.
 #[inline(always)]
 fn panels<T: Lane, const R: usize, const C: usize>(
     operands: &Operands<'_, T>,
@@ -169,37 +261,39 @@ fn panels<T: Lane, const R: usize, const C: usize>(
     s: &mut [T],
     fma: impl Fn(T, T, T) -> T + Copy,
     prefetch: impl Fn(&[T]),
+    strip: impl Fn(&[T], &[T], &[T], usize, usize, &mut [T], &mut [T], usize),
 ) {
     let Operands { m, a, xt, tt, width } = *operands;
     let k = a.len() / m;
-    let panel = (PANEL_BYTES / size_of::<T>() / m).clamp(1, k);
-    let whole = m - m % R;
-    let mut packed = vec![T::default(); whole * panel];
-    let mut single = vec![T::default(); panel];
-    for start in (0..k).step_by(panel) {
-        let end = (start + panel).min(k);
-        let (columns, kp) = (&a[start * m..end * m], end - start);
-        let (xt, tt) = (&xt[start * width..end * width], &tt[start * width..end * width]);
+    let elements = PANEL_BYTES / size_of::<T>();
+    let depth = (STRIP_BYTES / size_of::<T>() / R).clamp(1, k);
+    // Rows per panel: all of them if they fit, else a multiple of R.
+    let band = if m * depth <= elements { m } else { (elements / depth / R * R).max(R) };
+    let panels: Vec<(usize, usize)> = (0..m).step_by(band).flat_map(|r0| (0..k).step_by(depth).map(move |c0| (r0, c0))).collect();
+    let rows_and_columns = |(r0, c0): (usize, usize)| (r0..(r0 + band).min(m), c0..(c0 + depth).min(k));
+    let mut packed = vec![T::default(); band / R * R * depth];
+    let mut single = vec![T::default(); depth];
+    for (i, &panel) in panels.iter().enumerate() {
+        let (rows, cols) = rows_and_columns(panel);
+        let (whole, kp) = (rows.len() - rows.len() % R, cols.len());
+        let columns = &a[cols.start * m..cols.end * m];
+        let (xt, tt) = (&xt[cols.start * width..cols.end * width], &tt[cols.start * width..cols.end * width]);
         let packed = &mut packed[..whole * kp];
-        for (p, column) in columns.chunks_exact(m).enumerate() {
-            for (strip, values) in column[..whole].chunks_exact(R).enumerate() {
-                let at = (strip * kp + p) * R;
-                packed[at..at + R].copy_from_slice(values);
+        for (out, row) in packed.chunks_exact_mut(R * kp).zip(rows.clone().step_by(R)) {
+            for (values, column) in out.chunks_exact_mut(R).zip(columns.chunks_exact(m)) {
+                values.copy_from_slice(&column[row..row + R]);
             }
         }
-        // The next panel, fetched into cache while this one is computed.
-        let next = &a[end * m..(end + panel).min(k) * m];
-        let ahead = next.len().div_ceil((whole / R).max(1)).max(1);
-        let mut ahead_chunks = next.chunks(ahead);
-        for (strip, row) in packed.chunks_exact(R * kp).zip((0..).step_by(R)) {
-            if let Some(chunk) = ahead_chunks.next() {
-                prefetch(chunk);
-            }
+        // The next panel's columns, fetched into cache a few per strip while this one is computed.
+        let (next_rows, mut ahead) = panels.get(i + 1).map_or((0..0, 0..0), |&next| rows_and_columns(next));
+        let share = ahead.len().div_ceil((whole / R).max(1));
+        for (values, row) in packed.chunks_exact(R * kp).zip(rows.clone().step_by(R)) {
+            ahead.by_ref().take(share).for_each(|col| prefetch(&a[col * m + next_rows.start..col * m + next_rows.end]));
             for first in (0..width).step_by(C) {
-                block::<T, R, C>(strip, xt, tt, width, first, &mut y[first * m + row..], &mut s[first * m + row..], m, fma);
+                strip(values, xt, tt, width, first, &mut y[first * m + row..], &mut s[first * m + row..], m);
             }
         }
-        for row in whole..m {
+        for row in rows.start + whole..rows.end {
             let single = &mut single[..kp];
             single.iter_mut().zip(columns.chunks_exact(m)).for_each(|(v, column)| *v = column[row]);
             for first in (0..width).step_by(C) {
@@ -319,7 +413,8 @@ mod tests {
     /// panels, in both dtypes, through every kernel this CPU can run.
     #[test]
     fn both_products_match_the_definition() {
-        for (m, k) in [(1, 5), (7, 3), (8, 5), (9, 5), (33, 2), (150, 4), (40_000, 9)] {
+        // The last two span several bands of rows, and 3001 × 300 several panels per band.
+        for (m, k) in [(1, 5), (7, 3), (8, 5), (9, 5), (33, 2), (150, 4), (40_000, 9), (3_001, 300)] {
             let width = 2 * COLUMN_BLOCK;
             let a: Vec<f64> = (0..m * k).map(|i| ((i * 37 % 11) as f64 - 5.0) / 4.0).collect();
             let xt: Vec<f64> = (0..k * width).map(|i| ((i * 13 % 7) as f64 - 3.0) / 2.0).collect();
