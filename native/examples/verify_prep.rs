@@ -1,8 +1,9 @@
-//! What result checks cost the master for an n×n job, in f64 and f32
-//! (medians of 5): the precompute, the check of one honest tile, and the check
-//! of one tile with an element off by 10 times the honest bound (the flagged
-//! row's exact recheck).
-//! `cargo run --release -p colonnade-native --example verify_prep [n]`.
+//! What result checks cost the master for an n×n job (or an m×k by k×n
+//! one), in f64 and f32 (medians of 5): the precompute, the check of one
+//! honest tile, and the check of one tile with an element off by 10 times the
+//! honest bound (the flagged row's exact recheck).
+//! `cargo run --release -p colonnade-native --example verify_prep [n | m k n]`
+//! (the bench's tall-skinny job: `200000 256 256`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +15,15 @@ use colonnade_core::verify::Verifier;
 use colonnade_core::{DenseMatrix, Element, Matrix};
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(4096);
-    run::<f64>(n);
-    run::<f32>(n);
+    let sizes: Vec<usize> = std::env::args().skip(1).map(|s| s.parse().expect("sizes are whole numbers")).collect();
+    let (m, k, n) = match sizes[..] {
+        [] => (4096, 4096, 4096),
+        [n] => (n, n, n),
+        [m, k, n] => (m, k, n),
+        _ => panic!("give n, or m k n"),
+    };
+    run::<f64>(m, k, n);
+    run::<f32>(m, k, n);
 }
 
 /// A small deterministic generator: uniform in [0, 1).
@@ -33,14 +40,14 @@ fn median(mut times: Vec<Duration>) -> f64 {
     times[times.len() / 2].as_secs_f64() * 1e3
 }
 
-fn run<T: Element>(n: usize)
+fn run<T: Element>(m: usize, k: usize, n: usize)
 where
     DenseMatrix: From<Matrix<T>>,
 {
     let mut rng = Rng(42);
-    let a = Matrix::<T>::from_fn(n, n, |_, _| T::from_f64(rng.unit() * 2.0 - 1.0));
-    let b = Matrix::<T>::from_fn(n, n, |_, _| T::from_f64(rng.unit() * 2.0 - 1.0));
-    let plan = Plan::columns(n, n, n, CostModel::default().column_width(Problem { m: n, k: n, n, elem: T::DTYPE.size() }));
+    let a = Matrix::<T>::from_fn(m, k, |_, _| T::from_f64(rng.unit() * 2.0 - 1.0));
+    let b = Matrix::<T>::from_fn(k, n, |_, _| T::from_f64(rng.unit() * 2.0 - 1.0));
+    let plan = Plan::columns(m, k, n, CostModel::default().column_width(Problem { m, k, n, elem: T::DTYPE.size() }));
     let tiles: Vec<_> = (0..plan.tiles()).map(|i| plan.tile(i)).collect();
     let weights: Vec<f64> = (0..n).map(|_| if rng.unit() < 0.5 { -1.0 } else { 1.0 } * (1.0 + rng.unit())).collect();
     let (a_shared, b_shared) = (Arc::new(DenseMatrix::from(a.clone())), Arc::new(DenseMatrix::from(b.clone())));
@@ -80,14 +87,14 @@ where
     );
 
     // Element (i, j) off by 10·k·u·(|A||B|)_ij.
-    let (i, j) = (n / 3, cols.len() / 2);
-    let s: f64 = (0..n).map(|p| (a.get(i, p).to_f64() * b.get(p, cols.start + j).to_f64()).abs()).sum();
+    let (i, j) = (m / 3, cols.len() / 2);
+    let s: f64 = (0..k).map(|p| (a.get(i, p).to_f64() * b.get(p, cols.start + j).to_f64()).abs()).sum();
     let u = match T::DTYPE {
         colonnade_core::Dtype::F64 => f64::EPSILON / 2.0,
         colonnade_core::Dtype::F32 => f64::from(f32::EPSILON) / 2.0,
     };
     let mut lie = honest.clone();
-    nudge(&mut lie, j * n + i, 10.0 * n as f64 * u * s);
+    nudge(&mut lie, j * m + i, 10.0 * k as f64 * u * s);
     let mut flagged = 0;
     let check_lie = median(
         (0..5)
@@ -102,7 +109,7 @@ where
             .collect(),
     );
     println!(
-        "{} n={n}, {} tiles of {} columns: precompute {prep:.1} ms; check of one tile: honest {check_honest:.2} ms, \
+        "{} {m}x{k} by {k}x{n}, {} tiles of {} columns: precompute {prep:.1} ms; check of one tile: honest {check_honest:.2} ms, \
          with a 10x-bound lie {check_lie:.2} ms ({flagged} row flagged); computing the tile on 1 thread: {compute:.1} ms",
         T::DTYPE,
         plan.tiles(),
