@@ -5,15 +5,15 @@
 //! columns of x and t in blocks sized for square products. Here a strip of
 //! rows of A is packed once, and both products are accumulated from it, a
 //! few columns of x and t at a time, in registers (the magnitudes taken in
-//! registers too). A is packed a panel of columns at a time, strip after
-//! strip, each written in order (strips read in place would hit the same
-//! cache sets, their columns being m elements apart; packed column by
-//! column, the strips' writes did, and took a tenth longer), and every
-//! column of x and t passes over a strip while it is in L1. On x86-64 the
-//! strips are written in AVX-512 intrinsics, or compiled for AVX2 with FMA,
-//! picked at run time; elsewhere the code is plain. Any order of summation,
-//! with or without fused multiply-adds, is within the error bounds the
-//! checks assume.
+//! registers too). A is packed a panel at a time (a band of rows by a few
+//! columns, see [`panels`]), strip after strip, each written in order
+//! (strips read in place would hit the same cache sets, their columns being
+//! m elements apart; packed column by column, the strips' writes did, and
+//! took a tenth longer), and every column of x and t passes over a strip
+//! while it is in L1. On x86-64 the strips are written in AVX-512
+//! intrinsics, or compiled for AVX2 with FMA, picked at run time; elsewhere
+//! the code is plain. Any order of summation, with or without fused
+//! multiply-adds, is within the error bounds the checks assume.
 
 use std::ops::{Add, Mul, Range};
 
