@@ -5,7 +5,7 @@
 //!
 //! A job never talks to a worker itself. [`crate::scheduler`] offers it a
 //! worker with room, and it answers with a tile and the frames of its task;
-//! results come back through [`Job::result_chunk`]. Workers' admission,
+//! results come back through `Job::result_chunk`. Workers' admission,
 //! liveness, strikes and caches are the pool's business ([`crate::pool`]).
 
 mod panels;

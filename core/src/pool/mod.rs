@@ -116,7 +116,7 @@ pub struct WorkerInfo {
 }
 
 /// The last leases cancelled under one worker. Late chunks come within a
-/// round trip of the Cancel, so the last [`Cancelled::KEEP`] are plenty, and a
+/// round trip of the Cancel, so the last `Cancelled::KEEP` are plenty, and a
 /// worker that stays up for many jobs does not grow this without bound.
 #[derive(Debug, Default)]
 pub struct Cancelled {

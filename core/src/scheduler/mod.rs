@@ -20,7 +20,7 @@
 //! cannot speak while it computes). Silence and rule-breaking end the same way:
 //! an [`Output::Close`], with the worker's blocks re-queued at once.
 //!
-//! With a [`Verifier`](crate::verify::Verifier), every result is checked before
+//! With a [`Verifier`], every result is checked before
 //! it is assembled. A wrong one is discarded, its block goes to another worker,
 //! and its sender gets a strike; at `max_strikes` the sender is closed and its
 //! address banned.
@@ -296,7 +296,7 @@ impl Scheduler {
         Some(job)
     }
 
-    /// Forgets the workers that have left (see [`Pool::forget_departed`]).
+    /// Forgets the workers that have left (see `Pool::forget_departed`).
     pub fn forget_departed(&mut self) {
         self.pool.forget_departed();
     }
