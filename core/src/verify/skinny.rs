@@ -35,47 +35,34 @@ pub(super) trait Lane: Copy + Default + Add<Output = Self> + Mul<Output = Self> 
     unsafe fn strip_avx512(strip: &[Self], xt: &[Self], tt: &[Self], width: usize, first: usize, y: &mut [Self], s: &mut [Self], m: usize);
 }
 
-impl Lane for f64 {
-    #[inline(always)]
-    fn mul_add(self, b: Self, c: Self) -> Self {
-        f64::mul_add(self, b, c)
-    }
-    #[inline(always)]
-    fn abs(self) -> Self {
-        f64::abs(self)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    #[allow(unsafe_code)]
-    unsafe fn strip_avx512(strip: &[Self], xt: &[Self], tt: &[Self], width: usize, first: usize, y: &mut [Self], s: &mut [Self], m: usize) {
-        // SAFETY: the caller has checked for AVX-512F.
-        unsafe {
-            avx512::strip_f64::<false>(strip, xt, width, first, y, m);
-            avx512::strip_f64::<true>(strip, tt, width, first, s, m);
+/// The impl for a float type, whose AVX-512 strip is `avx512::$strip`.
+macro_rules! lane {
+    ($t:ty, $strip:ident) => {
+        impl Lane for $t {
+            #[inline(always)]
+            fn mul_add(self, b: Self, c: Self) -> Self {
+                <$t>::mul_add(self, b, c)
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[inline(always)]
+            #[allow(unsafe_code)]
+            unsafe fn strip_avx512(strip: &[Self], xt: &[Self], tt: &[Self], width: usize, first: usize, y: &mut [Self], s: &mut [Self], m: usize) {
+                // SAFETY: the caller has checked for AVX-512F.
+                unsafe {
+                    avx512::$strip::<false>(strip, xt, width, first, y, m);
+                    avx512::$strip::<true>(strip, tt, width, first, s, m);
+                }
+            }
         }
-    }
+    };
 }
 
-impl Lane for f32 {
-    #[inline(always)]
-    fn mul_add(self, b: Self, c: Self) -> Self {
-        f32::mul_add(self, b, c)
-    }
-    #[inline(always)]
-    fn abs(self) -> Self {
-        f32::abs(self)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    #[allow(unsafe_code)]
-    unsafe fn strip_avx512(strip: &[Self], xt: &[Self], tt: &[Self], width: usize, first: usize, y: &mut [Self], s: &mut [Self], m: usize) {
-        // SAFETY: the caller has checked for AVX-512F.
-        unsafe {
-            avx512::strip_f32::<false>(strip, xt, width, first, y, m);
-            avx512::strip_f32::<true>(strip, tt, width, first, s, m);
-        }
-    }
-}
+lane!(f64, strip_f64);
+lane!(f32, strip_f32);
 
 /// The operands: A (m × k, column-major) and x and t (k × width), stored by
 /// row (`xt[p * width + g]`, `tt` likewise); `width` is a multiple of
