@@ -31,8 +31,56 @@ pub(crate) fn transpose<const B: usize, S: Copy, T: Copy>(
     decode: impl Fn(S) -> T,
 ) {
     assert!(src.len() == height * width && i0 + height <= rows && (c0 + width) * rows <= dst.len(), "panel out of bounds");
-    for jb in (0..width).step_by(B) {
-        let jw = B.min(width - jb);
+    transpose_columns::<B, _, _>(src, height, width, 0..width, &mut dst[c0 * rows..], rows, i0, decode);
+}
+
+/// As [`transpose`], with the panel's columns split over up to `threads`
+/// threads: each writes its own columns of the matrix, and the cache misses
+/// of reading down the panel (its rows are a matrix row apart) overlap.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn transpose_threaded<const B: usize, S: Copy + Sync, T: Copy + Send>(
+    src: &[S],
+    height: usize,
+    width: usize,
+    dst: &mut [T],
+    rows: usize,
+    i0: usize,
+    c0: usize,
+    decode: impl Fn(S) -> T + Copy + Send,
+    threads: usize,
+) {
+    assert!(src.len() == height * width && i0 + height <= rows && (c0 + width) * rows <= dst.len(), "panel out of bounds");
+    // Whole tiles per thread, so that no tile is split.
+    let per_thread = width.div_ceil(threads.max(1)).next_multiple_of(B);
+    if per_thread >= width {
+        return transpose_columns::<B, _, _>(src, height, width, 0..width, &mut dst[c0 * rows..], rows, i0, decode);
+    }
+    std::thread::scope(|scope| {
+        let parts = dst[c0 * rows..(c0 + width) * rows].chunks_mut(per_thread * rows);
+        for (first, part) in (0..width).step_by(per_thread).zip(parts) {
+            let columns = first..(first + per_thread).min(width);
+            scope.spawn(move || transpose_columns::<B, _, _>(src, height, width, columns, part, rows, i0, decode));
+        }
+    });
+}
+
+/// The work of [`transpose`] for the panel's `columns`, into `dst`, whose
+/// first column is the matrix column of panel column `columns.start`.
+#[allow(clippy::too_many_arguments)]
+fn transpose_columns<const B: usize, S: Copy, T: Copy>(
+    src: &[S],
+    height: usize,
+    width: usize,
+    columns: std::ops::Range<usize>,
+    dst: &mut [T],
+    rows: usize,
+    i0: usize,
+    decode: impl Fn(S) -> T,
+) {
+    assert!(columns.end <= width && columns.len() * rows <= dst.len(), "columns out of bounds");
+    let first = columns.start;
+    for jb in columns.clone().step_by(B) {
+        let jw = B.min(columns.end - jb);
         for ib in (0..height).step_by(B) {
             let iw = B.min(height - ib);
             if iw == B && jw == B {
@@ -43,7 +91,7 @@ pub(crate) fn transpose<const B: usize, S: Copy, T: Copy>(
                     src[at..at + B].try_into().expect("B elements")
                 });
                 for j in 0..B {
-                    let at = (c0 + jb + j) * rows + i0 + ib;
+                    let at = (jb - first + j) * rows + i0 + ib;
                     let column: &mut [T; B] = (&mut dst[at..at + B]).try_into().expect("B elements");
                     for (out, row) in column.iter_mut().zip(&rows_in) {
                         *out = decode(row[j]);
@@ -51,7 +99,7 @@ pub(crate) fn transpose<const B: usize, S: Copy, T: Copy>(
                 }
             } else {
                 for j in jb..jb + jw {
-                    let column = &mut dst[(c0 + j) * rows + i0 + ib..][..iw];
+                    let column = &mut dst[(j - first) * rows + i0 + ib..][..iw];
                     for (i, out) in column.iter_mut().enumerate() {
                         *out = decode(src[(ib + i) * width + j]);
                     }
@@ -126,6 +174,11 @@ mod tests {
         transpose::<B, _, _>(&src, height, width, &mut dst, rows, i0, c0, |s| u64::from(s) * 3);
         let want = reference(&src, height, width, rows, cols, i0, c0);
         assert_eq!(dst, want, "B={B} {height}x{width} panel at ({i0}, {c0}) of {rows}x{cols}");
+        for threads in [1, 2, 3, 7] {
+            let mut dst = vec![u64::MAX; rows * cols];
+            transpose_threaded::<B, _, _>(&src, height, width, &mut dst, rows, i0, c0, |s| u64::from(s) * 3, threads);
+            assert_eq!(dst, want, "B={B} {height}x{width} panel at ({i0}, {c0}) of {rows}x{cols} on {threads} threads");
+        }
     }
 
     #[test]

@@ -231,7 +231,7 @@ impl Layout {
         &self,
         input: &mut impl Read,
         native: bool,
-        decode: impl Fn([u8; N]) -> T + Copy,
+        decode: impl Fn([u8; N]) -> T + Copy + Send,
     ) -> Result<Matrix<T>, String>
     where
         [u8; N]: bytemuck::Pod,
@@ -264,11 +264,15 @@ impl Layout {
             let height = (buf.len() / cols).min(rows);
             // Whole tiles where there is room for them.
             let height = if height > tile { height / tile * tile } else { height };
+            // While the inputs are read the workers wait, so every core can transpose.
+            // (Reading the next band into a second buffer meanwhile measured no faster.)
+            let threads = crate::compute::available_cores();
+            let transpose = if tile == 16 { layout::transpose_threaded::<16, _, _> } else { layout::transpose_threaded::<8, _, _> };
             for i0 in (0..rows).step_by(height) {
                 let h = height.min(rows - i0);
                 let src = &mut buf[..h * cols];
                 input.read_exact(bytemuck::cast_slice_mut(src)).map_err(io_problem)?;
-                transpose(src, h, cols, dst, rows, i0, 0, decode);
+                transpose(src, h, cols, dst, rows, i0, 0, decode, threads);
             }
         } else {
             // Rows longer than the buffer: each in pieces.
