@@ -83,7 +83,7 @@ pub(super) fn read(input: impl Read, limit: u64) -> Result<Loaded, String> {
     let dst = matrix.as_mut_slice();
     for (k, band) in bands.into_iter().enumerate() {
         let height = band.len() / cols;
-        layout::transpose::<TILE, _, _>(&band, height, cols, dst, rows, k * band_rows, 0, |v| v);
+        layout::transpose::<TILE, _, _>(&band, height, cols, dst, rows, k * band_rows, 0, |v| v, 1);
     }
     Ok(Loaded { matrix: DenseMatrix::F64(matrix), integer })
 }

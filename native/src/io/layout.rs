@@ -14,31 +14,16 @@ pub(crate) fn convert<S: Copy, T>(src: &[S], dst: &mut [T], decode: impl Fn(S) -
 
 /// Transposes a row-major `height`×`width` panel `src` (rows `i0..` and
 /// columns `c0..` of the matrix) into the column-major `dst`, which has `rows`
-/// rows: `dst[(c0 + j) * rows + i0 + i] = decode(src[i * width + j])`.
+/// rows: `dst[(c0 + j) * rows + i0 + i] = decode(src[i * width + j])`, with
+/// the panel's columns split over up to `threads` threads: each writes its
+/// own columns of the matrix, and the cache misses of reading down the panel
+/// (its rows are a matrix row apart) overlap.
 ///
 /// Works in `B`×`B` tiles: a tile's `B` source rows and `B` destination
 /// columns are each one or two cache lines when `B` elements fill a line (8
 /// for f64, 16 for f32), so every line is fetched once and written whole.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn transpose<const B: usize, S: Copy, T: Copy>(
-    src: &[S],
-    height: usize,
-    width: usize,
-    dst: &mut [T],
-    rows: usize,
-    i0: usize,
-    c0: usize,
-    decode: impl Fn(S) -> T,
-) {
-    assert!(src.len() == height * width && i0 + height <= rows && (c0 + width) * rows <= dst.len(), "panel out of bounds");
-    transpose_columns::<B, _, _>(src, height, width, 0..width, &mut dst[c0 * rows..], rows, i0, decode);
-}
-
-/// As [`transpose`], with the panel's columns split over up to `threads`
-/// threads: each writes its own columns of the matrix, and the cache misses
-/// of reading down the panel (its rows are a matrix row apart) overlap.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn transpose_threaded<const B: usize, S: Copy + Sync, T: Copy + Send>(
+pub(crate) fn transpose<const B: usize, S: Copy + Sync, T: Copy + Send>(
     src: &[S],
     height: usize,
     width: usize,
@@ -170,13 +155,10 @@ mod tests {
 
     fn check<const B: usize>(height: usize, width: usize, rows: usize, cols: usize, i0: usize, c0: usize) {
         let src: Vec<u32> = (0..height * width).map(|k| k as u32 * 7 + 1).collect();
-        let mut dst = vec![u64::MAX; rows * cols];
-        transpose::<B, _, _>(&src, height, width, &mut dst, rows, i0, c0, |s| u64::from(s) * 3);
         let want = reference(&src, height, width, rows, cols, i0, c0);
-        assert_eq!(dst, want, "B={B} {height}x{width} panel at ({i0}, {c0}) of {rows}x{cols}");
         for threads in [1, 2, 3, 7] {
             let mut dst = vec![u64::MAX; rows * cols];
-            transpose_threaded::<B, _, _>(&src, height, width, &mut dst, rows, i0, c0, |s| u64::from(s) * 3, threads);
+            transpose::<B, _, _>(&src, height, width, &mut dst, rows, i0, c0, |s| u64::from(s) * 3, threads);
             assert_eq!(dst, want, "B={B} {height}x{width} panel at ({i0}, {c0}) of {rows}x{cols} on {threads} threads");
         }
     }

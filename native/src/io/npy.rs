@@ -267,7 +267,6 @@ impl Layout {
             // While the inputs are read the workers wait, so every core can transpose.
             // (Reading the next band into a second buffer meanwhile measured no faster.)
             let threads = crate::compute::available_cores();
-            let transpose = if tile == 16 { layout::transpose_threaded::<16, _, _> } else { layout::transpose_threaded::<8, _, _> };
             for i0 in (0..rows).step_by(height) {
                 let h = height.min(rows - i0);
                 let src = &mut buf[..h * cols];
@@ -281,7 +280,7 @@ impl Layout {
                     let w = buf.len().min(cols - c0);
                     let src = &mut buf[..w];
                     input.read_exact(bytemuck::cast_slice_mut(src)).map_err(io_problem)?;
-                    transpose(src, 1, w, dst, rows, i, c0, decode);
+                    transpose(src, 1, w, dst, rows, i, c0, decode, 1);
                 }
             }
         }
