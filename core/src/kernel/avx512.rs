@@ -29,6 +29,14 @@ pub(super) fn available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
 }
 
+/// Whether an m-row product is worth this kernel: on this CPU, and A's rows
+/// fill the slivers to within 1/32. Where padding wastes more (256 rows of
+/// f32 pad to 288), and for fewer rows, matrixmultiply's smaller blocks
+/// measured faster.
+pub(super) fn suits<T: Micro>(m: usize) -> bool {
+    m >= 256 && (m / MC * MC + (m % MC).next_multiple_of(T::MR)) * 32 <= m * 33 && available()
+}
+
 /// An element type with a micro-kernel.
 pub(super) trait Micro: Copy + Default + std::ops::Add<Output = Self> {
     /// Rows of C per micro-kernel call: 3 registers.
@@ -139,8 +147,10 @@ impl<T: Copy + Default> Aligned<T> {
 pub(super) fn gemm<T: Micro>(m: usize, k: usize, n: usize, a: &[T], b: &[T], c: &mut [T]) {
     assert!(available() && a.len() == m * k && b.len() == k * n && c.len() == m * n);
     let (mr, kc_max) = (T::MR, T::KC);
-    let mut a_pack = Aligned::<T>::new(MC.min(m.next_multiple_of(mr)) * kc_max);
-    let mut b_pack = Aligned::<T>::new(kc_max * NC.min(n.next_multiple_of(NR)));
+    // Only as large as this product needs: zeroing them is a pass of its own.
+    let depth = kc_max.min(k);
+    let mut a_pack = Aligned::<T>::new(MC.min(m.next_multiple_of(mr)) * depth);
+    let mut b_pack = Aligned::<T>::new(depth * NC.min(n.next_multiple_of(NR)));
     let mut edge = [T::default(); 48 * NR];
     if k == 0 {
         c.fill(T::default());
@@ -239,6 +249,13 @@ mod tests {
         let mut c = vec![from(99); m * n];
         gemm(m, k, n, &a, &b, &mut c);
         assert!(c == expect, "{m}x{k} by {k}x{n}");
+    }
+
+    #[test]
+    fn taken_only_where_the_rows_fill_its_slivers() {
+        let here = available();
+        assert_eq!([suits::<f64>(256), suits::<f64>(4096), suits::<f32>(512), suits::<f32>(4096)], [here; 4]);
+        assert!(!suits::<f64>(100) && !suits::<f64>(250) && !suits::<f32>(256) && !suits::<f32>(300));
     }
 
     #[test]
