@@ -29,12 +29,12 @@ pub(super) fn available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
 }
 
-/// Whether an m-row product is worth this kernel: on this CPU, and A's rows
-/// fill the slivers to within 1/32. Where padding wastes more (256 rows of
-/// f32 pad to 288), and for fewer rows, matrixmultiply's smaller blocks
-/// measured faster.
+/// Whether an m-row product is worth this kernel: on this CPU, at least
+/// `T::MIN_ROWS` rows, and they fill the slivers to within 1/32. Where
+/// padding wastes more (256 rows of f32 pad to 288), and for fewer rows,
+/// matrixmultiply's smaller blocks measured as fast or faster.
 pub(super) fn suits<T: Micro>(m: usize) -> bool {
-    m >= 256 && (m / MC * MC + (m % MC).next_multiple_of(T::MR)) * 32 <= m * 33 && available()
+    m >= T::MIN_ROWS && (m / MC * MC + (m % MC).next_multiple_of(T::MR)) * 32 <= m * 33 && available()
 }
 
 /// An element type with a micro-kernel.
@@ -44,6 +44,11 @@ pub(super) trait Micro: Copy + Default + std::ops::Add<Output = Self> {
     /// Depth of a packed block: a sliver of B (KC × NR, 16 KiB) stays in L1.
     /// (f32 at 512 measured a tenth faster than at 256; f64 at 512 no faster.)
     const KC: usize;
+    /// Fewest rows of A this kernel takes (see [`suits`]). In f32, tiles of
+    /// 512 rows ran at 0.95–1.14× matrixmultiply's speed alone, and jobs of
+    /// such tiles on two workers sharing 2 cores took longer (1.14 s against
+    /// 1.00 s at n=4096, medians of 6); at 4096 rows, 1.01–1.25×.
+    const MIN_ROWS: usize;
 
     /// `C[0..MR, 0..NR] (+)= Ap · Bp` over `kc`, where `a` is an MR-row
     /// sliver and `b` an NR-column sliver, both packed by depth, and C has
@@ -58,6 +63,7 @@ pub(super) trait Micro: Copy + Default + std::ops::Add<Output = Self> {
 impl Micro for f64 {
     const MR: usize = 24;
     const KC: usize = 256;
+    const MIN_ROWS: usize = 256;
 
     #[inline(always)]
     unsafe fn micro(kc: usize, a: *const f64, b: *const f64, c: *mut f64, ldc: usize, accumulate: bool) {
@@ -69,6 +75,7 @@ impl Micro for f64 {
 impl Micro for f32 {
     const MR: usize = 48;
     const KC: usize = 512;
+    const MIN_ROWS: usize = 1024;
 
     #[inline(always)]
     unsafe fn micro(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
@@ -254,8 +261,8 @@ mod tests {
     #[test]
     fn taken_only_where_the_rows_fill_its_slivers() {
         let here = available();
-        assert_eq!([suits::<f64>(256), suits::<f64>(4096), suits::<f32>(512), suits::<f32>(4096)], [here; 4]);
-        assert!(!suits::<f64>(100) && !suits::<f64>(250) && !suits::<f32>(256) && !suits::<f32>(300));
+        assert_eq!([suits::<f64>(256), suits::<f64>(4096), suits::<f32>(1024), suits::<f32>(4096)], [here; 4]);
+        assert!(!suits::<f64>(100) && !suits::<f64>(250) && !suits::<f32>(512) && !suits::<f32>(1010));
     }
 
     #[test]
