@@ -4,9 +4,9 @@
 //! rows tall; a micro-kernel keeps an MR × NR block of C in registers while
 //! it runs down KC. matrixmultiply's AVX-512 micro-kernel is 8 × 8 in f64,
 //! 8 accumulators fed by 9 loads per 8 fused multiply-adds; ours is 24 × 8,
-//! 24 accumulators fed by 11 loads per 24 (each broadcast of B folded into
-//! its multiply-add), which keeps the multiply-add units rather than the
-//! load ports busy. Any order of summation is within the bounds the verifier
+//! 24 accumulators fed by 11 loads per 24 (three registers of A, and each
+//! broadcast of B shared by three multiply-adds), which keeps the
+//! multiply-add units rather than the load ports busy. Any order of summation is within the bounds the verifier
 //! holds results to.
 
 #![allow(unsafe_code)]
