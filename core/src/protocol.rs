@@ -17,6 +17,13 @@ pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest body of one message.
 pub const MAX_CHUNK: usize = 8 << 20;
 
+/// The body size a master asks for unless told otherwise. Bodies this small
+/// reuse the allocator's memory at both ends; 8 MiB ones were mapped afresh,
+/// faulted in and zeroed for every message, and tungstenite shifts what a
+/// partial write leaves over. In n=4096 f64 jobs the master's CPU went from
+/// 0.73 to 0.60 s (medians of 7 runs each).
+pub const DEFAULT_CHUNK: usize = 256 << 10;
+
 /// Identifies one job of one master.
 pub type JobId = u64;
 /// Identifies one attempt at one tile: a lease. A tile re-issued gets a new lease.

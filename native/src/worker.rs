@@ -59,7 +59,7 @@ pub fn default_memory(workers: usize) -> u64 {
     crate::io::available_memory().map_or(1 << 30, |m| m / 2 / workers.max(1) as u64)
 }
 
-/// Large reads move 8 MiB chunks with fewer syscalls and buffer growths.
+/// Large reads move whole chunks with fewer syscalls and buffer growths.
 const READ_BUFFER: usize = 1 << 20;
 
 /// How a connection ended.

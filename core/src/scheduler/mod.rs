@@ -35,7 +35,7 @@ use crate::liveness::Heartbeat;
 use crate::payload::PayloadError;
 use crate::plan::PanelId;
 use crate::pool::{Held, Hello, Pool};
-use crate::protocol::{Frame, JobId, LeaseId, Message, WorkerKind, MAX_CHUNK};
+use crate::protocol::{Frame, JobId, LeaseId, Message, WorkerKind, DEFAULT_CHUNK};
 use crate::verify::Verifier;
 
 #[cfg(feature = "fuzzing")]
@@ -69,7 +69,7 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             leases: LeaseConfig::default(),
-            max_chunk: MAX_CHUNK,
+            max_chunk: DEFAULT_CHUNK,
             max_slots: DEFAULT_MAX_SLOTS,
             max_strikes: 3,
             heartbeat: Heartbeat::default(),

@@ -17,7 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use colonnade_core::codec::MAX_HEADER;
-use colonnade_core::protocol::MAX_CHUNK;
+use colonnade_core::protocol::DEFAULT_CHUNK;
 use colonnade_core::protocol::Frame;
 use colonnade_core::scheduler::{WorkerId, DEFAULT_MAX_SLOTS};
 use futures_util::{SinkExt, StreamExt};
@@ -82,7 +82,7 @@ impl Limits {
         // Well above a tab's one connection per core, or a few workers behind one NAT.
         max_per_address: 64,
         handshake_timeout: Duration::from_secs(10),
-        max_chunk: MAX_CHUNK,
+        max_chunk: DEFAULT_CHUNK,
         max_slots: DEFAULT_MAX_SLOTS,
     };
 
