@@ -119,34 +119,33 @@ impl Kernel {
     }
 }
 
-/// (A·x, |A|·t), each m × width, column-major, summed in T.
-pub(super) fn products<T: Lane>(operands: &Operands<'_, T>) -> (Vec<T>, Vec<T>) {
-    products_with(Kernel::available()[0], operands)
+/// Adds A·x into `y` and |A|·t into `s` (each m × width, column-major),
+/// summed in T.
+pub(super) fn add_products<T: Lane>(operands: &Operands<'_, T>, y: &mut [T], s: &mut [T]) {
+    add_products_with(Kernel::available()[0], operands, y, s)
 }
 
 #[allow(unsafe_code)]
-fn products_with<T: Lane>(kernel: Kernel, operands: &Operands<'_, T>) -> (Vec<T>, Vec<T>) {
+fn add_products_with<T: Lane>(kernel: Kernel, operands: &Operands<'_, T>, y: &mut [T], s: &mut [T]) {
     let Operands { m, a, xt, tt, width } = *operands;
     assert!(width % COLUMN_BLOCK == 0 && xt.len() == tt.len() && xt.len() % width.max(1) == 0);
-    let mut y = vec![T::default(); m * width];
-    let mut s = vec![T::default(); m * width];
+    assert!(y.len() == m * width && s.len() == m * width, "y and s are m × width");
     if m == 0 || width == 0 || a.is_empty() {
-        return (y, s);
+        return;
     }
     assert_eq!(a.len(), m * (xt.len() / width), "A is m × k, x is k × width");
     assert!(kernel.runs_here(), "{kernel:?} needs what this CPU lacks");
     match kernel {
         // SAFETY: `runs_here` (asserted above) found the CPU features each of these is compiled for.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { products_avx512(operands, &mut y, &mut s) },
+        Kernel::Avx512 => unsafe { products_avx512(operands, y, s) },
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { products_avx2(operands, &mut y, &mut s) },
+        Kernel::Avx2 => unsafe { products_avx2(operands, y, s) },
         _ => {
             let fma = |a, b, c| a * b + c;
-            panels::<T, 4, 4>(operands, &mut y, &mut s, fma, |_| {}, |v, xt, tt, w, f, y, s, m| block::<T, 4, 4>(v, xt, tt, w, f, y, s, m, fma))
+            panels::<T, 4, 4>(operands, y, s, fma, |_| {}, |v, xt, tt, w, f, y, s, m| block::<T, 4, 4>(v, xt, tt, w, f, y, s, m, fma))
         }
     }
-    (y, s)
 }
 
 /// Three registers of rows by 8 columns, written with intrinsics (see
@@ -413,12 +412,15 @@ mod tests {
             let narrow = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
             let (a32, xt32, tt32) = (narrow(&a), narrow(&xt), narrow(&tt));
             for kernel in Kernel::available() {
-                let (y, s) = products_with(kernel, &Operands { m, a: &a, xt: &xt, tt: &tt, width });
-                let (y32, s32) = products_with(kernel, &Operands { m, a: &a32, xt: &xt32, tt: &tt32, width });
+                // Added to what y and s hold.
+                let (mut y, mut s) = (vec![0.5; m * width], vec![0.5; m * width]);
+                let (mut y32, mut s32) = (vec![0.5; m * width], vec![0.5; m * width]);
+                add_products_with(kernel, &Operands { m, a: &a, xt: &xt, tt: &tt, width }, &mut y, &mut s);
+                add_products_with(kernel, &Operands { m, a: &a32, xt: &xt32, tt: &tt32, width }, &mut y32, &mut s32);
                 for g in 0..width {
                     for i in 0..m {
-                        let want_y: f64 = (0..k).map(|p| a[p * m + i] * xt[p * width + g]).sum();
-                        let want_s: f64 = (0..k).map(|p| a[p * m + i].abs() * tt[p * width + g]).sum();
+                        let want_y: f64 = 0.5 + (0..k).map(|p| a[p * m + i] * xt[p * width + g]).sum::<f64>();
+                        let want_s: f64 = 0.5 + (0..k).map(|p| a[p * m + i].abs() * tt[p * width + g]).sum::<f64>();
                         // Quarters and halves: every sum here is exact in both dtypes.
                         assert_eq!((y[g * m + i], s[g * m + i]), (want_y, want_s), "m={m} ({i}, {g}) {kernel:?}");
                         assert_eq!((f64::from(y32[g * m + i]), f64::from(s32[g * m + i])), (want_y, want_s), "m={m} f32 ({i}, {g}) {kernel:?}");
