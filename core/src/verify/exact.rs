@@ -3,6 +3,8 @@
 
 use crate::matrix::Element;
 
+use super::skinny::Kernel;
+
 /// a + b = s + e exactly (Knuth's TwoSum), barring overflow.
 #[inline]
 pub(super) fn two_sum(a: f64, b: f64) -> (f64, f64) {
@@ -44,20 +46,16 @@ pub(super) fn dot2(pairs: impl Iterator<Item = (f64, f64)>) -> (f64, f64) {
 /// outputs are overwritten.
 pub(super) fn weighted_rows<T: Element>(c: &[T], rows: usize, weights: &[f64], z: &mut [f64], walk: &mut [f64]) {
     assert!(c.len() == rows * weights.len() && z.len() == rows && walk.len() == rows);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, which is all this is compiled for.
-            #[allow(unsafe_code)]
-            return unsafe { weighted_rows_avx512(c, rows, weights, z, walk) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: as above, for AVX2.
-            #[allow(unsafe_code)]
-            return unsafe { weighted_rows_avx2(c, rows, weights, z, walk) };
-        }
+    match Kernel::best() {
+        // SAFETY: `best` found the CPU features each of these is compiled for.
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        Kernel::Avx512 => unsafe { weighted_rows_avx512(c, rows, weights, z, walk) },
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        Kernel::Avx2 => unsafe { weighted_rows_avx2(c, rows, weights, z, walk) },
+        _ => weighted_rows_plain(c, rows, weights, z, walk),
     }
-    weighted_rows_plain(c, rows, weights, z, walk);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -85,8 +83,17 @@ fn weighted_rows_plain<T: Element>(c: &[T], rows: usize, weights: &[f64], z: &mu
     if rows == 0 {
         return;
     }
-    for (block, r) in c.chunks_exact(rows * COLUMNS).zip(weights.chunks_exact(COLUMNS)) {
-        let columns: [&[T]; COLUMNS] = std::array::from_fn(|j| &block[j * rows..(j + 1) * rows]);
+    let whole = weights.len() / COLUMNS * COLUMNS;
+    add_weighted_rows::<T, COLUMNS>(&c[..whole * rows], rows, &weights[..whole], z, walk);
+    add_weighted_rows::<T, 1>(&c[whole * rows..], rows, &weights[whole..], z, walk);
+}
+
+/// [`weighted_rows_plain`]'s sums, `N` columns at a time (the columns must
+/// come in whole blocks), added to `z` and `walk`.
+#[inline(always)]
+fn add_weighted_rows<T: Element, const N: usize>(c: &[T], rows: usize, weights: &[f64], z: &mut [f64], walk: &mut [f64]) {
+    for (block, r) in c.chunks_exact(rows * N).zip(weights.chunks_exact(N)) {
+        let columns: [&[T]; N] = std::array::from_fn(|j| &block[j * rows..(j + 1) * rows]);
         for (i, (zi, wi)) in z.iter_mut().zip(walk.iter_mut()).enumerate() {
             let (mut sum, mut squares) = (*zi, *wi);
             for (column, &r) in columns.iter().zip(r) {
@@ -94,13 +101,6 @@ fn weighted_rows_plain<T: Element>(c: &[T], rows: usize, weights: &[f64], z: &mu
                 squares += sum * sum;
             }
             (*zi, *wi) = (sum, squares);
-        }
-    }
-    let done = weights.len() / COLUMNS * COLUMNS;
-    for (column, &r) in c[done * rows..].chunks_exact(rows).zip(&weights[done..]) {
-        for ((&v, zi), wi) in column.iter().zip(z.iter_mut()).zip(walk.iter_mut()) {
-            *zi += v.to_f64() * r;
-            *wi += *zi * *zi;
         }
     }
 }

@@ -90,16 +90,22 @@ const STRIP_BYTES: usize = 16 << 10;
 /// The code paths, best first.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Kernel {
+pub(super) enum Kernel {
     Avx512,
     Avx2,
     Plain,
 }
 
 impl Kernel {
-    /// Those this CPU can run.
+    /// Those this CPU can run (the tests run each).
+    #[cfg(test)]
     fn available() -> Vec<Kernel> {
         [Kernel::Avx512, Kernel::Avx2, Kernel::Plain].into_iter().filter(|k| k.runs_here()).collect()
+    }
+
+    /// The best this CPU can run (the result checks pick their code by it too).
+    pub(super) fn best() -> Kernel {
+        [Kernel::Avx512, Kernel::Avx2].into_iter().find(|k| k.runs_here()).unwrap_or(Kernel::Plain)
     }
 
     fn runs_here(self) -> bool {
@@ -122,7 +128,7 @@ impl Kernel {
 /// Adds A·x into `y` and |A|·t into `s` (each m × width, column-major),
 /// summed in T.
 pub(super) fn add_products<T: Lane>(operands: &Operands<'_, T>, y: &mut [T], s: &mut [T]) {
-    add_products_with(Kernel::available()[0], operands, y, s)
+    add_products_with(Kernel::best(), operands, y, s)
 }
 
 #[allow(unsafe_code)]
@@ -180,7 +186,7 @@ mod avx512 {
     macro_rules! strip {
         ($name:ident, $t:ty, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fmadd:ident, $abs:ident, $add:ident) => {
             /// y[g·m + r] += Σ_p v[p·R + r]·xt[p·width + first + g] for the
-            /// strip's R = 2·lanes rows and g < 8, with v = |strip| if ABS.
+            /// strip's R = 3·lanes rows and g < 8, with v = |strip| if ABS.
             #[target_feature(enable = "avx512f")]
             pub(super) fn $name<const ABS: bool>(strip: &[$t], xt: &[$t], width: usize, first: usize, y: &mut [$t], m: usize) {
                 const R: usize = 3 * $lanes;
@@ -350,8 +356,8 @@ fn one<T: Lane, const R: usize, const C: usize, const ABS: bool>(
 #[allow(unsafe_code)]
 pub(super) fn weigh<T: Element>(b: &[T], k: usize, depth: Range<usize>, weights: &[f64], x: &mut [f64], t: &mut [f64]) {
     assert!(b.len() == k * weights.len() && depth.end <= k && x.len() == depth.len() && t.len() == depth.len());
-    match Kernel::available()[0] {
-        // SAFETY: `available` found the CPU features each of these is compiled for.
+    match Kernel::best() {
+        // SAFETY: `best` found the CPU features each of these is compiled for.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe { weigh_avx512(b, k, depth, weights, x, t) },
         #[cfg(target_arch = "x86_64")]
@@ -379,9 +385,19 @@ const WEIGH_BLOCK: usize = 8;
 
 #[inline(always)]
 fn weigh_columns<T: Element>(b: &[T], k: usize, depth: Range<usize>, weights: &[f64], x: &mut [f64], t: &mut [f64]) {
-    let k = k.max(1);
-    for (block, r) in b.chunks_exact(k * WEIGH_BLOCK).zip(weights.chunks_exact(WEIGH_BLOCK)) {
-        let columns: [&[T]; WEIGH_BLOCK] = std::array::from_fn(|j| &block[j * k + depth.start..j * k + depth.end]);
+    if k == 0 {
+        return; // an empty depth range: nothing to add
+    }
+    let whole = weights.len() / WEIGH_BLOCK * WEIGH_BLOCK;
+    weigh_blocks::<T, WEIGH_BLOCK>(&b[..whole * k], k, depth.clone(), &weights[..whole], x, t);
+    weigh_blocks::<T, 1>(&b[whole * k..], k, depth, &weights[whole..], x, t);
+}
+
+/// [`weigh_columns`] for `N` columns at a time (the columns must come in whole blocks).
+#[inline(always)]
+fn weigh_blocks<T: Element, const N: usize>(b: &[T], k: usize, depth: Range<usize>, weights: &[f64], x: &mut [f64], t: &mut [f64]) {
+    for (block, r) in b.chunks_exact(k * N).zip(weights.chunks_exact(N)) {
+        let columns: [&[T]; N] = std::array::from_fn(|j| &block[j * k + depth.start..j * k + depth.end]);
         assert!(columns.iter().all(|c| c.len() == x.len()));
         for (p, (xp, tp)) in x.iter_mut().zip(t.iter_mut()).enumerate() {
             let (mut xs, mut ts) = (0.0, 0.0);
@@ -392,14 +408,6 @@ fn weigh_columns<T: Element>(b: &[T], k: usize, depth: Range<usize>, weights: &[
             }
             *xp += xs;
             *tp += ts;
-        }
-    }
-    let done = weights.len() / WEIGH_BLOCK * WEIGH_BLOCK;
-    for (column, &r) in b[done * k..].chunks_exact(k).zip(&weights[done..]) {
-        for ((xp, tp), &v) in x.iter_mut().zip(t.iter_mut()).zip(&column[depth.clone()]) {
-            let p = v.to_f64() * r;
-            *xp += p;
-            *tp += p.abs();
         }
     }
 }
