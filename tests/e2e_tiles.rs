@@ -57,6 +57,9 @@ fn local_workers_keep_k_whole_so_the_master_receives_and_checks_c_once() {
     assert_eq!(stats["grid"][2], 1, "k whole: {stats}");
     assert_eq!(stats["result_bytes"].as_u64(), Some(512 * 512 * 8), "C came back once: {stats}");
     assert!(worker_tiles(&c_path).iter().all(|(_, t)| *t > 0));
+    // The verifier, prepared while the workers joined, was there before the first result.
+    assert_eq!(stats["results_held_for_verifier"], 0, "{stats}");
+    assert!(stats["verify_checks_cpu_s"].as_f64().unwrap() > 0.0, "the checks were timed: {stats}");
 }
 
 #[test]

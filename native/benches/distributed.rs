@@ -116,9 +116,15 @@ fn bench_size(n: usize, dtype: Dtype, runs: usize) -> Value {
             "master_scheduler_s": f("scheduler_s"),
             "master_job_cpu_s": f("master_job_cpu_s"),
             "verification_prep_s": f("verify_prep_s"),
-            "verification_share_of_job": f("verify_prep_s") / f("job_s"),
             "verification_prep_cpu_s": f("verify_prep_cpu_s"),
-            "verification_cpu_share_of_job": f("verify_prep_cpu_s") / f("job_s"),
+            "verification_prep_in_job_s": f("verify_prep_in_job_s"),
+            "verification_checks_cpu_s": f("verify_checks_cpu_s"),
+            "verification_stall_s": f("verify_stall_s"),
+            // What verifying took from the job: the preparation's time after the
+            // first task (wall, so at least its CPU), the checks' CPU time, and
+            // how long the end waited for the verifier.
+            "verification_share_of_job": (f("verify_prep_in_job_s") + f("verify_checks_cpu_s") + f("verify_stall_s")) / f("job_s"),
+            "verification_prep_cpu_share_of_job": f("verify_prep_cpu_s") / f("job_s"),
             "results_held_for_verifier": mid["results_held_for_verifier"],
         },
         "egress_over_inputs": f("egress_over_inputs"),
@@ -308,7 +314,7 @@ fn bench_scheduler(tasks: usize, workers: usize, runs: usize) -> Value {
 }
 
 fn print_table(sizes: &[Value], scheduler: &Value) {
-    println!("\n{:<10} {:>10} {:>9} {:>9} {:>7} {:>6} | {:>7} {:>9} {:>6} {:>7} {:>7} {:>4} | {:>6} {:>6} {:>6} {:>10}", "size", "grid", "limit 2T", "limit 1T", "GFLOP/s", "ratio", "job s", "compute/w", "sched", "verify", "cpu", "held", "egress", "wire", "master", "worker MiB");
+    println!("\n{:<10} {:>10} {:>9} {:>9} {:>7} {:>6} | {:>7} {:>9} {:>6} {:>7} {:>7} {:>4} | {:>6} {:>6} {:>6} {:>10}", "size", "grid", "limit 2T", "limit 1T", "GFLOP/s", "ratio", "job s", "compute/w", "sched", "verify", "prep", "held", "egress", "wire", "master", "worker MiB");
     for s in sizes {
         let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
         let t = |k: &str| s["time"][k].as_f64().unwrap_or(f64::NAN);
@@ -326,7 +332,7 @@ fn print_table(sizes: &[Value], scheduler: &Value) {
             t("compute_per_worker_s"),
             t("master_scheduler_s"),
             100.0 * t("verification_share_of_job"),
-            100.0 * t("verification_cpu_share_of_job"),
+            100.0 * t("verification_prep_cpu_share_of_job"),
             s["time"]["results_held_for_verifier"],
             f("egress_over_inputs"),
             f("wire_ratio"),
@@ -334,7 +340,7 @@ fn print_table(sizes: &[Value], scheduler: &Value) {
             worker,
         );
     }
-    println!("(ratio: distributed over the 2-thread limit; sched: master time in the scheduler, result checks included; verify: precomputing the checks (on a thread of its own, while the first tiles travel) over the job time; cpu: that thread's CPU time over the job time; held: results that waited for it; egress: panel bytes sent over A+B; wire: bytes on the wire over the payload; master: peak RSS over A+B+C; worker: peak RSS)");
+    println!("(ratio: distributed over the 2-thread limit; sched: master time in the scheduler, result checks included; verify: what verifying took from the job, over the job time (the checks' CPU time, the preparation's time after the first task, and any wait for it at the end); prep: the preparation's CPU time over the job time, wherever it ran (it starts while the pool gathers); held: results that waited for it; egress: panel bytes sent over A+B; wire: bytes on the wire over the payload; master: peak RSS over A+B+C; worker: peak RSS)");
     println!(
         "scheduler: {} tiny tasks to {} workers: {:.0} tasks/s, {:.1} µs of master CPU per task",
         scheduler["tasks"], scheduler["workers"], scheduler["tasks_per_s"].as_f64().unwrap(), scheduler["master_cpu_us_per_task"].as_f64().unwrap()

@@ -32,11 +32,20 @@ pub fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
-/// CPU time of the calling thread so far, to the nanosecond (the scheduler's
-/// own account, /proc/thread-self/schedstat).
+/// CPU time of the calling thread so far, to the nanosecond. Cheap enough
+/// (one system call, no file) to time each result check.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
 pub fn thread_cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    Some(Duration::from_nanos(stat.split_whitespace().next()?.parse().ok()?))
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    (rc == 0).then(|| Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn thread_cpu_time() -> Option<Duration> {
+    None
 }
 
 #[cfg(test)]

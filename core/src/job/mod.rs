@@ -235,6 +235,11 @@ pub struct Job {
     checks: Checks,
     /// Results that arrived before the verifier was ready, and waited for it.
     held_for_verifier: u64,
+    /// When the last of them arrived.
+    last_held_at: Duration,
+    /// How long the job's end waited for the verifier: from the last result
+    /// to the verifier, when the verifier came after every result.
+    verifier_stall: Duration,
     /// Workers whose result for a tile was wrong: they do not get it again.
     rejected_by: Vec<Vec<WorkerId>>,
     /// Tiles set aside for workers, their panels sent ahead.
@@ -285,6 +290,8 @@ impl Job {
             flops_done: 0.0,
             checks: Checks::Off,
             held_for_verifier: 0,
+            last_held_at: Duration::ZERO,
+            verifier_stall: Duration::ZERO,
             rejected_by: vec![Vec::new(); tiles],
             reserved: 0,
         })
@@ -309,7 +316,12 @@ impl Job {
     /// became of each (worker, lease).
     pub(crate) fn set_verifier(&mut self, verifier: Verifier, now: Duration) -> Vec<(WorkerId, LeaseId, Finished)> {
         let Checks::Pending(held) = std::mem::replace(&mut self.checks, Checks::Ready(Box::new(verifier))) else { return Vec::new() };
-        held.into_iter().map(|u| (u.worker, u.lease, self.judge(u, now))).collect()
+        let was_held = !held.is_empty();
+        let judged = held.into_iter().map(|u| (u.worker, u.lease, self.judge(u, now))).collect();
+        if was_held && self.is_complete() {
+            self.verifier_stall = now.saturating_sub(self.last_held_at);
+        }
+        judged
     }
 
     fn verifier(&self) -> Option<&Verifier> {
@@ -409,6 +421,7 @@ impl Job {
         if let Checks::Pending(held) = &mut self.checks {
             held.push(result);
             self.held_for_verifier += 1;
+            self.last_held_at = now;
             return Ok(Some(Finished::Held));
         }
         Ok(Some(self.judge(result, now)))
@@ -737,6 +750,18 @@ impl Job {
     /// kept ahead of the workers.
     pub fn held_for_verifier(&self) -> u64 {
         self.held_for_verifier
+    }
+
+    /// How long the job's end waited for the verifier's preparation: zero
+    /// unless every result was in before it.
+    pub fn verifier_stall(&self) -> Duration {
+        self.verifier_stall
+    }
+
+    /// What checking the results took, if the verifier was given a clock
+    /// ([`Verifier::metered`]).
+    pub fn check_time(&self) -> Option<Duration> {
+        self.verifier().and_then(Verifier::check_time)
     }
 
     pub fn plan(&self) -> &Plan {

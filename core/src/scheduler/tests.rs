@@ -703,6 +703,68 @@ fn results_wait_for_a_verifier_that_comes_late() {
     assert_eq!(sim.run_to_completion(), sim.expected);
 }
 
+/// A clock that moves 1 ms each time it is read.
+fn ticking_clock() -> Option<Duration> {
+    static READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    Some(ms(READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))
+}
+
+#[test]
+fn a_verifier_that_comes_after_every_result_is_what_the_job_waited_for() {
+    let plan = Plan::columns(6, 5, 12, 3);
+    let tiles = plan.tiles() as u64;
+    let verifier = verifier_for(&plan, true).metered(ticking_clock);
+    let mut sim = Sim::with_job(plan, quick_config(), |job| job.awaiting_verifier());
+    let w = sim.join(4);
+    let mut last_result = Duration::ZERO;
+    for _ in 0..100 {
+        if sim.job().held_for_verifier() == tiles {
+            break;
+        }
+        sim.advance(ms(10));
+        sim.deliver_to_worker(w, usize::MAX);
+        while sim.compute(w) {}
+        sim.deliver_to_master(w, usize::MAX);
+        last_result = sim.now;
+    }
+    assert_eq!(sim.job().held_for_verifier(), tiles, "every result came before the verifier");
+    assert_eq!(sim.job().check_time(), None, "no verifier yet");
+    sim.advance(ms(35));
+    sim.sched.set_verifier(JOB, verifier, sim.now);
+    sim.pump();
+    assert!(sim.is_complete());
+    assert_eq!(sim.job().verifier_stall(), sim.now - last_result, "from the last result to the verifier");
+    assert_eq!(sim.job().verifier_stall(), ms(35));
+    // Each check reads the clock twice, 1 ms apart.
+    assert_eq!(sim.job().check_time(), Some(ms(tiles)));
+}
+
+#[test]
+fn a_verifier_ready_before_the_last_result_stalls_nothing() {
+    let plan = Plan::columns(6, 5, 12, 3);
+    let verifier = verifier_for(&plan, true);
+    let mut sim = Sim::with_job(plan, quick_config(), |job| job.awaiting_verifier());
+    let w = sim.join(1);
+    sim.deliver_to_worker(w, usize::MAX);
+    while sim.compute(w) {}
+    sim.deliver_to_master(w, usize::MAX);
+    assert_eq!(sim.job().held_for_verifier(), 1);
+    sim.advance(ms(50));
+    sim.sched.set_verifier(JOB, verifier, sim.now);
+    sim.pump();
+    for _ in 0..100 {
+        if sim.is_complete() {
+            break;
+        }
+        sim.deliver_to_worker(w, usize::MAX);
+        while sim.compute(w) {}
+        sim.deliver_to_master(w, usize::MAX);
+        sim.advance(ms(10));
+    }
+    assert!(sim.is_complete());
+    assert_eq!(sim.job().verifier_stall(), Duration::ZERO, "results still came after it");
+}
+
 #[derive(Clone, Debug)]
 enum Action {
     Join(u32),

@@ -21,9 +21,11 @@
 //! group), the master computes x = B[K, g]·r and t = |B[K, g]|·|r| in one
 //! pass over B, then y = A[:, K]·x and Ŝ = |A[:, K]|·t for all rows at once,
 //! in the job's dtype, in one pass over A per distinct depth range (see
-//! `skinny`: each element of A is read once for both products). At
-//! n = 4096 the tiles (256 wide) are single groups: the precompute is two
-//! products of A by 16 columns. A plan that splits k checks each slice's
+//! `skinny`: each element of A is read once for both products). A shell
+//! may prepare this before the plan is known, for [`whole_depth_tiles`], and
+//! give the plan's tiles to [`Verifier::retile`] once it is. At
+//! n = 4096 groups are 256 columns wide: the precompute is two products of
+//! A by 16 columns. A plan that splits k checks each slice's
 //! partial sums; the whole blocks those add up to are checked too only when
 //! a checkpoint is restored (`Job::restorable_tiles`), which costs a second
 //! pass over A.
@@ -103,7 +105,9 @@ mod tests;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::kernel;
 use crate::matrix::{DenseMatrix, Dtype, Element, Matrix};
@@ -208,7 +212,14 @@ pub struct Verifier {
     /// Ŝ = |A[:, K]|·(|B[K, g]|·|r_g|). m × groups, column-major.
     y: Vec<f64>,
     scale: Vec<f64>,
+    /// The shell's clock, if it gave one, and the checks' time by it so far.
+    meter: Option<Clock>,
+    checking_nanos: AtomicU64,
 }
+
+/// A clock the shell may lend to time the checks (natively, the thread's CPU
+/// time); core reads no clock of its own.
+pub type Clock = fn() -> Option<Duration>;
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -234,6 +245,25 @@ pub fn preparation_multiply_adds(plan: &crate::plan::Plan) -> f64 {
         (0..plan.cols.parts).map(|c| plan.cols.range(c).len().div_ceil(width) as f64).sum()
     };
     (0..plan.depth.parts).map(|s| plan.depth.range(s).len()).map(|depth| 2.0 * plan.m as f64 * depth as f64 * groups_per_slice(depth)).sum()
+}
+
+/// One tile per group of columns of the whole depth: a verifier built for
+/// these (while the pool gathers, before the plan) serves any plan that keeps
+/// k whole and cuts C's columns where these groups do, by
+/// [`Verifier::retile`]; e.g. at n = k = 4096 (groups of 256), every plan
+/// whose tiles are a multiple of 256 columns wide.
+pub fn whole_depth_tiles(m: usize, k: usize, n: usize) -> Vec<Tile> {
+    bound::split(0..n, bound::group_width(k)).map(|cols| Tile { rows: 0..m, cols, depth: 0..k }).collect()
+}
+
+fn fits(tile: &Tile, m: usize, k: usize, n: usize) -> bool {
+    let within = |r: &Range<usize>, len: usize| r.start <= r.end && r.end <= len;
+    within(&tile.rows, m) && within(&tile.cols, n) && within(&tile.depth, k)
+}
+
+/// The (depth, columns) groups a tile is checked by.
+fn groups_of(tile: &Tile) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + '_ {
+    bound::split(tile.cols.clone(), bound::group_width(tile.depth.len())).map(|cols| (tile.depth.clone(), cols))
 }
 
 enum RowVerdict {
@@ -262,46 +292,21 @@ impl Verifier {
         assert!(weights.iter().all(|w| w.abs() >= 1.0 && w.is_finite()), "weights must be finite and at least 1 in magnitude");
         let exact = integer && weights.iter().all(|w| w.fract() == 0.0 && w.abs() <= 1024.0);
 
-        // Distinct (depth, columns) groups, numbered so each depth's are contiguous.
-        let mut depths: Vec<Range<usize>> = Vec::new();
-        let mut found: HashMap<(Range<usize>, Range<usize>), usize> = HashMap::new();
-        let mut keys: Vec<(usize, Range<usize>)> = Vec::new();
-        let mut tile_groups: Vec<Vec<usize>> = Vec::with_capacity(tiles.len());
+        // Distinct (depth, columns) groups, sorted by depth so each depth's are contiguous.
+        let mut keys: Vec<(Range<usize>, Range<usize>)> = Vec::new();
         for tile in tiles {
-            let fits = |r: &Range<usize>, len: usize| r.start <= r.end && r.end <= len;
-            assert!(
-                fits(&tile.rows, m) && fits(&tile.cols, n) && fits(&tile.depth, k),
-                "tile {tile:?} reaches outside the {m}x{k} by {k}x{n} product"
-            );
-            let ids = bound::split(tile.cols.clone(), bound::group_width(tile.depth.len()))
-                .map(|cols| {
-                    *found.entry((tile.depth.clone(), cols.clone())).or_insert_with(|| {
-                        let depth = depths.iter().position(|d| *d == tile.depth).unwrap_or_else(|| {
-                            depths.push(tile.depth.clone());
-                            depths.len() - 1
-                        });
-                        keys.push((depth, cols));
-                        keys.len() - 1
-                    })
-                })
-                .collect();
-            tile_groups.push(ids);
+            assert!(fits(tile, m, k, n), "tile {tile:?} reaches outside the {m}x{k} by {k}x{n} product");
+            keys.extend(groups_of(tile));
         }
-        let mut order: Vec<usize> = (0..keys.len()).collect();
-        order.sort_by_key(|&g| keys[g].0);
-        let mut renumber = vec![0; keys.len()];
-        for (new, &old) in order.iter().enumerate() {
-            renumber[old] = new;
-        }
-        for ids in &mut tile_groups {
-            ids.iter_mut().for_each(|g| *g = renumber[*g]);
-        }
-        let groups: Vec<Group> = order
-            .iter()
-            .map(|&g| {
-                let (depth, cols) = keys[g].clone();
+        keys.sort_by_key(|(depth, cols)| (depth.start, depth.end, cols.start, cols.end));
+        keys.dedup();
+        let mut depths: Vec<Range<usize>> = keys.iter().map(|(depth, _)| depth.clone()).collect();
+        depths.dedup();
+        let groups: Vec<Group> = keys
+            .into_iter()
+            .map(|(depth, cols)| {
                 let weight_sum = weights[cols.clone()].iter().map(|w| w.abs()).sum();
-                Group { depth, cols, weight_sum }
+                Group { depth: depths.iter().position(|d| *d == depth).expect("listed above"), cols, weight_sum }
             })
             .collect();
 
@@ -311,17 +316,36 @@ impl Verifier {
             b,
             exact,
             weights,
-            tiles: tiles.to_vec(),
-            tile_groups,
+            tiles: Vec::new(),
+            tile_groups: Vec::new(),
             y: vec![0.0; m * groups.len()],
             scale: vec![0.0; m * groups.len()],
             groups,
             depths,
+            meter: None,
+            checking_nanos: AtomicU64::new(0),
         };
+        assert!(verifier.retile(tiles), "every tile's groups were made above");
         for d in 0..verifier.depths.len() {
             verifier.precompute(d);
         }
         verifier
+    }
+
+    /// Checks `tiles` from now on, numbered anew, if the groups prepared
+    /// already serve every one of them (e.g. a verifier built from
+    /// [`whole_depth_tiles`] before the plan was known); otherwise returns
+    /// false and changes nothing. A tile's rows may be any of A's.
+    pub fn retile(&mut self, tiles: &[Tile]) -> bool {
+        let (m, k, n) = (self.a.rows(), self.a.cols(), self.b.cols());
+        let index: HashMap<(Range<usize>, Range<usize>), usize> =
+            self.groups.iter().enumerate().map(|(g, group)| ((self.depths[group.depth].clone(), group.cols.clone()), g)).collect();
+        let tile_groups: Option<Vec<Vec<usize>>> =
+            tiles.iter().map(|tile| fits(tile, m, k, n).then(|| groups_of(tile).map(|key| index.get(&key).copied()).collect()).flatten()).collect();
+        let Some(tile_groups) = tile_groups else { return false };
+        self.tiles = tiles.to_vec();
+        self.tile_groups = tile_groups;
+        true
     }
 
     /// y and Ŝ for the groups of depth range `d`.
@@ -364,6 +388,16 @@ impl Verifier {
         self.tiles.len()
     }
 
+    /// Times every check by `clock` from now on ([`Self::check_time`]).
+    pub fn metered(self, clock: Clock) -> Self {
+        Self { meter: Some(clock), ..self }
+    }
+
+    /// What the checks took so far, by the clock given to [`Self::metered`].
+    pub fn check_time(&self) -> Option<Duration> {
+        self.meter.map(|_| Duration::from_nanos(self.checking_nanos.load(Ordering::Relaxed)))
+    }
+
     /// Checks a claimed tile `c` (|rows| × |cols|, column-major) of tile `tile`.
     ///
     /// # Panics
@@ -378,8 +412,12 @@ impl Verifier {
     /// # Panics
     /// As [`check`](Self::check).
     pub fn check_report(&self, tile: usize, c: &DenseMatrix) -> Report {
+        let started = self.meter.and_then(|clock| clock());
         let mut report = Report { verdict: Ok(()), flagged_rows: 0, refined: 0 };
         report.verdict = self.check_into(tile, c, &mut report);
+        if let Some(took) = started.zip(self.meter.and_then(|clock| clock())).map(|(before, after)| after.saturating_sub(before)) {
+            self.checking_nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        }
         report
     }
 

@@ -548,6 +548,45 @@ fn tiles_that_share_columns_and_depth_share_checks() {
 }
 
 #[test]
+fn a_verifier_prepared_before_the_plan_checks_any_plan_its_groups_serve() {
+    // k = 512: groups of 32 columns.
+    let (m, k, n) = (64, 512, 256);
+    let mut rng = Rng(27);
+    let (a, b) = operands(Kind::Uniform, Dtype::F64, m, k, n, &mut rng);
+    let r = weights(n, &mut rng);
+    let mut early = Verifier::new(a.clone(), b.clone(), &whole_depth_tiles(m, k, n), r.clone(), false);
+    assert_eq!(early.groups.len(), n / 32);
+    for plan in [Plan::columns(m, k, n, 64), Plan::grid(m, k, n, 4, 2, 1), Plan::columns(m, k, n, 32)] {
+        let tiles = tiles_of(&plan);
+        assert!(early.retile(&tiles), "{:?}", plan.shape());
+        let fresh = Verifier::new(a.clone(), b.clone(), &tiles, r.clone(), false);
+        for (i, tile) in tiles.iter().enumerate() {
+            let mut c = compute_dense(&a, &b, tile, Kernel::Whole);
+            assert_eq!(early.check(i, &c), Ok(()), "honest tile {i} of {:?}", plan.shape());
+            let bound = k as f64 * unit_roundoff(Dtype::F64) * scale_of(&a, &b, tile.rows.start, tile.cols.start, tile.depth.clone());
+            nudge(&mut c, 0, 10.0 * bound);
+            assert!(early.check(i, &c).is_err() && fresh.check(i, &c).is_err(), "a lie of 10 times the bound in tile {i}");
+        }
+    }
+}
+
+#[test]
+fn a_plan_its_groups_do_not_serve_leaves_the_verifier_as_it_was() {
+    let (m, k, n) = (16, 512, 128);
+    let mut rng = Rng(28);
+    let (a, b) = operands(Kind::Uniform, Dtype::F64, m, k, n, &mut rng);
+    let mut early = Verifier::new(a.clone(), b.clone(), &whole_depth_tiles(m, k, n), weights(n, &mut rng), false);
+    let before = early.tiles.clone();
+    // Columns cut off the groups' edges, k split, and a tile outside C.
+    for plan in [Plan::columns(m, k, n, 48), Plan::grid(m, k, n, 1, 2, 2)] {
+        assert!(!early.retile(&tiles_of(&plan)), "{:?}", plan.shape());
+    }
+    assert!(!early.retile(&[Tile { rows: 0..m, cols: 96..160, depth: 0..k }]));
+    assert_eq!(early.tiles, before);
+    assert_eq!(early.check(1, &compute_dense(&a, &b, &before[1], Kernel::Whole)), Ok(()));
+}
+
+#[test]
 fn the_preparations_count_of_multiply_adds_is_the_verifiers() {
     let (m, k, n) = (48, 1000, 900);
     let mut rng = Rng(26);

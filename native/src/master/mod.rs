@@ -4,6 +4,7 @@ mod assets;
 mod gate;
 mod open;
 mod page;
+mod prep;
 mod progress;
 mod rate;
 mod server;
@@ -15,9 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use colonnade_core::job::Job;
 use colonnade_core::kernel::flops;
-use colonnade_core::plan::Plan;
+use colonnade_core::plan::{Plan, Tile};
 use colonnade_core::verify::Verifier;
 use colonnade_core::protocol::Token;
 use colonnade_core::protocol::{Frame, JobId, Message};
@@ -64,9 +64,15 @@ pub struct JobReport {
     /// copying results in, checking and assembling them).
     pub encode_time: Duration,
     pub scheduler_time: Duration,
-    /// What the verifier's precompute took (on a thread of its own, while
-    /// the first tiles travel).
+    /// What the verifier's precompute took, on a thread of its own (see `prep`).
     pub verify_prep: PrepCost,
+    /// How long the preparation ran after the first task went out: it began
+    /// while the pool gathered, and only this part can have slowed the job.
+    pub verify_prep_in_job: Duration,
+    /// The thread CPU time the result checks took, where it can be read.
+    pub verify_checks: Option<Duration>,
+    /// How long the job's end waited for the verifier's preparation.
+    pub verify_stall: Duration,
     /// Results that arrived before the verifier was ready and waited for it.
     pub held_for_verifier: u64,
     /// Flops of the blocks taken from a checkpoint rather than computed.
@@ -94,7 +100,7 @@ pub struct Preparation {
 }
 
 /// Everything a verifier is made from but the plan.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct VerifierRecipe {
     pub a: Arc<DenseMatrix>,
     pub b: Arc<DenseMatrix>,
@@ -184,9 +190,8 @@ impl Master {
         let mut reporter = Reporter::new(show_progress);
         let mut rate = Rate::default();
         let mut planned = false;
-        let mut verifier: Option<tokio::task::JoinHandle<(Verifier, PrepCost)>> = None;
+        let mut verifier = prep.verifier.take().map(|recipe| prep::Prep::start(recipe, scheduler.job(job).is_some()));
         let mut writer: Option<checkpoint::Writer> = None;
-        let mut verify_prep = PrepCost::default();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         if let Some(p) = scheduler.problem(job) {
             self.status.send_modify(|s| {
@@ -233,15 +238,14 @@ impl Master {
                 reporter.start(plan.tiles());
                 self.announce(&plan);
                 tracing::info!("job planned: {}", describe(&plan));
-                if let Some(recipe) = prep.verifier.take() {
-                    verifier = Some(tokio::task::spawn_blocking(move || build_verifier(recipe, &plan)));
-                }
                 if let Some(cp) = prep.checkpoint.as_mut() {
-                    let plan = j.plan();
                     if cp.grid.is_none() {
                         cp.begin((plan.shape(), plan.layout))?;
                     }
                     writer = Some(cp.writer());
+                }
+                if let Some(v) = verifier.as_mut().and_then(|v| v.planned(&plan)) {
+                    scheduler.set_verifier(job, v, start.elapsed());
                 }
             }
             if let Some(j) = scheduler.job(job) {
@@ -262,17 +266,21 @@ impl Master {
                     shell.input(scheduler, input.context("the server stopped")?, now);
                     shell.scheduler_time += busy.elapsed();
                 }
-                built = async { verifier.as_mut().expect("guarded").await }, if verifier.is_some() => {
-                    verifier = None;
-                    let (v, took) = built.context("building the verifier failed")?;
-                    verify_prep = took;
-                    scheduler.set_verifier(job, v, start.elapsed());
+                built = async { verifier.as_mut().expect("guarded").built().await }, if verifier.is_some() => {
+                    let (built, plan) = (built?, scheduler.job(job).map(|j| j.plan().clone()));
+                    if let Some(v) = verifier.as_mut().and_then(|p| p.finished(built, plan.as_ref())) {
+                        scheduler.set_verifier(job, v, start.elapsed());
+                    }
                 }
                 _ = sleep_until(wake), if wake.is_some() => scheduler.handle_input(core::Input::Timeout, start.elapsed()),
                 _ = tick.tick() => self.publish(scheduler, job),
             }
         }
         let elapsed = shell.first_task.map_or(Duration::ZERO, |t| t.elapsed());
+        let verify_prep_in_job = match (&verifier, shell.first_task) {
+            (Some(v), Some(first)) => v.within(first..Instant::now()),
+            _ => Duration::ZERO,
+        };
         // The JobDone frames went out above; now let the connections go.
         for tx in shell.senders.values() {
             let _ = tx.send(Outgoing::Close("job complete".into()));
@@ -297,7 +305,10 @@ impl Master {
             wire_received: self.traffic.received_bytes.load(Ordering::Relaxed),
             encode_time: Duration::from_nanos(self.traffic.encode_nanos.load(Ordering::Relaxed)),
             scheduler_time: shell.scheduler_time,
-            verify_prep,
+            verify_prep: verifier.as_ref().map(|v| v.cost).unwrap_or_default(),
+            verify_prep_in_job,
+            verify_checks: finished.check_time(),
+            verify_stall: finished.verifier_stall(),
             held_for_verifier: finished.held_for_verifier(),
             restored_flops: 0.0,
         })
@@ -346,11 +357,11 @@ pub struct PrepCost {
     pub cpu: Option<Duration>,
 }
 
-/// Builds the verifier for `plan`, and says what it took.
-pub(crate) fn build_verifier(recipe: VerifierRecipe, plan: &Plan) -> (Verifier, PrepCost) {
+/// Builds a verifier for `tiles`, its checks timed, and says what it took.
+pub(crate) fn build_verifier(recipe: VerifierRecipe, tiles: &[Tile]) -> (Verifier, PrepCost) {
     let (started, cpu) = (Instant::now(), crate::procstats::thread_cpu_time());
     let VerifierRecipe { a, b, weights, integer } = recipe;
-    let verifier = Verifier::new(a, b, &Job::verified_tiles(plan), weights, integer);
+    let verifier = Verifier::new(a, b, tiles, weights, integer).metered(crate::procstats::thread_cpu_time);
     let cpu = cpu.zip(crate::procstats::thread_cpu_time()).map(|(before, after)| after.saturating_sub(before));
     (verifier, PrepCost { wall: started.elapsed(), cpu })
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use colonnade_core::job::Job;
 use colonnade_core::kernel::flops;
 use colonnade_core::protocol::JobId;
 use colonnade_core::scheduler::{self as core, Event, Output, Scheduler};
@@ -294,7 +295,7 @@ impl Driver {
         if let Some(recipe) = active.prep.verifier.take() {
             let plan = plan.clone();
             self.verifiers.spawn_blocking(move || {
-                let (verifier, took) = build_verifier(recipe, &plan);
+                let (verifier, took) = build_verifier(recipe, &Job::verified_tiles(&plan));
                 (job, verifier, took)
             });
         }
