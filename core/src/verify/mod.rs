@@ -256,6 +256,13 @@ pub fn whole_depth_tiles(m: usize, k: usize, n: usize) -> Vec<Tile> {
     bound::split(0..n, bound::group_width(k)).map(|cols| Tile { rows: 0..m, cols, depth: 0..k }).collect()
 }
 
+/// Whether a verifier built for `prepared` checks `tiles` too, by
+/// [`Verifier::retile`]: every group of theirs is one of its groups.
+pub fn serves(prepared: &[Tile], tiles: &[Tile]) -> bool {
+    let groups: std::collections::HashSet<_> = prepared.iter().flat_map(groups_of).collect();
+    tiles.iter().flat_map(groups_of).all(|g| groups.contains(&g))
+}
+
 fn fits(tile: &Tile, m: usize, k: usize, n: usize) -> bool {
     let within = |r: &Range<usize>, len: usize| r.start <= r.end && r.end <= len;
     within(&tile.rows, m) && within(&tile.cols, n) && within(&tile.depth, k)

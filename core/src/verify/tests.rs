@@ -558,6 +558,7 @@ fn a_verifier_prepared_before_the_plan_checks_any_plan_its_groups_serve() {
     assert_eq!(early.groups.len(), n / 32);
     for plan in [Plan::columns(m, k, n, 64), Plan::grid(m, k, n, 4, 2, 1), Plan::columns(m, k, n, 32)] {
         let tiles = tiles_of(&plan);
+        assert!(serves(&whole_depth_tiles(m, k, n), &tiles));
         assert!(early.retile(&tiles), "{:?}", plan.shape());
         let fresh = Verifier::new(a.clone(), b.clone(), &tiles, r.clone(), false);
         for (i, tile) in tiles.iter().enumerate() {
@@ -579,6 +580,7 @@ fn a_plan_its_groups_do_not_serve_leaves_the_verifier_as_it_was() {
     let before = early.tiles.clone();
     // Columns cut off the groups' edges, k split, and a tile outside C.
     for plan in [Plan::columns(m, k, n, 48), Plan::grid(m, k, n, 1, 2, 2)] {
+        assert!(!serves(&whole_depth_tiles(m, k, n), &tiles_of(&plan)));
         assert!(!early.retile(&tiles_of(&plan)), "{:?}", plan.shape());
     }
     assert!(!early.retile(&[Tile { rows: 0..m, cols: 96..160, depth: 0..k }]));

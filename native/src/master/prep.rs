@@ -1,6 +1,6 @@
-//! The verifier's preparation for `master multiply`: started for the groups of
-//! columns every whole-depth plan is checked by as soon as the job is in,
-//! while the pool gathers and the cores are idle, then fitted to the plan;
+//! The verifier's preparation for `master multiply`: started as soon as the
+//! job is in, while the pool gathers and the cores are idle, for groups of
+//! columns cut from column 0 over the whole depth, then fitted to the plan;
 //! prepared again for the plan only when those groups do not serve it (k
 //! split, or columns cut elsewhere).
 
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use colonnade_core::job::Job;
 use colonnade_core::plan::{Plan, Tile};
-use colonnade_core::verify::{whole_depth_tiles, Verifier};
+use colonnade_core::verify::{serves, whole_depth_tiles, Verifier};
 use tokio::task::JoinHandle;
 
 use super::{PrepCost, VerifierRecipe};
@@ -18,6 +18,8 @@ use super::{PrepCost, VerifierRecipe};
 pub(crate) struct Prep {
     recipe: VerifierRecipe,
     building: Option<JoinHandle<(Verifier, PrepCost)>>,
+    /// The tiles of the build under way while it is the early one.
+    early_tiles: Option<Vec<Tile>>,
     /// Built before the plan was known.
     early: Option<Verifier>,
     /// Every build's cost, summed.
@@ -29,10 +31,12 @@ pub(crate) struct Prep {
 impl Prep {
     /// Starts preparing at once if the job is not planned yet.
     pub fn start(recipe: VerifierRecipe, planned: bool) -> Self {
-        let mut prep = Self { recipe, building: None, early: None, cost: PrepCost::default(), spans: Vec::new() };
+        let mut prep = Self { recipe, building: None, early_tiles: None, early: None, cost: PrepCost::default(), spans: Vec::new() };
         if !planned {
             let (m, k, n) = (prep.recipe.a.rows(), prep.recipe.a.cols(), prep.recipe.b.cols());
-            prep.spawn(whole_depth_tiles(m, k, n));
+            let tiles = whole_depth_tiles(m, k, n);
+            prep.early_tiles = Some(tiles.clone());
+            prep.spawn(tiles);
         }
         prep
     }
@@ -45,14 +49,18 @@ impl Prep {
     /// The job is planned: returns its verifier if one is ready and serves
     /// the plan; else one is being prepared for it.
     pub fn planned(&mut self, plan: &Plan) -> Option<Verifier> {
-        match self.early.take() {
-            Some(v) => self.fit(v, plan),
-            None if self.building.is_none() => {
-                self.spawn(Job::verified_tiles(plan));
-                None
-            }
-            None => None, // the early build is still running: fitted when it is done
+        if let Some(v) = self.early.take() {
+            return self.fit(v, plan);
         }
+        let tiles = Job::verified_tiles(plan);
+        match self.early_tiles.take() {
+            // Still running, and it will serve: fitted when it is done.
+            Some(early) if serves(&early, &tiles) => self.early_tiles = Some(early),
+            // One that will not serve is left to finish unheard (its cost is
+            // not counted): the plan's own build need not wait for it.
+            _ => self.spawn(tiles),
+        }
+        None
     }
 
     fn fit(&mut self, mut verifier: Verifier, plan: &Plan) -> Option<Verifier> {
@@ -70,7 +78,7 @@ impl Prep {
         match self.building.as_mut() {
             Some(handle) => {
                 let built = handle.await;
-                self.building = None;
+                (self.building, self.early_tiles) = (None, None);
                 let (verifier, took) = built.map_err(|e| anyhow::anyhow!("building the verifier failed: {e}"))?;
                 let now = Instant::now();
                 self.spans.push(now.checked_sub(took.wall).unwrap_or(now)..now);
