@@ -21,7 +21,7 @@ use crate::checkpoint::{Checkpoint, Inputs};
 use crate::cli::BadInput;
 use crate::compute;
 use crate::io::{self, Format, InputError};
-use crate::master::{describe, JobReport, Limits, LocalWorkers, Master, Preparation, VerifierRecipe};
+use crate::master::{describe, JobReport, Limits, LocalWorkers, Master, Preparation, Session, VerifierRecipe};
 use crate::procstats;
 use crate::tls::ServerTls;
 
@@ -75,11 +75,13 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
     // Refuse a bad output path before doing any work.
     Format::of(&args.output)?;
     check_output_dir(&args.output)?;
-    // Serve first: workers connect (and wait) while the inputs are read.
-    let served = serve(&args.serving, None).await?;
+    // Serve first: workers that connect while the inputs are read are welcomed meanwhile.
+    let mut served = serve(&args.serving, None).await?;
+    let mut session = Session::new(Scheduler::new(args.serving.scheduler_config()));
     let started = Instant::now();
     let (a_path, b_path, output, max_memory) = (args.a.clone(), args.b.clone(), args.output.clone(), args.max_memory);
-    let inputs = tokio::task::spawn_blocking(move || read_inputs(&a_path, &b_path, &output, max_memory)).await?;
+    let reading = tokio::task::spawn_blocking(move || read_inputs(&a_path, &b_path, &output, max_memory));
+    let inputs = served.master.greet(&mut session, reading).await?;
     let (a, b, integer) = match inputs {
         Ok(inputs) => inputs,
         Err(e) => {
@@ -89,8 +91,8 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
     };
     let read_time = started.elapsed();
     let cpu_before = procstats::cpu_time();
-    let spec = JobSpec { id: rand::rng().random(), a, b, integer, block: args.block, link_rate: args.link_rate, checkpoint: args.checkpoint.clone() };
-    let report = run(spec, &args.serving, served).await?;
+    let spec = JobSpec { id: rand::rng().random(), a, b, integer, block: args.block, link_rate: args.link_rate, checkpoint: args.checkpoint.clone(), early_verifier: true };
+    let report = run(spec, session, served).await?;
     let job_cpu = procstats::cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     let write_start = Instant::now();
     io::write_matrix(&args.output, &report.c, integer)?;
@@ -171,9 +173,11 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0xC0_1055);
     let mut random = || DenseMatrix::F64(Matrix::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0)));
     let (a, b) = (random(), random());
-    let spec = JobSpec { id: rand::rng().random(), a: a.clone(), b: b.clone(), integer: false, block: args.block, link_rate: None, checkpoint: None };
-    let served = serve(&args.serving, None).await?;
-    let report = run(spec, &args.serving, served).await?;
+    let spec = JobSpec { id: rand::rng().random(), a: a.clone(), b: b.clone(), integer: false, block: args.block, link_rate: None, checkpoint: None, early_verifier: true };
+    let mut served = serve(&args.serving, None).await?;
+    let mut session = Session::new(Scheduler::new(args.serving.scheduler_config()));
+    served.master.greet(&mut session, async {}).await;
+    let report = run(spec, session, served).await?;
     println!("distributed: {:.3} s, {:.1} GFLOP/s ({})", report.elapsed.as_secs_f64(), report.gflops(), describe(&report.plan));
     print_workers(&report);
     let threads = compute::available_cores();
@@ -208,6 +212,9 @@ pub(crate) struct JobSpec {
     pub block: Option<usize>,
     pub link_rate: Option<f64>,
     pub checkpoint: Option<PathBuf>,
+    /// The shell prepares the verifier before the plan, and planning waits for
+    /// it a while (`master multiply`; a master that stays up has no idle pause).
+    pub early_verifier: bool,
 }
 
 /// Reads A and B within `max_memory` (default: what is available), each
@@ -253,13 +260,13 @@ pub(crate) async fn serve(serving: &Serving, extra: Option<axum::Router>) -> any
 }
 
 /// Runs the job on the master, checking every result.
-async fn run(spec: JobSpec, serving: &Serving, served: Served) -> anyhow::Result<JobReport> {
-    let mut scheduler = Scheduler::new(serving.scheduler_config());
+async fn run(spec: JobSpec, mut session: Session, served: Served) -> anyhow::Result<JobReport> {
     let Served { mut master, locals } = served;
-    let prepared = prepare(spec, &mut scheduler, Duration::ZERO);
+    let now = session.now();
+    let prepared = prepare(spec, &mut session.scheduler, now);
     let result = match prepared {
         Ok((job_id, prep, restored_flops)) => tokio::select! {
-            r = master.run(&mut scheduler, job_id, prep, true) => r.map(|report| JobReport { restored_flops, ..report }),
+            r = master.run(&mut session, job_id, prep, true) => r.map(|report| JobReport { restored_flops, ..report }),
             _ = crate::cli::stop_requested() => Err(anyhow::anyhow!("interrupted; no output written")),
         },
         Err(e) => Err(e),
@@ -273,7 +280,7 @@ async fn run(spec: JobSpec, serving: &Serving, served: Served) -> anyhow::Result
 /// resumes (whose blocks are then restored, each verified first). Returns the
 /// job's id, what the shell adds once it is planned, and the flops restored.
 pub(crate) fn prepare(spec: JobSpec, scheduler: &mut Scheduler, now: Duration) -> anyhow::Result<(JobId, Preparation, f64)> {
-    let JobSpec { id, a, b, integer, block, link_rate, checkpoint } = spec;
+    let JobSpec { id, a, b, integer, block, link_rate, checkpoint, early_verifier } = spec;
     let checkpoint = checkpoint.map(|dir| Checkpoint::open(&dir, &Inputs::of(&a, &b)).map(|cp| (dir, cp))).transpose()?;
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     let mut rng = rand::rng();
@@ -300,7 +307,8 @@ pub(crate) fn prepare(spec: JobSpec, scheduler: &mut Scheduler, now: Duration) -
             println!("checkpoint {}: starting afresh; the job is planned once workers join", dir.display());
         }
         let model = CostModel { slots: DEFAULT_SLOTS as usize, ..CostModel::default() };
-        let job = Unplanned::new(id, Arc::clone(&recipe.a), Arc::clone(&recipe.b), model, leases, chunk)?.with_link(link_rate).awaiting_verifier();
+        let job = Unplanned::new(id, Arc::clone(&recipe.a), Arc::clone(&recipe.b), model, leases, chunk)?.with_link(link_rate);
+        let job = if early_verifier { job.verifier_coming() } else { job.awaiting_verifier() };
         scheduler.add_unplanned(job, now);
         return Ok((id, Preparation { verifier: Some(recipe), checkpoint: checkpoint.map(|(_, cp)| cp) }, 0.0));
     };

@@ -158,6 +158,12 @@ pub struct Unplanned {
     leases_config: LeaseConfig,
     max_chunk: usize,
     awaiting_verifier: bool,
+    /// Whether the shell prepares a verifier before the plan.
+    verifier_coming: bool,
+    /// That verifier, once it came: taken if its groups serve the plan.
+    verifier: Option<Verifier>,
+    /// When it was queued.
+    pub(crate) queued: Duration,
     /// The master's link rate, bytes/s, if known.
     link: Option<f64>,
 }
@@ -176,7 +182,7 @@ impl Unplanned {
         if a.dtype() != b.dtype() {
             return Err(JobError::Dtype { a: a.dtype(), b: b.dtype() });
         }
-        Ok(Self { id, a, b, model, leases_config, max_chunk, awaiting_verifier: false, link: None })
+        Ok(Self { id, a, b, model, leases_config, max_chunk, awaiting_verifier: false, verifier_coming: false, verifier: None, queued: Duration::ZERO, link: None })
     }
 
     /// Plans knowing the master's link rate (bytes/s), if given.
@@ -187,6 +193,22 @@ impl Unplanned {
     /// Once planned, the job holds results until its verifier comes.
     pub fn awaiting_verifier(self) -> Self {
         Self { awaiting_verifier: true, ..self }
+    }
+
+    /// As [`Self::awaiting_verifier`], and the shell is preparing one before
+    /// the plan (for tiles of its choosing, e.g.
+    /// [`crate::verify::whole_depth_tiles`]): planning waits for it a while.
+    pub fn verifier_coming(self) -> Self {
+        Self { awaiting_verifier: true, verifier_coming: true, ..self }
+    }
+
+    pub(crate) fn set_verifier(&mut self, verifier: Verifier) {
+        self.verifier = Some(verifier);
+    }
+
+    /// Whether planning should wait for a verifier still being prepared.
+    pub(crate) fn wants_verifier(&self) -> bool {
+        self.verifier_coming && self.verifier.is_none()
     }
 
     pub fn id(&self) -> JobId {
@@ -202,10 +224,12 @@ impl Unplanned {
     pub(crate) fn plan(self, pool: &crate::pool::Pool) -> Job {
         let plan = self.model.plan_for(self.problem(), &pool.capacities(self.model.assumed_flops_per_second), self.link);
         let job = Job::new(self.id, self.a, self.b, plan, self.leases_config, self.max_chunk).expect("shapes were checked");
-        if self.awaiting_verifier {
-            job.awaiting_verifier()
-        } else {
-            job
+        let tiles = Job::verified_tiles(job.plan());
+        match self.verifier.map(|mut v| (v.retile(&tiles), v)) {
+            Some((true, v)) => job.with_verifier(v),
+            // None, or one whose groups do not serve the plan: the shell prepares one for it.
+            _ if self.awaiting_verifier => job.awaiting_verifier(),
+            _ => job,
         }
     }
 }
@@ -312,16 +336,25 @@ impl Job {
         self
     }
 
-    /// Takes the verifier; results held for it are judged now. Returns what
-    /// became of each (worker, lease).
-    pub(crate) fn set_verifier(&mut self, verifier: Verifier, now: Duration) -> Vec<(WorkerId, LeaseId, Finished)> {
-        let Checks::Pending(held) = std::mem::replace(&mut self.checks, Checks::Ready(Box::new(verifier))) else { return Vec::new() };
+    /// Whether results wait for a verifier the shell is to bring.
+    pub fn awaits_verifier(&self) -> bool {
+        matches!(self.checks, Checks::Pending(_))
+    }
+
+    /// Takes the verifier, if its groups serve the plan (else `None`);
+    /// results held for it are judged now. Returns what became of each
+    /// (worker, lease).
+    pub(crate) fn set_verifier(&mut self, mut verifier: Verifier, now: Duration) -> Option<Vec<(WorkerId, LeaseId, Finished)>> {
+        if !verifier.retile(&Self::verified_tiles(&self.plan)) {
+            return None;
+        }
+        let Checks::Pending(held) = std::mem::replace(&mut self.checks, Checks::Ready(Box::new(verifier))) else { return Some(Vec::new()) };
         let was_held = !held.is_empty();
         let judged = held.into_iter().map(|u| (u.worker, u.lease, self.judge(u, now))).collect();
         if was_held && self.is_complete() {
             self.verifier_stall = now.saturating_sub(self.last_held_at);
         }
-        judged
+        Some(judged)
     }
 
     fn verifier(&self) -> Option<&Verifier> {

@@ -217,8 +217,9 @@ impl Scheduler {
     }
 
     /// Queues a job to be planned for the pool ([`Event::JobPlanned`] says when).
-    pub fn add_unplanned(&mut self, job: Unplanned, now: Duration) {
+    pub fn add_unplanned(&mut self, mut job: Unplanned, now: Duration) {
         self.pool.unpark_all();
+        job.queued = now;
         self.jobs.insert(job.id(), Entry::Unplanned(job));
         self.assign(now);
     }
@@ -246,10 +247,23 @@ impl Scheduler {
         self.jobs.iter().filter_map(|(&id, e)| if let Entry::Running(j) = e { Some((id, j)) } else { None })
     }
 
-    /// Hands a job the verifier it was waiting for; results held meanwhile are judged now.
-    pub fn set_verifier(&mut self, id: JobId, verifier: Verifier, now: Duration) {
-        let Some(Entry::Running(job)) = self.jobs.get_mut(&id) else { return };
-        for (worker, lease, finished) in job.set_verifier(verifier, now) {
+    /// Hands a job the verifier it was waiting for; results held meanwhile
+    /// are judged now. A job not planned yet keeps it for its plan, and is
+    /// planned without waiting longer for it. Returns false if the verifier's
+    /// groups do not serve the job's plan (or there is no such job): the job
+    /// then still waits for one.
+    pub fn set_verifier(&mut self, id: JobId, verifier: Verifier, now: Duration) -> bool {
+        let job = match self.jobs.get_mut(&id) {
+            Some(Entry::Running(job)) => job,
+            Some(Entry::Unplanned(job)) => {
+                job.set_verifier(verifier);
+                self.assign(now);
+                return true;
+            }
+            None => return false,
+        };
+        let Some(judged) = job.set_verifier(verifier, now) else { return false };
+        for (worker, lease, finished) in judged {
             if let Err(reason) = self.settle(id, worker, lease, finished) {
                 if self.pool.is_member(worker) {
                     self.close(worker, reason, false, now);
@@ -257,6 +271,7 @@ impl Scheduler {
             }
         }
         self.assign(now);
+        true
     }
 
     /// Gives job `id` `weight` shares of the pool (at least 1, the default):
@@ -538,13 +553,18 @@ impl Scheduler {
     fn next_wake(&self) -> Option<Duration> {
         let idle = self.pool.someone_has_room();
         let jobs = self.running().filter_map(|(_, j)| j.next_wake(idle, self.last_timeout));
-        let planning = self.planning_due().filter(|_| self.jobs.values().any(|e| matches!(e, Entry::Unplanned(_))));
+        let planning = self.jobs.values().filter_map(|e| if let Entry::Unplanned(j) = e { self.planning_due(j) } else { None }).min();
         jobs.chain(self.pool.next_wake()).chain(planning).min()
     }
 
-    /// When waiting jobs may be planned: once there are workers and no newcomer for a while.
-    fn planning_due(&self) -> Option<Duration> {
-        (!self.pool.workers.is_empty()).then_some(self.last_join + self.config.settle)
+    /// When a waiting job may be planned: once there are workers and no
+    /// newcomer for a while, and once its verifier has come, or it has
+    /// waited that long for one (it is prepared meanwhile on cores otherwise
+    /// idle; past that, the plan's results wait for it instead).
+    fn planning_due(&self, job: &Unplanned) -> Option<Duration> {
+        let settled = self.last_join + self.config.settle;
+        let verifier = if job.wants_verifier() { job.queued + self.config.settle } else { Duration::ZERO };
+        (!self.pool.workers.is_empty()).then_some(settled.max(verifier))
     }
 
     fn send(&mut self, to: WorkerId, frame: Frame) {
@@ -556,14 +576,17 @@ impl Scheduler {
     /// Plans waiting jobs when it is time, then fills free slots, one task per
     /// worker per round, so work spreads evenly.
     fn assign(&mut self, now: Duration) {
-        if self.planning_due().is_some_and(|due| now >= due) {
-            let waiting: Vec<JobId> = self.jobs.iter().filter(|(_, e)| matches!(e, Entry::Unplanned(_))).map(|(&id, _)| id).collect();
-            for id in waiting {
-                let Some(Entry::Unplanned(job)) = self.jobs.remove(&id) else { unreachable!("listed above") };
-                self.jobs.insert(id, Entry::Running(job.plan(&self.pool)));
-                self.pool.unpark_all();
-                self.outputs.push_back(Output::Event(Event::JobPlanned { job: id }));
-            }
+        let due: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Unplanned(j) if self.planning_due(j).is_some_and(|due| now >= due)))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            let Some(Entry::Unplanned(job)) = self.jobs.remove(&id) else { unreachable!("listed above") };
+            self.jobs.insert(id, Entry::Running(job.plan(&self.pool)));
+            self.pool.unpark_all();
+            self.outputs.push_back(Output::Event(Event::JobPlanned { job: id }));
         }
         loop {
             if !self.running().any(|(_, j)| j.has_work(now)) {

@@ -681,6 +681,64 @@ fn jobs_are_planned_for_the_pool_once_it_settles() {
     assert_eq!(workers(&sim, 8), 2, "laid out for both workers");
 }
 
+/// A verifier for A·B (the sim's operands) prepared for `tiles`, integer weights.
+fn verifier_for_tiles(m: usize, k: usize, n: usize, tiles: &[crate::plan::Tile]) -> Verifier {
+    let (a, b) = operands(m, k, n);
+    let weights = (0..n).map(|j| [3.0, -1.0, 2.0, -5.0][j % 4]).collect();
+    Verifier::new(DenseMatrix::from(a), DenseMatrix::from(b), tiles, weights, true)
+}
+
+#[test]
+fn a_settled_pool_waits_a_while_for_a_verifier_on_its_way_and_no_longer() {
+    let mut config = quick_config();
+    config.settle = ms(50);
+    let mut sim = Sim::new(1, 1, 1, 1, config.clone());
+    sim.join(2);
+    sim.run_to_completion();
+    sim.advance(ms(100));
+    let (m, k, n) = (16, 256, 64);
+    let unplanned = |id| {
+        let (a, b) = operands(m, k, n);
+        let model = CostModel { min_task_seconds: 0.0, ..CostModel::default() };
+        Unplanned::new(id, DenseMatrix::from(a), DenseMatrix::from(b), model, config.leases.clone(), 64).unwrap().verifier_coming()
+    };
+    let early = || verifier_for_tiles(m, k, n, &crate::verify::whole_depth_tiles(m, k, n));
+    // It comes 20 ms after the job: the job is planned then, and checked by it where its groups serve.
+    sim.sched.add_unplanned(unplanned(7), sim.now);
+    sim.pump();
+    sim.advance(ms(20));
+    assert!(!sim.events.contains(&Event::JobPlanned { job: 7 }), "the pool is settled, but the verifier is on its way");
+    assert!(sim.sched.set_verifier(7, early(), sim.now));
+    sim.pump();
+    assert!(sim.events.contains(&Event::JobPlanned { job: 7 }), "planned once it came");
+    let job = sim.sched.job(7).unwrap();
+    let served = crate::verify::serves(&crate::verify::whole_depth_tiles(m, k, n), &Job::verified_tiles(job.plan()));
+    assert_eq!(job.awaits_verifier(), !served);
+    // None comes: planned after the settling pause all the same, its results to wait for one.
+    sim.sched.add_unplanned(unplanned(8), sim.now);
+    sim.pump();
+    sim.advance(ms(40));
+    assert!(!sim.events.contains(&Event::JobPlanned { job: 8 }));
+    sim.advance(ms(10));
+    assert!(sim.events.contains(&Event::JobPlanned { job: 8 }), "no longer than the pause");
+    assert!(sim.sched.job(8).unwrap().awaits_verifier());
+}
+
+#[test]
+fn a_running_job_takes_a_verifier_prepared_before_its_plan_only_if_its_groups_serve() {
+    // k = 256: groups of 16 columns from column 0; tiles 32 wide are two of them.
+    let (m, k, n) = (8, 256, 64);
+    let plan = Plan::columns(m, k, n, 32);
+    let mut sim = Sim::with_job(plan, quick_config(), |job| job.awaiting_verifier());
+    let half_depth = [crate::plan::Tile { rows: 0..m, cols: 0..n, depth: 0..k / 2 }];
+    assert!(!sim.sched.set_verifier(JOB, verifier_for_tiles(m, k, n, &half_depth), sim.now), "its groups cover half of k");
+    assert!(sim.job().awaits_verifier());
+    assert!(sim.sched.set_verifier(JOB, verifier_for_tiles(m, k, n, &crate::verify::whole_depth_tiles(m, k, n)), sim.now));
+    assert!(!sim.job().awaits_verifier());
+    sim.join(2);
+    assert_eq!(sim.run_to_completion(), sim.expected);
+}
+
 #[test]
 fn results_wait_for_a_verifier_that_comes_late() {
     let plan = Plan::columns(6, 5, 12, 3);

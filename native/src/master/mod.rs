@@ -182,11 +182,42 @@ impl Master {
         LocalWorkers { stop, handles }
     }
 
-    /// Runs `job` on `scheduler` to completion; once it is planned, builds its
-    /// verifier and records each verified block of C in the checkpoint.
-    pub async fn run(&mut self, scheduler: &mut Scheduler, job: JobId, mut prep: Preparation, show_progress: bool) -> anyhow::Result<JobReport> {
-        let start = Instant::now();
-        let mut shell = Shell::default();
+    /// Serves the pool with no job yet (greetings, heartbeats, departures)
+    /// until `until` is done: workers that connect while the inputs are read
+    /// are welcomed at once, and a job that comes after finds the pool
+    /// settled and is planned without waiting for newcomers.
+    pub(crate) async fn greet<T>(&mut self, session: &mut Session, until: impl std::future::Future<Output = T>) -> T {
+        let Session { scheduler, shell, start } = session;
+        let reporter = Reporter::new(false);
+        reporter.waiting(&self.worker_url(), &self.page_url());
+        tokio::pin!(until);
+        loop {
+            let wake = loop {
+                match scheduler.poll_output() {
+                    Output::Wake(at) => break at,
+                    Output::Send { to, frame } => shell.send(to, frame),
+                    Output::Close { worker, reason, ban } => {
+                        reporter.closed(worker, &reason, ban, &shell.addrs);
+                        shell.close(worker, reason.to_string());
+                    }
+                    Output::Event(event) => reporter.event(&event, &shell.addrs),
+                }
+            };
+            let wake = wake.map(|t| tokio::time::Instant::from_std(*start + t));
+            tokio::select! {
+                done = &mut until => return done,
+                Some(input) = self.inputs.recv() => shell.input(scheduler, input, start.elapsed()),
+                _ = sleep_until(wake), if wake.is_some() => scheduler.handle_input(core::Input::Timeout, start.elapsed()),
+            }
+        }
+    }
+
+    /// Runs `job` on the session's scheduler to completion; once it is
+    /// planned, builds its verifier and records each verified block of C in
+    /// the checkpoint.
+    pub(crate) async fn run(&mut self, session: &mut Session, job: JobId, mut prep: Preparation, show_progress: bool) -> anyhow::Result<JobReport> {
+        let Session { scheduler, shell, start } = session;
+        let start = *start;
         let mut reporter = Reporter::new(show_progress);
         let mut rate = Rate::default();
         let mut planned = false;
@@ -199,7 +230,6 @@ impl Master {
                 s.worker_command = format!("worker {}", self.worker_url());
             });
         }
-        reporter.waiting(&self.worker_url(), &self.page_url());
         let mut complete = false;
         loop {
             // Carry out what the scheduler asks, until it asks to wait.
@@ -244,8 +274,8 @@ impl Master {
                     }
                     writer = Some(cp.writer());
                 }
-                if let Some(v) = verifier.as_mut().and_then(|v| v.planned(&plan)) {
-                    scheduler.set_verifier(job, v, start.elapsed());
+                if let (Some(v), true) = (verifier.as_mut(), j.awaits_verifier()) {
+                    v.planned(&plan);
                 }
             }
             if let Some(j) = scheduler.job(job) {
@@ -267,9 +297,10 @@ impl Master {
                     shell.scheduler_time += busy.elapsed();
                 }
                 built = async { verifier.as_mut().expect("guarded").built().await }, if verifier.is_some() => {
-                    let (built, plan) = (built?, scheduler.job(job).map(|j| j.plan().clone()));
-                    if let Some(v) = verifier.as_mut().and_then(|p| p.finished(built, plan.as_ref())) {
-                        scheduler.set_verifier(job, v, start.elapsed());
+                    if !scheduler.set_verifier(job, built?, start.elapsed()) {
+                        if let (Some(v), Some(j)) = (verifier.as_mut(), scheduler.job(job)) {
+                            v.refused(j.plan());
+                        }
                     }
                 }
                 _ = sleep_until(wake), if wake.is_some() => scheduler.handle_input(core::Input::Timeout, start.elapsed()),
@@ -364,6 +395,25 @@ pub(crate) fn build_verifier(recipe: VerifierRecipe, tiles: &[Tile]) -> (Verifie
     let verifier = Verifier::new(a, b, tiles, weights, integer).metered(crate::procstats::thread_cpu_time);
     let cpu = cpu.zip(crate::procstats::thread_cpu_time()).map(|(before, after)| after.saturating_sub(before));
     (verifier, PrepCost { wall: started.elapsed(), cpu })
+}
+
+/// A master's pool across the reading of the inputs and the job: the
+/// scheduler, its clock's origin, and where each worker's frames go.
+pub(crate) struct Session {
+    pub scheduler: Scheduler,
+    pub shell: Shell,
+    pub start: Instant,
+}
+
+impl Session {
+    pub fn new(scheduler: Scheduler) -> Self {
+        Self { scheduler, shell: Shell::default(), start: Instant::now() }
+    }
+
+    /// The scheduler's time now.
+    pub fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
 }
 
 /// The shell's side of the connections: where to send each worker's frames.

@@ -1,8 +1,9 @@
 //! The verifier's preparation for `master multiply`: started as soon as the
-//! job is in, while the pool gathers and the cores are idle, for groups of
-//! columns cut from column 0 over the whole depth, then fitted to the plan;
-//! prepared again for the plan only when those groups do not serve it (k
-//! split, or columns cut elsewhere).
+//! job is in, for groups of columns cut from column 0 over the whole depth,
+//! while the scheduler holds the plan back for it a while (the cores are
+//! otherwise idle then); the scheduler fits it to the plan. It is prepared
+//! again for the plan only when those groups do not serve it (k split, or
+//! columns cut elsewhere).
 
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -20,8 +21,6 @@ pub(crate) struct Prep {
     building: Option<JoinHandle<(Verifier, PrepCost)>>,
     /// The tiles of the build under way while it is the early one.
     early_tiles: Option<Vec<Tile>>,
-    /// Built before the plan was known.
-    early: Option<Verifier>,
     /// Every build's cost, summed.
     pub cost: PrepCost,
     /// When each build ran.
@@ -31,7 +30,7 @@ pub(crate) struct Prep {
 impl Prep {
     /// Starts preparing at once if the job is not planned yet.
     pub fn start(recipe: VerifierRecipe, planned: bool) -> Self {
-        let mut prep = Self { recipe, building: None, early_tiles: None, early: None, cost: PrepCost::default(), spans: Vec::new() };
+        let mut prep = Self { recipe, building: None, early_tiles: None, cost: PrepCost::default(), spans: Vec::new() };
         if !planned {
             let (m, k, n) = (prep.recipe.a.rows(), prep.recipe.a.cols(), prep.recipe.b.cols());
             let tiles = whole_depth_tiles(m, k, n);
@@ -46,31 +45,21 @@ impl Prep {
         self.building = Some(tokio::task::spawn_blocking(move || super::build_verifier(recipe, &tiles)));
     }
 
-    /// The job is planned: returns its verifier if one is ready and serves
-    /// the plan; else one is being prepared for it.
-    pub fn planned(&mut self, plan: &Plan) -> Option<Verifier> {
-        if let Some(v) = self.early.take() {
-            return self.fit(v, plan);
-        }
+    /// The job was planned without a verifier: prepares one for `plan`,
+    /// unless the early build still under way will serve it.
+    pub fn planned(&mut self, plan: &Plan) {
         let tiles = Job::verified_tiles(plan);
         match self.early_tiles.take() {
-            // Still running, and it will serve: fitted when it is done.
             Some(early) if serves(&early, &tiles) => self.early_tiles = Some(early),
             // One that will not serve is left to finish unheard (its cost is
             // not counted): the plan's own build need not wait for it.
             _ => self.spawn(tiles),
         }
-        None
     }
 
-    fn fit(&mut self, mut verifier: Verifier, plan: &Plan) -> Option<Verifier> {
-        let tiles = Job::verified_tiles(plan);
-        if verifier.retile(&tiles) {
-            return Some(verifier);
-        }
-        tracing::debug!("the verifier's early groups do not serve the plan; preparing it again");
-        self.spawn(tiles);
-        None
+    /// The scheduler refused a finished build: its groups do not serve `plan`.
+    pub fn refused(&mut self, plan: &Plan) {
+        self.spawn(Job::verified_tiles(plan));
     }
 
     /// Waits for the build under way (forever if there is none).
@@ -89,18 +78,6 @@ impl Prep {
                 Ok(verifier)
             }
             None => std::future::pending().await,
-        }
-    }
-
-    /// A finished build, for the plan if there is one: the verifier to use
-    /// now, if it serves.
-    pub fn finished(&mut self, verifier: Verifier, plan: Option<&Plan>) -> Option<Verifier> {
-        match plan {
-            Some(plan) => self.fit(verifier, plan),
-            None => {
-                self.early = Some(verifier);
-                None
-            }
         }
     }
 
