@@ -120,10 +120,8 @@ fn bench_size(n: usize, dtype: Dtype, runs: usize) -> Value {
             "verification_prep_in_job_s": f("verify_prep_in_job_s"),
             "verification_checks_cpu_s": f("verify_checks_cpu_s"),
             "verification_stall_s": f("verify_stall_s"),
-            // What verifying took from the job: the preparation's time after the
-            // first task (wall, so at least its CPU), the checks' CPU time, and
-            // how long the end waited for the verifier.
-            "verification_share_of_job": (f("verify_prep_in_job_s") + f("verify_checks_cpu_s") + f("verify_stall_s")) / f("job_s"),
+            "verification_plan_wait_s": f("verify_plan_wait_s"),
+            "verification_share_of_job": verification_share(&mid),
             "verification_prep_cpu_share_of_job": f("verify_prep_cpu_s") / f("job_s"),
             "results_held_for_verifier": mid["results_held_for_verifier"],
         },
@@ -136,6 +134,15 @@ fn bench_size(n: usize, dtype: Dtype, runs: usize) -> Value {
         "worker_peak_rss_bytes": worker_rss,
         "all_runs_job_s": runs_json.iter().map(|r| r["job_s"].clone()).collect::<Vec<_>>(),
     })
+}
+
+/// What verifying took from a job, over its time: how long the plan waited
+/// for the preparation once the pool was settled, the preparation's time after
+/// the first task (wall, so at least its CPU time), the checks' CPU time, and
+/// how long the end waited for the verifier.
+fn verification_share(stats: &Value) -> f64 {
+    let f = |k: &str| stats[k].as_f64().unwrap_or(f64::NAN);
+    (f("verify_plan_wait_s") + f("verify_prep_in_job_s") + f("verify_checks_cpu_s") + f("verify_stall_s")) / f("job_s")
 }
 
 /// File to file, as a new user would run it: `master multiply` with two
@@ -167,20 +174,21 @@ fn against_numpy(m: usize, k: usize, n: usize, runs: usize) -> Value {
             .collect(),
     );
     let reference = io::read_matrix(&np_path, u64::MAX).unwrap().matrix;
-    let mut egress = Vec::new();
+    let (mut egress, mut verification) = (Vec::new(), Vec::new());
     let ours = median(
         (0..runs)
             .map(|_| {
                 let (took, stats) = file_to_file(&a_path, &b_path, &c_path);
                 check(&c_path, &reference);
                 egress.push(stats["panel_bytes"].as_f64().unwrap() / (stats["inputs_bytes"].as_f64().unwrap() + 2.0 * (k * n * 8) as f64 - (k * n * 8) as f64));
+                verification.push(verification_share(&stats));
                 took
             })
             .collect(),
     );
     json!({
         "m": m, "k": k, "n": n, "numpy_s": numpy, "colonnade_s": ours, "speed_vs_numpy": numpy / ours,
-        "egress_over_a_plus_p_b": median(egress),
+        "egress_over_a_plus_p_b": median(egress), "verification_share_of_job": median(verification),
     })
 }
 
@@ -340,7 +348,7 @@ fn print_table(sizes: &[Value], scheduler: &Value) {
             worker,
         );
     }
-    println!("(ratio: distributed over the 2-thread limit; sched: master time in the scheduler, result checks included; verify: what verifying took from the job, over the job time (the checks' CPU time, the preparation's time after the first task, and any wait for it at the end); prep: the preparation's CPU time over the job time, wherever it ran (it starts while the pool gathers); held: results that waited for it; egress: panel bytes sent over A+B; wire: bytes on the wire over the payload; master: peak RSS over A+B+C; worker: peak RSS)");
+    println!("(ratio: distributed over the 2-thread limit; sched: master time in the scheduler, result checks included; verify: what verifying took from the job, over the job time (the plan's wait for the preparation once the pool was settled, the preparation's time after the first task, the checks' CPU time, and any wait for it at the end); prep: the preparation's CPU time over the job time, wherever it ran (it starts while the pool gathers); held: results that waited for it; egress: panel bytes sent over A+B; wire: bytes on the wire over the payload; master: peak RSS over A+B+C; worker: peak RSS)");
     println!(
         "scheduler: {} tiny tasks to {} workers: {:.0} tasks/s, {:.1} µs of master CPU per task",
         scheduler["tasks"], scheduler["workers"], scheduler["tasks_per_s"].as_f64().unwrap(), scheduler["master_cpu_us_per_task"].as_f64().unwrap()
@@ -350,12 +358,13 @@ fn print_table(sizes: &[Value], scheduler: &Value) {
 fn print_files(files: &[Value]) {
     for f in files {
         println!(
-            "file to file, {}x{} by {}x{} f64: numpy {:.2} s, colonnade {:.2} s (2 workers x 1 thread): {:.2}x numpy's speed; egress over A + 2B: {:.2}",
+            "file to file, {}x{} by {}x{} f64: numpy {:.2} s, colonnade {:.2} s (2 workers x 1 thread): {:.2}x numpy's speed; egress over A + 2B: {:.2}; verification {:.1}% of the job",
             f["m"], f["k"], f["k"], f["n"],
             f["numpy_s"].as_f64().unwrap(),
             f["colonnade_s"].as_f64().unwrap(),
             f["speed_vs_numpy"].as_f64().unwrap(),
             f["egress_over_a_plus_p_b"].as_f64().unwrap(),
+            100.0 * f["verification_share_of_job"].as_f64().unwrap_or(f64::NAN),
         );
     }
 }

@@ -13,7 +13,7 @@ use colonnade_core::job::{Job, Unplanned};
 use colonnade_core::protocol::JobId;
 use colonnade_core::scheduler::{Access, JobError, Scheduler, SchedulerConfig};
 use colonnade_core::worker::DEFAULT_SLOTS;
-use colonnade_core::verify::Verifier;
+use colonnade_core::verify::{whole_depth_tiles, Verifier};
 use colonnade_core::{DenseMatrix, Dtype, Matrix};
 use rand::{Rng, SeedableRng};
 
@@ -157,6 +157,7 @@ fn stats_json(report: &JobReport, read: Duration, write: Duration, job_cpu: Opti
         "verify_prep_in_job_s": report.verify_prep_in_job.as_secs_f64(),
         "verify_checks_cpu_s": report.verify_checks.map(|d| d.as_secs_f64()),
         "verify_stall_s": report.verify_stall.as_secs_f64(),
+        "verify_plan_wait_s": report.verify_plan_wait.as_secs_f64(),
         "results_held_for_verifier": report.held_for_verifier,
         "rejected": report.workers.iter().map(|(_, w)| w.strikes).sum::<u32>(),
         "master_job_cpu_s": job_cpu.map(|d| d.as_secs_f64()),
@@ -308,7 +309,7 @@ pub(crate) fn prepare(spec: JobSpec, scheduler: &mut Scheduler, now: Duration) -
         }
         let model = CostModel { slots: DEFAULT_SLOTS as usize, ..CostModel::default() };
         let job = Unplanned::new(id, Arc::clone(&recipe.a), Arc::clone(&recipe.b), model, leases, chunk)?.with_link(link_rate);
-        let job = if early_verifier { job.verifier_coming() } else { job.awaiting_verifier() };
+        let job = if early_verifier { job.verifier_coming(whole_depth_tiles(m, k, n)) } else { job.awaiting_verifier() };
         scheduler.add_unplanned(job, now);
         return Ok((id, Preparation { verifier: Some(recipe), checkpoint: checkpoint.map(|(_, cp)| cp) }, 0.0));
     };

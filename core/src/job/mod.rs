@@ -20,7 +20,7 @@ use crate::kernel::flops;
 use crate::matrix::{DenseMatrix, Dtype, ShapeError};
 use crate::payload::{Incoming, PayloadError};
 use crate::plan::model::Problem;
-use crate::plan::{CostModel, PanelId, Plan};
+use crate::plan::{CostModel, PanelId, Plan, Tile};
 use crate::pool::{smooth, WorkerId};
 use crate::protocol::{chunk_ranges, Frame, JobId, LeaseId, Message};
 use crate::verify::Verifier;
@@ -158,8 +158,8 @@ pub struct Unplanned {
     leases_config: LeaseConfig,
     max_chunk: usize,
     awaiting_verifier: bool,
-    /// Whether the shell prepares a verifier before the plan.
-    verifier_coming: bool,
+    /// The tiles the shell prepares a verifier for before the plan, if it does.
+    verifier_coming: Option<Vec<Tile>>,
     /// That verifier, once it came: taken if its groups serve the plan.
     verifier: Option<Verifier>,
     /// When it was queued.
@@ -182,7 +182,7 @@ impl Unplanned {
         if a.dtype() != b.dtype() {
             return Err(JobError::Dtype { a: a.dtype(), b: b.dtype() });
         }
-        Ok(Self { id, a, b, model, leases_config, max_chunk, awaiting_verifier: false, verifier_coming: false, verifier: None, queued: Duration::ZERO, link: None })
+        Ok(Self { id, a, b, model, leases_config, max_chunk, awaiting_verifier: false, verifier_coming: None, verifier: None, queued: Duration::ZERO, link: None })
     }
 
     /// Plans knowing the master's link rate (bytes/s), if given.
@@ -196,10 +196,10 @@ impl Unplanned {
     }
 
     /// As [`Self::awaiting_verifier`], and the shell is preparing one before
-    /// the plan (for tiles of its choosing, e.g.
-    /// [`crate::verify::whole_depth_tiles`]): planning waits for it a while.
-    pub fn verifier_coming(self) -> Self {
-        Self { awaiting_verifier: true, verifier_coming: true, ..self }
+    /// the plan, for `tiles` (e.g. [`crate::verify::whole_depth_tiles`]):
+    /// planning waits for it a while if its groups will serve the plan.
+    pub fn verifier_coming(self, tiles: Vec<Tile>) -> Self {
+        Self { awaiting_verifier: true, verifier_coming: Some(tiles), ..self }
     }
 
     pub(crate) fn set_verifier(&mut self, verifier: Verifier) {
@@ -208,7 +208,18 @@ impl Unplanned {
 
     /// Whether planning should wait for a verifier still being prepared.
     pub(crate) fn wants_verifier(&self) -> bool {
-        self.verifier_coming && self.verifier.is_none()
+        self.verifier_coming.is_some() && self.verifier.is_none()
+    }
+
+    /// Stops waiting for the verifier on its way if its groups will not serve
+    /// the plan the pool would get now (k split, or columns cut elsewhere).
+    pub(crate) fn give_up_on_a_verifier_that_will_not_serve(&mut self, pool: &crate::pool::Pool) {
+        if let (Some(tiles), None) = (&self.verifier_coming, &self.verifier) {
+            let plan = self.model.plan_for(self.problem(), &pool.capacities(self.model.assumed_flops_per_second), self.link);
+            if !crate::verify::serves(tiles, &Job::verified_tiles(&plan)) {
+                self.verifier_coming = None;
+            }
+        }
     }
 
     pub fn id(&self) -> JobId {
@@ -220,10 +231,14 @@ impl Unplanned {
         Problem { m: self.a.rows(), k: self.a.cols(), n: self.b.cols(), elem: self.a.dtype().size() }
     }
 
-    /// Plans the job for the pool's workers.
-    pub(crate) fn plan(self, pool: &crate::pool::Pool) -> Job {
+    /// Plans the job for the pool's workers, at `now`; the pool was settled
+    /// at `settled`.
+    pub(crate) fn plan(self, pool: &crate::pool::Pool, settled: Duration, now: Duration) -> Job {
         let plan = self.model.plan_for(self.problem(), &pool.capacities(self.model.assumed_flops_per_second), self.link);
-        let job = Job::new(self.id, self.a, self.b, plan, self.leases_config, self.max_chunk).expect("shapes were checked");
+        let mut job = Job::new(self.id, self.a, self.b, plan, self.leases_config, self.max_chunk).expect("shapes were checked");
+        if self.verifier_coming.is_some() {
+            job.plan_waited_for_verifier = now.saturating_sub(settled.max(self.queued));
+        }
         let tiles = Job::verified_tiles(job.plan());
         match self.verifier.map(|mut v| (v.retile(&tiles), v)) {
             Some((true, v)) => job.with_verifier(v),
@@ -264,6 +279,8 @@ pub struct Job {
     /// How long the job's end waited for the verifier: from the last result
     /// to the verifier, when the verifier came after every result.
     verifier_stall: Duration,
+    /// How long its plan waited for the verifier, past the pool's settling.
+    plan_waited_for_verifier: Duration,
     /// Workers whose result for a tile was wrong: they do not get it again.
     rejected_by: Vec<Vec<WorkerId>>,
     /// Tiles set aside for workers, their panels sent ahead.
@@ -316,6 +333,7 @@ impl Job {
             held_for_verifier: 0,
             last_held_at: Duration::ZERO,
             verifier_stall: Duration::ZERO,
+            plan_waited_for_verifier: Duration::ZERO,
             rejected_by: vec![Vec::new(); tiles],
             reserved: 0,
         })
@@ -330,7 +348,7 @@ impl Job {
     }
 
     /// Holds every result until [`crate::scheduler::Scheduler::set_verifier`]
-    /// brings the verifier, so it can be prepared while the first tiles travel.
+    /// brings the verifier, so the job need not wait for its preparation.
     pub fn awaiting_verifier(mut self) -> Self {
         self.checks = Checks::Pending(Vec::new());
         self
@@ -341,8 +359,8 @@ impl Job {
         matches!(self.checks, Checks::Pending(_))
     }
 
-    /// Takes the verifier, if its groups serve the plan (else `None`);
-    /// results held for it are judged now. Returns what became of each
+    /// Takes the verifier, for the plan's tiles ([`Self::verified_tiles`]),
+    /// if its groups serve them (else `None`); results held for it are judged now. Returns what became of each
     /// (worker, lease).
     pub(crate) fn set_verifier(&mut self, mut verifier: Verifier, now: Duration) -> Option<Vec<(WorkerId, LeaseId, Finished)>> {
         if !verifier.retile(&Self::verified_tiles(&self.plan)) {
@@ -789,6 +807,12 @@ impl Job {
     /// unless every result was in before it.
     pub fn verifier_stall(&self) -> Duration {
         self.verifier_stall
+    }
+
+    /// How long the plan, and so the first task, waited for the verifier's
+    /// preparation once the pool was settled ([`Unplanned::verifier_coming`]).
+    pub fn plan_waited_for_verifier(&self) -> Duration {
+        self.plan_waited_for_verifier
     }
 
     /// What checking the results took, if the verifier was given a clock

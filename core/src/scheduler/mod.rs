@@ -61,7 +61,9 @@ pub struct SchedulerConfig {
     pub heartbeat: Heartbeat,
     pub access: Access,
     /// A job waiting for its plan is planned once the pool has had no newcomer
-    /// for this long, so workers starting together are planned for together.
+    /// for this long, so workers starting together are planned for together;
+    /// and a verifier on its way ([`Unplanned::verifier_coming`]) is waited
+    /// for at most this long.
     pub settle: Duration,
 }
 
@@ -249,9 +251,10 @@ impl Scheduler {
 
     /// Hands a job the verifier it was waiting for; results held meanwhile
     /// are judged now. A job not planned yet keeps it for its plan, and is
-    /// planned without waiting longer for it. Returns false if the verifier's
-    /// groups do not serve the job's plan (or there is no such job): the job
-    /// then still waits for one.
+    /// planned without waiting longer for it (if its groups do not serve the
+    /// plan, the planned job awaits another: [`Job::awaits_verifier`]).
+    /// Returns false if the job is planned and the verifier's groups do not
+    /// serve its plan (it still waits for one), or there is no such job.
     pub fn set_verifier(&mut self, id: JobId, verifier: Verifier, now: Duration) -> bool {
         let job = match self.jobs.get_mut(&id) {
             Some(Entry::Running(job)) => job,
@@ -576,6 +579,13 @@ impl Scheduler {
     /// Plans waiting jobs when it is time, then fills free slots, one task per
     /// worker per round, so work spreads evenly.
     fn assign(&mut self, now: Duration) {
+        if now >= self.last_join + self.config.settle && !self.pool.workers.is_empty() {
+            for entry in self.jobs.values_mut() {
+                if let Entry::Unplanned(job) = entry {
+                    job.give_up_on_a_verifier_that_will_not_serve(&self.pool);
+                }
+            }
+        }
         let due: Vec<JobId> = self
             .jobs
             .iter()
@@ -584,7 +594,7 @@ impl Scheduler {
             .collect();
         for id in due {
             let Some(Entry::Unplanned(job)) = self.jobs.remove(&id) else { unreachable!("listed above") };
-            self.jobs.insert(id, Entry::Running(job.plan(&self.pool)));
+            self.jobs.insert(id, Entry::Running(job.plan(&self.pool, self.last_join + self.config.settle, now)));
             self.pool.unpark_all();
             self.outputs.push_back(Output::Event(Event::JobPlanned { job: id }));
         }

@@ -696,32 +696,38 @@ fn a_settled_pool_waits_a_while_for_a_verifier_on_its_way_and_no_longer() {
     sim.join(2);
     sim.run_to_completion();
     sim.advance(ms(100));
-    let (m, k, n) = (16, 256, 64);
-    let unplanned = |id| {
+    let (m, k, n) = (16, 256, 512);
+    let whole_depth = crate::verify::whole_depth_tiles(m, k, n);
+    let unplanned = |id, coming: Vec<crate::plan::Tile>| {
         let (a, b) = operands(m, k, n);
         let model = CostModel { min_task_seconds: 0.0, ..CostModel::default() };
-        Unplanned::new(id, DenseMatrix::from(a), DenseMatrix::from(b), model, config.leases.clone(), 64).unwrap().verifier_coming()
+        Unplanned::new(id, DenseMatrix::from(a), DenseMatrix::from(b), model, config.leases.clone(), 64).unwrap().verifier_coming(coming)
     };
-    let early = || verifier_for_tiles(m, k, n, &crate::verify::whole_depth_tiles(m, k, n));
-    // It comes 20 ms after the job: the job is planned then, and checked by it where its groups serve.
-    sim.sched.add_unplanned(unplanned(7), sim.now);
+    // It comes 20 ms after the job: the job is planned then, and checked by it.
+    sim.sched.add_unplanned(unplanned(7, whole_depth.clone()), sim.now);
     sim.pump();
     sim.advance(ms(20));
     assert!(!sim.events.contains(&Event::JobPlanned { job: 7 }), "the pool is settled, but the verifier is on its way");
-    assert!(sim.sched.set_verifier(7, early(), sim.now));
+    assert!(sim.sched.set_verifier(7, verifier_for_tiles(m, k, n, &whole_depth), sim.now));
     sim.pump();
     assert!(sim.events.contains(&Event::JobPlanned { job: 7 }), "planned once it came");
     let job = sim.sched.job(7).unwrap();
-    let served = crate::verify::serves(&crate::verify::whole_depth_tiles(m, k, n), &Job::verified_tiles(job.plan()));
-    assert_eq!(job.awaits_verifier(), !served);
+    assert_eq!(job.plan_waited_for_verifier(), ms(20));
+    assert!(!job.awaits_verifier(), "its groups serve the plan ({:?})", job.plan().shape());
+    // One whose groups cover half of k would not serve: not waited for.
+    sim.sched.add_unplanned(unplanned(9, vec![crate::plan::Tile { rows: 0..m, cols: 0..n, depth: 0..k / 2 }]), sim.now);
+    sim.pump();
+    assert!(sim.events.contains(&Event::JobPlanned { job: 9 }), "planned at once");
+    assert!(sim.sched.job(9).unwrap().awaits_verifier());
     // None comes: planned after the settling pause all the same, its results to wait for one.
-    sim.sched.add_unplanned(unplanned(8), sim.now);
+    sim.sched.add_unplanned(unplanned(8, whole_depth.clone()), sim.now);
     sim.pump();
     sim.advance(ms(40));
     assert!(!sim.events.contains(&Event::JobPlanned { job: 8 }));
     sim.advance(ms(10));
     assert!(sim.events.contains(&Event::JobPlanned { job: 8 }), "no longer than the pause");
     assert!(sim.sched.job(8).unwrap().awaits_verifier());
+    assert_eq!(sim.sched.job(8).unwrap().plan_waited_for_verifier(), ms(50));
 }
 
 #[test]

@@ -221,6 +221,9 @@ pub struct Verifier {
 /// time); core reads no clock of its own.
 pub type Clock = fn() -> Option<Duration>;
 
+/// `Verifier::checking_nanos` before the clock gave any reading.
+const UNTIMED: u64 = u64::MAX;
+
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Verifier")
@@ -330,7 +333,7 @@ impl Verifier {
             groups,
             depths,
             meter: None,
-            checking_nanos: AtomicU64::new(0),
+            checking_nanos: AtomicU64::new(UNTIMED),
         };
         assert!(verifier.retile(tiles), "every tile's groups were made above");
         for d in 0..verifier.depths.len() {
@@ -400,9 +403,11 @@ impl Verifier {
         Self { meter: Some(clock), ..self }
     }
 
-    /// What the checks took so far, by the clock given to [`Self::metered`].
+    /// What the checks took so far, by the clock given to [`Self::metered`]
+    /// (`None` without one, or while it has given no reading).
     pub fn check_time(&self) -> Option<Duration> {
-        self.meter.map(|_| Duration::from_nanos(self.checking_nanos.load(Ordering::Relaxed)))
+        let nanos = self.checking_nanos.load(Ordering::Relaxed);
+        (nanos != UNTIMED).then(|| Duration::from_nanos(nanos))
     }
 
     /// Checks a claimed tile `c` (|rows| × |cols|, column-major) of tile `tile`.
@@ -423,7 +428,8 @@ impl Verifier {
         let mut report = Report { verdict: Ok(()), flagged_rows: 0, refined: 0 };
         report.verdict = self.check_into(tile, c, &mut report);
         if let Some(took) = started.zip(self.meter.and_then(|clock| clock())).map(|(before, after)| after.saturating_sub(before)) {
-            self.checking_nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+            let took = took.as_nanos() as u64;
+            let _ = self.checking_nanos.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some(if t == UNTIMED { took } else { t + took }));
         }
         report
     }

@@ -66,13 +66,16 @@ pub struct JobReport {
     pub scheduler_time: Duration,
     /// What the verifier's precompute took, on a thread of its own (see `prep`).
     pub verify_prep: PrepCost,
-    /// How long the preparation ran after the first task went out: it began
-    /// while the pool gathered, and only this part can have slowed the job.
+    /// How long the preparation ran after the first task went out (wall
+    /// time, so at least its CPU time there): what it can have taken from
+    /// the job, besides the plan's wait for it.
     pub verify_prep_in_job: Duration,
     /// The thread CPU time the result checks took, where it can be read.
     pub verify_checks: Option<Duration>,
     /// How long the job's end waited for the verifier's preparation.
     pub verify_stall: Duration,
+    /// How long the plan waited for the preparation once the pool was settled.
+    pub verify_plan_wait: Duration,
     /// Results that arrived before the verifier was ready and waited for it.
     pub held_for_verifier: u64,
     /// Flops of the blocks taken from a checkpoint rather than computed.
@@ -192,17 +195,7 @@ impl Master {
         reporter.waiting(&self.worker_url(), &self.page_url());
         tokio::pin!(until);
         loop {
-            let wake = loop {
-                match scheduler.poll_output() {
-                    Output::Wake(at) => break at,
-                    Output::Send { to, frame } => shell.send(to, frame),
-                    Output::Close { worker, reason, ban } => {
-                        reporter.closed(worker, &reason, ban, &shell.addrs);
-                        shell.close(worker, reason.to_string());
-                    }
-                    Output::Event(event) => reporter.event(&event, &shell.addrs),
-                }
-            };
+            let wake = carry_out(scheduler, shell, &reporter, |_, _| {});
             let wake = wake.map(|t| tokio::time::Instant::from_std(*start + t));
             tokio::select! {
                 done = &mut until => return done,
@@ -232,22 +225,7 @@ impl Master {
         }
         let mut complete = false;
         loop {
-            // Carry out what the scheduler asks, until it asks to wait.
-            let wake = loop {
-                let event = match scheduler.poll_output() {
-                    Output::Wake(at) => break at,
-                    Output::Send { to, frame } => {
-                        shell.send(to, frame);
-                        continue;
-                    }
-                    Output::Close { worker, reason, ban } => {
-                        reporter.closed(worker, &reason, ban, &shell.addrs);
-                        shell.close(worker, reason.to_string());
-                        continue;
-                    }
-                    Output::Event(event) => event,
-                };
-                reporter.event(&event, &shell.addrs);
+            let wake = carry_out(scheduler, shell, &reporter, |scheduler, event| {
                 match event {
                     Event::TileDone { job: j, block, block_done: true, .. } if j == job => {
                         if let (Some(w), Some(bytes)) = (&writer, scheduler.job(job).and_then(|j| j.block_bytes(block))) {
@@ -260,7 +238,7 @@ impl Master {
                     }
                     _ => {}
                 }
-            };
+            });
             // Once planned: the page and the bar learn the grid; the verifier and the checkpoint start.
             if let (false, Some(j)) = (planned, scheduler.job(job)) {
                 planned = true;
@@ -307,9 +285,12 @@ impl Master {
                 _ = tick.tick() => self.publish(scheduler, job),
             }
         }
-        let elapsed = shell.first_task.map_or(Duration::ZERO, |t| t.elapsed());
+        let (elapsed, end) = (shell.first_task.map_or(Duration::ZERO, |t| t.elapsed()), Instant::now());
+        if let Some(v) = verifier.as_mut() {
+            v.finish().await?;
+        }
         let verify_prep_in_job = match (&verifier, shell.first_task) {
-            (Some(v), Some(first)) => v.within(first..Instant::now()),
+            (Some(v), Some(first)) => v.within(first..end),
             _ => Duration::ZERO,
         };
         // The JobDone frames went out above; now let the connections go.
@@ -340,6 +321,7 @@ impl Master {
             verify_prep_in_job,
             verify_checks: finished.check_time(),
             verify_stall: finished.verifier_stall(),
+            verify_plan_wait: finished.plan_waited_for_verifier(),
             held_for_verifier: finished.held_for_verifier(),
             restored_flops: 0.0,
         })
@@ -395,6 +377,26 @@ pub(crate) fn build_verifier(recipe: VerifierRecipe, tiles: &[Tile]) -> (Verifie
     let verifier = Verifier::new(a, b, tiles, weights, integer).metered(crate::procstats::thread_cpu_time);
     let cpu = cpu.zip(crate::procstats::thread_cpu_time()).map(|(before, after)| after.saturating_sub(before));
     (verifier, PrepCost { wall: started.elapsed(), cpu })
+}
+
+/// Carries out what the scheduler asks until it asks to wait, and returns
+/// when it wants to be woken: frames go out, closed connections are reported,
+/// and so is each event before `on_event` sees it.
+fn carry_out(scheduler: &mut Scheduler, shell: &mut Shell, reporter: &Reporter, mut on_event: impl FnMut(&Scheduler, Event)) -> Option<Duration> {
+    loop {
+        match scheduler.poll_output() {
+            Output::Wake(at) => return at,
+            Output::Send { to, frame } => shell.send(to, frame),
+            Output::Close { worker, reason, ban } => {
+                reporter.closed(worker, &reason, ban, &shell.addrs);
+                shell.close(worker, reason.to_string());
+            }
+            Output::Event(event) => {
+                reporter.event(&event, &shell.addrs);
+                on_event(scheduler, event);
+            }
+        }
+    }
 }
 
 /// A master's pool across the reading of the inputs and the job: the

@@ -1,9 +1,9 @@
 //! The verifier's preparation for `master multiply`: started as soon as the
 //! job is in, for groups of columns cut from column 0 over the whole depth,
-//! while the scheduler holds the plan back for it a while (the cores are
-//! otherwise idle then); the scheduler fits it to the plan. It is prepared
-//! again for the plan only when those groups do not serve it (k split, or
-//! columns cut elsewhere).
+//! while the scheduler holds the plan back for it a while if those groups
+//! will serve the plan (the cores are otherwise idle then); the scheduler
+//! fits it to the plan. It is prepared again for the plan only when those
+//! groups do not serve it (k split, or columns cut elsewhere).
 
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -15,12 +15,16 @@ use tokio::task::JoinHandle;
 
 use super::{PrepCost, VerifierRecipe};
 
+type Build = JoinHandle<(Verifier, PrepCost)>;
+
 #[derive(Debug)]
 pub(crate) struct Prep {
     recipe: VerifierRecipe,
-    building: Option<JoinHandle<(Verifier, PrepCost)>>,
+    building: Option<Build>,
     /// The tiles of the build under way while it is the early one.
     early_tiles: Option<Vec<Tile>>,
+    /// Early builds that will not serve the plan, left to finish: their cost counts all the same.
+    abandoned: Vec<Build>,
     /// Every build's cost, summed.
     pub cost: PrepCost,
     /// When each build ran.
@@ -30,7 +34,7 @@ pub(crate) struct Prep {
 impl Prep {
     /// Starts preparing at once if the job is not planned yet.
     pub fn start(recipe: VerifierRecipe, planned: bool) -> Self {
-        let mut prep = Self { recipe, building: None, early_tiles: None, cost: PrepCost::default(), spans: Vec::new() };
+        let mut prep = Self { recipe, building: None, early_tiles: None, abandoned: Vec::new(), cost: PrepCost::default(), spans: Vec::new() };
         if !planned {
             let (m, k, n) = (prep.recipe.a.rows(), prep.recipe.a.cols(), prep.recipe.b.cols());
             let tiles = whole_depth_tiles(m, k, n);
@@ -42,7 +46,8 @@ impl Prep {
 
     fn spawn(&mut self, tiles: Vec<Tile>) {
         let recipe = self.recipe.clone();
-        self.building = Some(tokio::task::spawn_blocking(move || super::build_verifier(recipe, &tiles)));
+        let build = tokio::task::spawn_blocking(move || super::build_verifier(recipe, &tiles));
+        self.abandoned.extend(self.building.replace(build));
     }
 
     /// The job was planned without a verifier: prepares one for `plan`,
@@ -51,8 +56,6 @@ impl Prep {
         let tiles = Job::verified_tiles(plan);
         match self.early_tiles.take() {
             Some(early) if serves(&early, &tiles) => self.early_tiles = Some(early),
-            // One that will not serve is left to finish unheard (its cost is
-            // not counted): the plan's own build need not wait for it.
             _ => self.spawn(tiles),
         }
     }
@@ -68,17 +71,30 @@ impl Prep {
             Some(handle) => {
                 let built = handle.await;
                 (self.building, self.early_tiles) = (None, None);
-                let (verifier, took) = built.map_err(|e| anyhow::anyhow!("building the verifier failed: {e}"))?;
-                let now = Instant::now();
-                self.spans.push(now.checked_sub(took.wall).unwrap_or(now)..now);
-                self.cost = match self.spans.len() {
-                    1 => took,
-                    _ => PrepCost { wall: self.cost.wall + took.wall, cpu: self.cost.cpu.zip(took.cpu).map(|(a, b)| a + b) },
-                };
-                Ok(verifier)
+                self.record(built)
             }
             None => std::future::pending().await,
         }
+    }
+
+    fn record(&mut self, built: Result<(Verifier, PrepCost), tokio::task::JoinError>) -> anyhow::Result<Verifier> {
+        let (verifier, took) = built.map_err(|e| anyhow::anyhow!("building the verifier failed: {e}"))?;
+        let now = Instant::now();
+        self.spans.push(now.checked_sub(took.wall).unwrap_or(now)..now);
+        self.cost = match self.spans.len() {
+            1 => took,
+            _ => PrepCost { wall: self.cost.wall + took.wall, cpu: self.cost.cpu.zip(took.cpu).map(|(a, b)| a + b) },
+        };
+        Ok(verifier)
+    }
+
+    /// Waits for the abandoned builds, so their cost is counted.
+    pub async fn finish(&mut self) -> anyhow::Result<()> {
+        for build in std::mem::take(&mut self.abandoned) {
+            let built = build.await;
+            self.record(built)?;
+        }
+        Ok(())
     }
 
     /// How long the builds ran inside `job` (from the first task to the end):
