@@ -221,6 +221,15 @@ pub struct Verifier {
 /// time); core reads no clock of its own.
 pub type Clock = fn() -> Option<Duration>;
 
+/// Does pieces of work that share nothing, at once where it can: the shell's
+/// way to lend threads ([`Verifier::new_in_parts`]).
+pub type Runner<'r> = &'r dyn for<'a> Fn(Vec<Box<dyn FnOnce() + Send + 'a>>);
+
+/// A [`Runner`] without threads.
+pub fn one_after_another(work: Vec<Box<dyn FnOnce() + Send + '_>>) {
+    work.into_iter().for_each(|piece| piece());
+}
+
 /// `Verifier::checking_nanos` before the clock gave any reading.
 const UNTIMED: u64 = u64::MAX;
 
@@ -294,6 +303,22 @@ impl Verifier {
     /// one weight per column of C or one is below 1 in magnitude, or if a tile
     /// reaches outside C or A·B.
     pub fn new(a: impl Into<Arc<DenseMatrix>>, b: impl Into<Arc<DenseMatrix>>, tiles: &[Tile], weights: Vec<f64>, integer: bool) -> Self {
+        Self::new_in_parts(a, b, tiles, weights, integer, 1, &one_after_another)
+    }
+
+    /// As [`Self::new`], with the pass over A cut into up to `parts` slices of
+    /// its columns, handed to `run` to do at once where the shell can (core
+    /// starts no threads); their partial sums are then added.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_in_parts(
+        a: impl Into<Arc<DenseMatrix>>,
+        b: impl Into<Arc<DenseMatrix>>,
+        tiles: &[Tile],
+        weights: Vec<f64>,
+        integer: bool,
+        parts: usize,
+        run: Runner<'_>,
+    ) -> Self {
         let (a, b) = (a.into(), b.into());
         let (m, k, n) = (a.rows(), a.cols(), b.cols());
         assert_eq!(b.rows(), k, "A is {} but B is {}", a.shape_string(), b.shape_string());
@@ -337,7 +362,7 @@ impl Verifier {
         };
         assert!(verifier.retile(tiles), "every tile's groups were made above");
         for d in 0..verifier.depths.len() {
-            verifier.precompute(d);
+            verifier.precompute(d, parts, run);
         }
         verifier
     }
@@ -358,8 +383,9 @@ impl Verifier {
         true
     }
 
-    /// y and Ŝ for the groups of depth range `d`.
-    fn precompute(&mut self, d: usize) {
+    /// y and Ŝ for the groups of depth range `d`, the pass over A in up to
+    /// `parts` slices of its columns, done by `run`.
+    fn precompute(&mut self, d: usize, parts: usize, run: Runner<'_>) {
         let depth = self.depths[d].clone();
         let (m, kd) = (self.a.rows(), depth.len());
         let first = self.groups.iter().position(|g| g.depth == d).expect("every depth range has a group");
@@ -387,9 +413,29 @@ impl Verifier {
             }
         }
         let (y, scale) = (&mut self.y[first * m..(first + count) * m], &mut self.scale[first * m..(first + count) * m]);
-        match &*self.a {
-            DenseMatrix::F64(a) => products(a, depth, &x, &t, y, scale),
-            DenseMatrix::F32(a) => products(a, depth, &x, &t, y, scale),
+        let slices: Vec<Range<usize>> = bound::split(0..kd, kd.div_ceil(parts.max(1))).collect();
+        if slices.len() == 1 {
+            return products_of(&self.a, depth, &x, &t, y, scale);
+        }
+        // The first slice sums into y and Ŝ, each other into its own; all are then added.
+        let a = &*self.a;
+        let rows_of = |v: &[f64], s: &Range<usize>| -> Vec<f64> { v.chunks_exact(kd).flat_map(|column| column[s.clone()].iter().copied()).collect() };
+        let mut partial: Vec<(Vec<f64>, Vec<f64>)> = (1..slices.len()).map(|_| (vec![0.0; m * count], vec![0.0; m * count])).collect();
+        let outputs = std::iter::once((y, scale)).chain(partial.iter_mut().map(|(py, ps)| (py.as_mut_slice(), ps.as_mut_slice())));
+        let work: Vec<Box<dyn FnOnce() + Send + '_>> = slices
+            .iter()
+            .zip(outputs)
+            .map(|(slice, (y, scale))| {
+                let (xs, ts) = (rows_of(&x, slice), rows_of(&t, slice));
+                let columns = depth.start + slice.start..depth.start + slice.end;
+                Box::new(move || products_of(a, columns, &xs, &ts, y, scale)) as Box<dyn FnOnce() + Send + '_>
+            })
+            .collect();
+        run(work);
+        let (y, scale) = (&mut self.y[first * m..(first + count) * m], &mut self.scale[first * m..(first + count) * m]);
+        for (py, ps) in partial {
+            y.iter_mut().zip(py).for_each(|(o, v)| *o += v);
+            scale.iter_mut().zip(ps).for_each(|(o, v)| *o += v);
         }
     }
 
@@ -695,6 +741,14 @@ fn dot_and_scale<T: Element>(a: &[f64], b: &[T]) -> (f64, f64) {
 /// y = A[:, K]·x and Ŝ = |A[:, K]|·t for kd-row matrices x and t
 /// (column-major, in f64), computed in the job's dtype in one pass over A (see
 /// [`skinny`]), into `y` and `scale` (m × count each, zero).
+/// [`products`] for A's dtype.
+fn products_of(a: &DenseMatrix, depth: Range<usize>, x: &[f64], t: &[f64], y: &mut [f64], scale: &mut [f64]) {
+    match a {
+        DenseMatrix::F64(a) => products(a, depth, x, t, y, scale),
+        DenseMatrix::F32(a) => products(a, depth, x, t, y, scale),
+    }
+}
+
 fn products<T: Element + skinny::Lane>(a: &Matrix<T>, depth: Range<usize>, x: &[f64], t: &[f64], y: &mut [f64], scale: &mut [f64]) {
     let (m, kd) = (a.rows(), depth.len());
     let count = x.len() / kd;

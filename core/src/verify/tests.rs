@@ -589,6 +589,30 @@ fn a_plan_its_groups_do_not_serve_leaves_the_verifier_as_it_was() {
 }
 
 #[test]
+fn a_preparation_in_parts_sums_what_one_pass_does() {
+    for dtype in [Dtype::F64, Dtype::F32] {
+        // Group counts on and off the skinny kernel's blocks of 8 columns.
+        for (m, k, n) in [(40, 300, 128), (33, 1000, 900)] {
+            let mut rng = Rng(29);
+            let (a, b) = operands(Kind::Uniform, dtype, m, k, n, &mut rng);
+            let (tiles, r) = (whole_depth_tiles(m, k, n), weights(n, &mut rng));
+            let whole = Verifier::new(a.clone(), b.clone(), &tiles, r.clone(), false);
+            let parts = Verifier::new_in_parts(a.clone(), b.clone(), &tiles, r, false, 3, &one_after_another);
+            for (one, three) in whole.y.iter().zip(&parts.y).chain(whole.scale.iter().zip(&parts.scale)) {
+                assert!((one - three).abs() <= 1e-4 * one.abs().max(1.0), "{dtype:?} {m}x{k}x{n}: {one} against {three}");
+            }
+            for (i, tile) in tiles.iter().enumerate() {
+                let mut c = compute_dense(&a, &b, tile, Kernel::Whole);
+                assert_eq!(parts.check(i, &c), Ok(()));
+                let bound = k as f64 * unit_roundoff(dtype) * scale_of(&a, &b, 0, tile.cols.start, 0..k);
+                nudge(&mut c, 0, 10.0 * bound);
+                assert!(parts.check(i, &c).is_err(), "{dtype:?}: a lie of 10 times the bound in tile {i}");
+            }
+        }
+    }
+}
+
+#[test]
 fn the_preparations_count_of_multiply_adds_is_the_verifiers() {
     let (m, k, n) = (48, 1000, 900);
     let mut rng = Rng(26);

@@ -366,16 +366,33 @@ pub fn describe(plan: &Plan) -> String {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PrepCost {
     pub wall: Duration,
-    /// CPU time of the thread that built it (None without /proc).
+    /// CPU time of the threads that built it (None where it cannot be read).
     pub cpu: Option<Duration>,
 }
 
-/// Builds a verifier for `tiles`, its checks timed, and says what it took.
+/// Builds a verifier for `tiles`, its pass over A on every core, its checks
+/// timed, and says what it took.
 pub(crate) fn build_verifier(recipe: VerifierRecipe, tiles: &[Tile]) -> (Verifier, PrepCost) {
     let (started, cpu) = (Instant::now(), crate::procstats::thread_cpu_time());
     let VerifierRecipe { a, b, weights, integer } = recipe;
-    let verifier = Verifier::new(a, b, tiles, weights, integer).metered(crate::procstats::thread_cpu_time);
-    let cpu = cpu.zip(crate::procstats::thread_cpu_time()).map(|(before, after)| after.saturating_sub(before));
+    // The pieces' CPU time, each on a scoped thread of its own.
+    let pieces_cpu = std::sync::atomic::AtomicU64::new(0);
+    let in_parallel = |work: Vec<Box<dyn FnOnce() + Send + '_>>| {
+        std::thread::scope(|scope| {
+            for piece in work {
+                let pieces_cpu = &pieces_cpu;
+                scope.spawn(move || {
+                    let before = crate::procstats::thread_cpu_time();
+                    piece();
+                    let took = before.zip(crate::procstats::thread_cpu_time()).map_or(Duration::ZERO, |(b, a)| a.saturating_sub(b));
+                    pieces_cpu.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+                });
+            }
+        });
+    };
+    let parts = crate::compute::available_cores();
+    let verifier = Verifier::new_in_parts(a, b, tiles, weights, integer, parts, &in_parallel).metered(crate::procstats::thread_cpu_time);
+    let cpu = cpu.zip(crate::procstats::thread_cpu_time()).map(|(before, after)| after.saturating_sub(before) + Duration::from_nanos(pieces_cpu.into_inner()));
     (verifier, PrepCost { wall: started.elapsed(), cpu })
 }
 
