@@ -309,9 +309,13 @@ pub(crate) fn prepare(spec: JobSpec, scheduler: &mut Scheduler, now: Duration) -
         }
         let model = CostModel { slots: DEFAULT_SLOTS as usize, ..CostModel::default() };
         let job = Unplanned::new(id, Arc::clone(&recipe.a), Arc::clone(&recipe.b), model, leases, chunk)?.with_link(link_rate);
-        let job = if early_verifier { job.verifier_coming(whole_depth_tiles(m, k, n)) } else { job.awaiting_verifier() };
+        let early_tiles = early_verifier.then(|| whole_depth_tiles(m, k, n));
+        let job = match &early_tiles {
+            Some(tiles) => job.verifier_coming(tiles.clone()),
+            None => job.awaiting_verifier(),
+        };
         scheduler.add_unplanned(job, now);
-        return Ok((id, Preparation { verifier: Some(recipe), checkpoint: checkpoint.map(|(_, cp)| cp) }, 0.0));
+        return Ok((id, Preparation { verifier: Some(recipe), early_tiles, checkpoint: checkpoint.map(|(_, cp)| cp) }, 0.0));
     };
     let job = Job::new(id, Arc::clone(&recipe.a), Arc::clone(&recipe.b), plan.clone(), leases, chunk)?;
     let resuming = checkpoint.as_ref().is_some_and(|(_, cp)| cp.grid.is_some());
@@ -320,7 +324,7 @@ pub(crate) fn prepare(spec: JobSpec, scheduler: &mut Scheduler, now: Duration) -
             println!("checkpoint {}: 0 of {} blocks already done ({})", dir.display(), plan.blocks(), describe(&plan));
         }
         scheduler.add_job(job.awaiting_verifier(), now);
-        return Ok((id, Preparation { verifier: Some(recipe), checkpoint: checkpoint.map(|(_, cp)| cp) }, 0.0));
+        return Ok((id, Preparation { verifier: Some(recipe), early_tiles: None, checkpoint: checkpoint.map(|(_, cp)| cp) }, 0.0));
     }
     let (dir, cp) = checkpoint.expect("resuming");
     // Resuming: blocks read back get the same verification as a worker's result.
@@ -343,7 +347,7 @@ pub(crate) fn prepare(spec: JobSpec, scheduler: &mut Scheduler, now: Duration) -
     }
     println!("checkpoint {}: {restored} of {} blocks already done ({})", dir.display(), plan.blocks(), describe(&plan));
     scheduler.add_job(job, now);
-    Ok((id, Preparation { verifier: None, checkpoint: Some(cp) }, restored_flops))
+    Ok((id, Preparation { verifier: None, early_tiles: None, checkpoint: Some(cp) }, restored_flops))
 }
 
 fn print_workers(report: &JobReport) {

@@ -215,8 +215,7 @@ impl Unplanned {
     /// the plan the pool would get now (k split, or columns cut elsewhere).
     pub(crate) fn give_up_on_a_verifier_that_will_not_serve(&mut self, pool: &crate::pool::Pool) {
         if let (Some(tiles), None) = (&self.verifier_coming, &self.verifier) {
-            let plan = self.model.plan_for(self.problem(), &pool.capacities(self.model.assumed_flops_per_second), self.link);
-            if !crate::verify::serves(tiles, &Job::verified_tiles(&plan)) {
+            if !crate::verify::serves(tiles, &Job::verified_tiles(&self.plan_for(pool))) {
                 self.verifier_coming = None;
             }
         }
@@ -231,10 +230,15 @@ impl Unplanned {
         Problem { m: self.a.rows(), k: self.a.cols(), n: self.b.cols(), elem: self.a.dtype().size() }
     }
 
+    /// The plan the pool's workers would get now.
+    fn plan_for(&self, pool: &crate::pool::Pool) -> Plan {
+        self.model.plan_for(self.problem(), &pool.capacities(self.model.assumed_flops_per_second), self.link)
+    }
+
     /// Plans the job for the pool's workers, at `now`; the pool was settled
     /// at `settled`.
     pub(crate) fn plan(self, pool: &crate::pool::Pool, settled: Duration, now: Duration) -> Job {
-        let plan = self.model.plan_for(self.problem(), &pool.capacities(self.model.assumed_flops_per_second), self.link);
+        let plan = self.plan_for(pool);
         let mut job = Job::new(self.id, self.a, self.b, plan, self.leases_config, self.max_chunk).expect("shapes were checked");
         if self.verifier_coming.is_some() {
             job.plan_waited_for_verifier = now.saturating_sub(settled.max(self.queued));

@@ -565,9 +565,13 @@ impl Scheduler {
     /// waited that long for one (it is prepared meanwhile on cores otherwise
     /// idle; past that, the plan's results wait for it instead).
     fn planning_due(&self, job: &Unplanned) -> Option<Duration> {
-        let settled = self.last_join + self.config.settle;
         let verifier = if job.wants_verifier() { job.queued + self.config.settle } else { Duration::ZERO };
-        (!self.pool.workers.is_empty()).then_some(settled.max(verifier))
+        self.settled_at().map(|settled| settled.max(verifier))
+    }
+
+    /// When the pool has had no newcomer for `settle`, if it has workers.
+    fn settled_at(&self) -> Option<Duration> {
+        (!self.pool.workers.is_empty()).then_some(self.last_join + self.config.settle)
     }
 
     fn send(&mut self, to: WorkerId, frame: Frame) {
@@ -579,7 +583,8 @@ impl Scheduler {
     /// Plans waiting jobs when it is time, then fills free slots, one task per
     /// worker per round, so work spreads evenly.
     fn assign(&mut self, now: Duration) {
-        if now >= self.last_join + self.config.settle && !self.pool.workers.is_empty() {
+        let settled = self.settled_at().filter(|&settled| now >= settled);
+        if settled.is_some() {
             for entry in self.jobs.values_mut() {
                 if let Entry::Unplanned(job) = entry {
                     job.give_up_on_a_verifier_that_will_not_serve(&self.pool);
@@ -594,7 +599,7 @@ impl Scheduler {
             .collect();
         for id in due {
             let Some(Entry::Unplanned(job)) = self.jobs.remove(&id) else { unreachable!("listed above") };
-            self.jobs.insert(id, Entry::Running(job.plan(&self.pool, self.last_join + self.config.settle, now)));
+            self.jobs.insert(id, Entry::Running(job.plan(&self.pool, settled.expect("a job is due only once the pool settled"), now)));
             self.pool.unpark_all();
             self.outputs.push_back(Output::Event(Event::JobPlanned { job: id }));
         }

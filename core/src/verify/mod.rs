@@ -414,9 +414,6 @@ impl Verifier {
         }
         let (y, scale) = (&mut self.y[first * m..(first + count) * m], &mut self.scale[first * m..(first + count) * m]);
         let slices: Vec<Range<usize>> = bound::split(0..kd, kd.div_ceil(parts.max(1))).collect();
-        if slices.len() == 1 {
-            return products_of(&self.a, depth, &x, &t, y, scale);
-        }
         // The first slice sums into y and Ŝ, each other into its own; all are then added.
         let a = &*self.a;
         let rows_of = |v: &[f64], s: &Range<usize>| -> Vec<f64> { v.chunks_exact(kd).flat_map(|column| column[s.clone()].iter().copied()).collect() };
@@ -738,9 +735,6 @@ fn dot_and_scale<T: Element>(a: &[f64], b: &[T]) -> (f64, f64) {
     (value, scale)
 }
 
-/// y = A[:, K]·x and Ŝ = |A[:, K]|·t for kd-row matrices x and t
-/// (column-major, in f64), computed in the job's dtype in one pass over A (see
-/// [`skinny`]), into `y` and `scale` (m × count each, zero).
 /// [`products`] for A's dtype.
 fn products_of(a: &DenseMatrix, depth: Range<usize>, x: &[f64], t: &[f64], y: &mut [f64], scale: &mut [f64]) {
     match a {
@@ -749,6 +743,9 @@ fn products_of(a: &DenseMatrix, depth: Range<usize>, x: &[f64], t: &[f64], y: &m
     }
 }
 
+/// y = A[:, K]·x and Ŝ = |A[:, K]|·t for kd-row matrices x and t
+/// (column-major, in f64), computed in the job's dtype in one pass over A (see
+/// [`skinny`]), into `y` and `scale` (m × count each, zero).
 fn products<T: Element + skinny::Lane>(a: &Matrix<T>, depth: Range<usize>, x: &[f64], t: &[f64], y: &mut [f64], scale: &mut [f64]) {
     let (m, kd) = (a.rows(), depth.len());
     let count = x.len() / kd;

@@ -99,6 +99,8 @@ impl JobReport {
 pub struct Preparation {
     /// Builds the job's verifier for its plan; `None` if it has one already.
     pub verifier: Option<VerifierRecipe>,
+    /// The tiles to prepare it for before the plan, if the job waits for that.
+    pub early_tiles: Option<Vec<Tile>>,
     pub checkpoint: Option<checkpoint::Checkpoint>,
 }
 
@@ -214,7 +216,7 @@ impl Master {
         let mut reporter = Reporter::new(show_progress);
         let mut rate = Rate::default();
         let mut planned = false;
-        let mut verifier = prep.verifier.take().map(|recipe| prep::Prep::start(recipe, scheduler.job(job).is_some()));
+        let mut verifier = prep.verifier.take().map(|recipe| prep::Prep::start(recipe, prep.early_tiles.take()));
         let mut writer: Option<checkpoint::Writer> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         if let Some(p) = scheduler.problem(job) {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use colonnade_core::job::Job;
 use colonnade_core::plan::{Plan, Tile};
-use colonnade_core::verify::{serves, whole_depth_tiles, Verifier};
+use colonnade_core::verify::{serves, Verifier};
 use tokio::task::JoinHandle;
 
 use super::{PrepCost, VerifierRecipe};
@@ -32,14 +32,13 @@ pub(crate) struct Prep {
 }
 
 impl Prep {
-    /// Starts preparing at once if the job is not planned yet.
-    pub fn start(recipe: VerifierRecipe, planned: bool) -> Self {
+    /// Starts preparing for `early_tiles` at once, if given (the plan waits
+    /// for them: [`colonnade_core::job::Unplanned::verifier_coming`]).
+    pub fn start(recipe: VerifierRecipe, early_tiles: Option<Vec<Tile>>) -> Self {
         let mut prep = Self { recipe, building: None, early_tiles: None, abandoned: Vec::new(), cost: PrepCost::default(), spans: Vec::new() };
-        if !planned {
-            let (m, k, n) = (prep.recipe.a.rows(), prep.recipe.a.cols(), prep.recipe.b.cols());
-            let tiles = whole_depth_tiles(m, k, n);
-            prep.early_tiles = Some(tiles.clone());
-            prep.spawn(tiles);
+        if let Some(tiles) = early_tiles {
+            prep.spawn(tiles.clone());
+            prep.early_tiles = Some(tiles);
         }
         prep
     }
