@@ -138,11 +138,11 @@ fn bench_size(n: usize, dtype: Dtype, runs: usize) -> Value {
 
 /// What verifying took from a job, over its time: how long the plan waited
 /// for the preparation once the pool was settled, the preparation's time after
-/// the first task (wall, so at least its CPU time), the checks' CPU time, and
-/// how long the end waited for the verifier.
+/// the first task (wall, so at least its CPU time; any wait for it at the end
+/// lies within that), and the checks' CPU time.
 fn verification_share(stats: &Value) -> f64 {
     let f = |k: &str| stats[k].as_f64().unwrap_or(f64::NAN);
-    (f("verify_plan_wait_s") + f("verify_prep_in_job_s") + f("verify_checks_cpu_s") + f("verify_stall_s")) / f("job_s")
+    (f("verify_plan_wait_s") + f("verify_prep_in_job_s") + f("verify_checks_cpu_s")) / f("job_s")
 }
 
 /// File to file, as a new user would run it: `master multiply` with two
@@ -348,7 +348,7 @@ fn print_table(sizes: &[Value], scheduler: &Value) {
             worker,
         );
     }
-    println!("(ratio: distributed over the 2-thread limit; sched: master time in the scheduler, result checks included; verify: what verifying took from the job, over the job time (the plan's wait for the preparation once the pool was settled, the preparation's time after the first task, the checks' CPU time, and any wait for it at the end); prep: the preparation's CPU time over the job time, wherever it ran (it starts while the pool gathers); held: results that waited for it; egress: panel bytes sent over A+B; wire: bytes on the wire over the payload; master: peak RSS over A+B+C; worker: peak RSS)");
+    println!("(ratio: distributed over the 2-thread limit; sched: master time in the scheduler, result checks included; verify: what verifying took from the job, over the job time (the plan's wait for the preparation once the pool was settled, the preparation's time after the first task, which covers any wait for it at the end, and the checks' CPU time); prep: the preparation's CPU time over the job time, wherever it ran (it starts while the pool gathers); held: results that waited for it; egress: panel bytes sent over A+B; wire: bytes on the wire over the payload; master: peak RSS over A+B+C; worker: peak RSS)");
     println!(
         "scheduler: {} tiny tasks to {} workers: {:.0} tasks/s, {:.1} µs of master CPU per task",
         scheduler["tasks"], scheduler["workers"], scheduler["tasks_per_s"].as_f64().unwrap(), scheduler["master_cpu_us_per_task"].as_f64().unwrap()
