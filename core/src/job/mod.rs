@@ -202,6 +202,14 @@ impl Unplanned {
         Self { awaiting_verifier: true, verifier_coming: Some(tiles), ..self }
     }
 
+    /// As [`Self::awaiting_verifier`], with the verifier ready already (the
+    /// shell prepared it while the inputs were read, e.g. for
+    /// [`crate::verify::whole_depth_tiles`]): the plan takes it if its groups
+    /// serve the plan.
+    pub fn with_verifier(self, verifier: Verifier) -> Self {
+        Self { awaiting_verifier: true, verifier: Some(verifier), ..self }
+    }
+
     pub(crate) fn set_verifier(&mut self, verifier: Verifier) {
         self.verifier = Some(verifier);
     }

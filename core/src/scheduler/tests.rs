@@ -731,6 +731,34 @@ fn a_settled_pool_waits_a_while_for_a_verifier_on_its_way_and_no_longer() {
 }
 
 #[test]
+fn a_job_queued_with_its_verifier_ready_is_planned_without_waiting_and_checked_by_it() {
+    let mut config = quick_config();
+    config.settle = ms(50);
+    let mut sim = Sim::new(1, 1, 1, 1, config.clone());
+    sim.join(2);
+    sim.run_to_completion();
+    sim.advance(ms(100));
+    let (m, k, n) = (16, 256, 512);
+    let unplanned = |id, prepared: &[crate::plan::Tile]| {
+        let (a, b) = operands(m, k, n);
+        let model = CostModel { min_task_seconds: 0.0, ..CostModel::default() };
+        let job = Unplanned::new(id, DenseMatrix::from(a), DenseMatrix::from(b), model, config.leases.clone(), 64).unwrap();
+        job.with_verifier(verifier_for_tiles(m, k, n, prepared))
+    };
+    sim.sched.add_unplanned(unplanned(7, &crate::verify::whole_depth_tiles(m, k, n)), sim.now);
+    sim.pump();
+    assert!(sim.events.contains(&Event::JobPlanned { job: 7 }), "the pool is settled and the verifier there: planned at once");
+    let job = sim.sched.job(7).unwrap();
+    assert_eq!(job.plan_waited_for_verifier(), Duration::ZERO);
+    assert!(!job.awaits_verifier(), "its groups serve the plan ({:?})", job.plan().shape());
+    // One whose groups do not serve the plan: results wait for the shell's.
+    sim.sched.add_unplanned(unplanned(9, &[crate::plan::Tile { rows: 0..m, cols: 0..n, depth: 0..k / 2 }]), sim.now);
+    sim.pump();
+    assert!(sim.events.contains(&Event::JobPlanned { job: 9 }));
+    assert!(sim.sched.job(9).unwrap().awaits_verifier());
+}
+
+#[test]
 fn a_running_job_takes_a_verifier_prepared_before_its_plan_only_if_its_groups_serve() {
     // k = 256: groups of 16 columns from column 0; tiles 32 wide are two of them.
     let (m, k, n) = (8, 256, 64);

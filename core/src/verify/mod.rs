@@ -22,8 +22,9 @@
 //! pass over B, then y = A[:, K]·x and Ŝ = |A[:, K]|·t for all rows at once,
 //! in the job's dtype, in one pass over A per distinct depth range (see
 //! `skinny`: each element of A is read once for both products). A shell
-//! may prepare this before the plan is known, for [`whole_depth_tiles`], and
-//! give the plan's tiles to [`Verifier::retile`] once it is. At
+//! may prepare this before the plan is known, for [`whole_depth_tiles`] (even
+//! while A is still arriving, band by band: [`Preparing`]), and give the
+//! plan's tiles to [`Verifier::retile`] once it is. At
 //! n = 4096 groups are 256 columns wide: the precompute is two products of
 //! A by 16 columns. A plan that splits k checks each slice's
 //! partial sums; the whole blocks those add up to are checked too only when
@@ -98,6 +99,7 @@
 
 mod bound;
 mod exact;
+mod preparing;
 mod skinny;
 #[cfg(test)]
 mod tests;
@@ -114,6 +116,7 @@ use crate::matrix::{DenseMatrix, Dtype, Element, Matrix};
 use crate::plan::Tile;
 
 use bound::{within, Precision, F64, LAMBDA, SLACK};
+pub use preparing::{Preparing, Stored};
 
 /// Flagged rows recomputed per kernel call in stage 2.
 const ROW_BATCH: usize = 256;
@@ -285,6 +288,65 @@ fn groups_of(tile: &Tile) -> impl Iterator<Item = (Range<usize>, Range<usize>)> 
     bound::split(tile.cols.clone(), bound::group_width(tile.depth.len())).map(|cols| (tile.depth.clone(), cols))
 }
 
+/// # Panics
+/// If A and B cannot be multiplied or differ in dtype, or if there is not one
+/// weight per column of C or one is below 1 in magnitude.
+fn check_operands(a: &DenseMatrix, b: &DenseMatrix, weights: &[f64]) {
+    assert_eq!(b.rows(), a.cols(), "A is {} but B is {}", a.shape_string(), b.shape_string());
+    assert_eq!(a.dtype(), b.dtype(), "A and B differ in dtype");
+    check_weights(weights, b.cols());
+}
+
+/// # Panics
+/// If there is not one weight per column of C (`n`) or one is below 1 in magnitude.
+fn check_weights(weights: &[f64], n: usize) {
+    assert_eq!(weights.len(), n, "one weight per column of C");
+    assert!(weights.iter().all(|w| w.abs() >= 1.0 && w.is_finite()), "weights must be finite and at least 1 in magnitude");
+}
+
+/// The distinct (depth, columns) groups that check `tiles`, sorted by depth
+/// so each depth's are contiguous, and the distinct depth ranges.
+fn groups_for(tiles: &[Tile], weights: &[f64]) -> (Vec<Group>, Vec<Range<usize>>) {
+    let mut keys: Vec<(Range<usize>, Range<usize>)> = tiles.iter().flat_map(groups_of).collect();
+    keys.sort_by_key(|(depth, cols)| (depth.start, depth.end, cols.start, cols.end));
+    keys.dedup();
+    let mut depths: Vec<Range<usize>> = keys.iter().map(|(depth, _)| depth.clone()).collect();
+    depths.dedup();
+    let groups = keys
+        .into_iter()
+        .map(|(depth, cols)| {
+            let weight_sum = weights[cols.clone()].iter().map(|w| w.abs()).sum();
+            Group { depth: depths.iter().position(|d| *d == depth).expect("listed above"), cols, weight_sum }
+        })
+        .collect();
+    (groups, depths)
+}
+
+/// x = B[K, g]·r and t = |B[K, g]|·|r| for `groups` (all of depth range
+/// `depth`), as |K| × groups matrices (column-major, in f64), in one pass over B.
+fn weigh(b: &DenseMatrix, depth: Range<usize>, groups: &[Group], weights: &[f64], precision: Precision) -> (Vec<f64>, Vec<f64>) {
+    let kd = depth.len();
+    let mut x = vec![0.0; kd * groups.len()];
+    let mut t = vec![0.0; kd * groups.len()];
+    for (g, group) in groups.iter().enumerate() {
+        let (xg, tg) = (&mut x[g * kd..(g + 1) * kd], &mut t[g * kd..(g + 1) * kd]);
+        let weights = &weights[group.cols.clone()];
+        match b {
+            DenseMatrix::F64(b) => skinny::weigh(b.columns(group.cols.clone()), b.rows(), depth.clone(), weights, xg, tg),
+            DenseMatrix::F32(b) => skinny::weigh(b.columns(group.cols.clone()), b.rows(), depth.clone(), weights, xg, tg),
+        }
+        // Where t_p is tiny, x_p (in f64, or narrowed to f32) may have lost
+        // up to w·tiny (or f32's tiny) to underflow, which |a_ip| could
+        // magnify. Raising such t_p by that loss over u puts it inside the
+        // worker's γ_k·S_i term, and keeps Ŝ an upper bound.
+        let (threshold, raise) = precision.small_t(group.cols.len());
+        for tp in tg.iter_mut().filter(|tp| **tp > 0.0 && **tp < threshold) {
+            *tp += raise;
+        }
+    }
+    (x, t)
+}
+
 enum RowVerdict {
     Pass,
     Flag,
@@ -321,50 +383,47 @@ impl Verifier {
     ) -> Self {
         let (a, b) = (a.into(), b.into());
         let (m, k, n) = (a.rows(), a.cols(), b.cols());
-        assert_eq!(b.rows(), k, "A is {} but B is {}", a.shape_string(), b.shape_string());
-        assert_eq!(a.dtype(), b.dtype(), "A and B differ in dtype");
-        assert_eq!(weights.len(), n, "one weight per column of C");
-        assert!(weights.iter().all(|w| w.abs() >= 1.0 && w.is_finite()), "weights must be finite and at least 1 in magnitude");
-        let exact = integer && weights.iter().all(|w| w.fract() == 0.0 && w.abs() <= 1024.0);
-
-        // Distinct (depth, columns) groups, sorted by depth so each depth's are contiguous.
-        let mut keys: Vec<(Range<usize>, Range<usize>)> = Vec::new();
+        check_operands(&a, &b, &weights);
         for tile in tiles {
             assert!(fits(tile, m, k, n), "tile {tile:?} reaches outside the {m}x{k} by {k}x{n} product");
-            keys.extend(groups_of(tile));
         }
-        keys.sort_by_key(|(depth, cols)| (depth.start, depth.end, cols.start, cols.end));
-        keys.dedup();
-        let mut depths: Vec<Range<usize>> = keys.iter().map(|(depth, _)| depth.clone()).collect();
-        depths.dedup();
-        let groups: Vec<Group> = keys
-            .into_iter()
-            .map(|(depth, cols)| {
-                let weight_sum = weights[cols.clone()].iter().map(|w| w.abs()).sum();
-                Group { depth: depths.iter().position(|d| *d == depth).expect("listed above"), cols, weight_sum }
-            })
-            .collect();
-
-        let mut verifier = Self {
-            precision: Precision::of(a.dtype()),
-            a,
-            b,
-            exact,
-            weights,
-            tiles: Vec::new(),
-            tile_groups: Vec::new(),
-            y: vec![0.0; m * groups.len()],
-            scale: vec![0.0; m * groups.len()],
-            groups,
-            depths,
-            meter: None,
-            checking_nanos: AtomicU64::new(UNTIMED),
-        };
+        let (groups, depths) = groups_for(tiles, &weights);
+        let count = groups.len();
+        let mut verifier = Self::assemble(a, b, weights, integer, groups, depths, vec![0.0; m * count], vec![0.0; m * count]);
         assert!(verifier.retile(tiles), "every tile's groups were made above");
         for d in 0..verifier.depths.len() {
             verifier.precompute(d, parts, run);
         }
         verifier
+    }
+
+    /// A verifier with its groups and their y and Ŝ, checking no tiles yet.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        a: Arc<DenseMatrix>,
+        b: Arc<DenseMatrix>,
+        weights: Vec<f64>,
+        integer: bool,
+        groups: Vec<Group>,
+        depths: Vec<Range<usize>>,
+        y: Vec<f64>,
+        scale: Vec<f64>,
+    ) -> Self {
+        Self {
+            precision: Precision::of(a.dtype()),
+            exact: integer && weights.iter().all(|w| w.fract() == 0.0 && w.abs() <= 1024.0),
+            a,
+            b,
+            weights,
+            tiles: Vec::new(),
+            tile_groups: Vec::new(),
+            y,
+            scale,
+            groups,
+            depths,
+            meter: None,
+            checking_nanos: AtomicU64::new(UNTIMED),
+        }
     }
 
     /// Checks `tiles` from now on, numbered anew, if the groups prepared
@@ -393,25 +452,7 @@ impl Verifier {
         if m == 0 || kd == 0 {
             return; // an empty product: y = Ŝ = 0
         }
-        // x = B[K, g]·r and t = |B[K, g]|·|r|, as kd × count matrices (in f64).
-        let mut x = vec![0.0; kd * count];
-        let mut t = vec![0.0; kd * count];
-        for (g, group) in self.groups[first..first + count].iter().enumerate() {
-            let (xg, tg) = (&mut x[g * kd..(g + 1) * kd], &mut t[g * kd..(g + 1) * kd]);
-            let (cols, weights) = (group.cols.clone(), &self.weights[group.cols.clone()]);
-            match &*self.b {
-                DenseMatrix::F64(b) => skinny::weigh(b.columns(cols), b.rows(), depth.clone(), weights, xg, tg),
-                DenseMatrix::F32(b) => skinny::weigh(b.columns(cols), b.rows(), depth.clone(), weights, xg, tg),
-            }
-            // Where t_p is tiny, x_p (in f64, or narrowed to f32) may have lost
-            // up to w·tiny (or f32's tiny) to underflow, which |a_ip| could
-            // magnify. Raising such t_p by that loss over u puts it inside the
-            // worker's γ_k·S_i term, and keeps Ŝ an upper bound.
-            let (threshold, raise) = self.precision.small_t(group.cols.len());
-            for tp in tg.iter_mut().filter(|tp| **tp > 0.0 && **tp < threshold) {
-                *tp += raise;
-            }
-        }
+        let (x, t) = weigh(&self.b, depth.clone(), &self.groups[first..first + count], &self.weights, self.precision);
         let (y, scale) = (&mut self.y[first * m..(first + count) * m], &mut self.scale[first * m..(first + count) * m]);
         let slices: Vec<Range<usize>> = bound::split(0..kd, kd.div_ceil(parts.max(1))).collect();
         // The first slice sums into y and Ŝ, each other into its own; all are then added.
@@ -425,7 +466,7 @@ impl Verifier {
             .map(|(slice, (y, scale))| {
                 let (xs, ts) = (rows_of(&x, slice), rows_of(&t, slice));
                 let columns = depth.start + slice.start..depth.start + slice.end;
-                Box::new(move || products_of(a, columns, &xs, &ts, y, scale)) as Box<dyn FnOnce() + Send + '_>
+                Box::new(move || products_of(Stored::of_matrix(a), m, 0..m, columns, &xs, &ts, y, scale)) as Box<dyn FnOnce() + Send + '_>
             })
             .collect();
         run(work);
@@ -735,23 +776,29 @@ fn dot_and_scale<T: Element>(a: &[f64], b: &[T]) -> (f64, f64) {
     (value, scale)
 }
 
-/// [`products`] for A's dtype.
-fn products_of(a: &DenseMatrix, depth: Range<usize>, x: &[f64], t: &[f64], y: &mut [f64], scale: &mut [f64]) {
+/// [`products`] for A's dtype: rows `rows` of A, whose columns are `lda` apart in `a`.
+#[allow(clippy::too_many_arguments)]
+fn products_of(a: Stored<'_>, lda: usize, rows: Range<usize>, depth: Range<usize>, x: &[f64], t: &[f64], y: &mut [f64], scale: &mut [f64]) {
     match a {
-        DenseMatrix::F64(a) => products(a, depth, x, t, y, scale),
-        DenseMatrix::F32(a) => products(a, depth, x, t, y, scale),
+        Stored::F64(a) => products(a, lda, rows, depth, x, t, y, scale),
+        Stored::F32(a) => products(a, lda, rows, depth, x, t, y, scale),
     }
 }
 
-/// y = A[:, K]·x and Ŝ = |A[:, K]|·t for kd-row matrices x and t
+/// y = A[I, K]·x and Ŝ = |A[I, K]|·t for rows I = `rows` of a column-major A
+/// whose columns are `lda` apart in `a`, and kd-row matrices x and t
 /// (column-major, in f64), computed in the job's dtype in one pass over A (see
-/// [`skinny`]), into `y` and `scale` (m × count each, zero).
-fn products<T: Element + skinny::Lane>(a: &Matrix<T>, depth: Range<usize>, x: &[f64], t: &[f64], y: &mut [f64], scale: &mut [f64]) {
-    let (m, kd) = (a.rows(), depth.len());
+/// [`skinny`]), into `y` and `scale` (|I| × count each, zero).
+#[allow(clippy::too_many_arguments)]
+fn products<T: Element + skinny::Lane>(a: &[T], lda: usize, rows: Range<usize>, depth: Range<usize>, x: &[f64], t: &[f64], y: &mut [f64], scale: &mut [f64]) {
+    let (m, kd) = (rows.len(), depth.len());
+    if m == 0 || kd == 0 {
+        return;
+    }
     let count = x.len() / kd;
     let width = count.next_multiple_of(skinny::COLUMN_BLOCK);
     let (xt, tt) = (by_row::<T>(x, kd, width), by_row::<T>(t, kd, width));
-    let operands = skinny::Operands { m, a: a.columns(depth), xt: &xt, tt: &tt, width };
+    let operands = skinny::Operands { m, lda, a: &a[depth.start * lda + rows.start..], xt: &xt, tt: &tt, width };
     if T::DTYPE == Dtype::F64 && width == count {
         // Summed where they are kept. For a tall A, y and Ŝ are most of the
         // precompute's memory: at 200000×256 by 256×256, passing them through

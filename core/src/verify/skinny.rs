@@ -64,11 +64,13 @@ macro_rules! lane {
 lane!(f64, strip_f64);
 lane!(f32, strip_f32);
 
-/// The operands: A (m × k, column-major) and x and t (k × width), stored by
-/// row (`xt[p * width + g]`, `tt` likewise); `width` is a multiple of
+/// The operands: A (m × k, column-major, its columns `lda` apart: m rows of
+/// a taller matrix, or all of it) and x and t (k × width), stored by row
+/// (`xt[p * width + g]`, `tt` likewise); `width` is a multiple of
 /// [`COLUMN_BLOCK`], zero-padded.
 pub(super) struct Operands<'a, T> {
     pub m: usize,
+    pub lda: usize,
     pub a: &'a [T],
     pub xt: &'a [T],
     pub tt: &'a [T],
@@ -133,13 +135,14 @@ pub(super) fn add_products<T: Lane>(operands: &Operands<'_, T>, y: &mut [T], s: 
 
 #[allow(unsafe_code)]
 fn add_products_with<T: Lane>(kernel: Kernel, operands: &Operands<'_, T>, y: &mut [T], s: &mut [T]) {
-    let Operands { m, a, xt, tt, width } = *operands;
+    let Operands { m, lda, a, xt, tt, width } = *operands;
     assert!(width % COLUMN_BLOCK == 0 && xt.len() == tt.len() && xt.len() % width.max(1) == 0);
     assert!(y.len() == m * width && s.len() == m * width, "y and s are m × width");
-    if m == 0 || width == 0 || a.is_empty() {
+    if m == 0 || width == 0 || xt.is_empty() {
         return;
     }
-    assert_eq!(a.len(), m * (xt.len() / width), "A is m × k, x is k × width");
+    let k = xt.len() / width;
+    assert!(lda >= m && a.len() >= (k - 1) * lda + m, "A is m × k, its columns lda apart; x is k × width");
     assert!(kernel.runs_here(), "{kernel:?} needs what this CPU lacks");
     match kernel {
         // SAFETY: `runs_here` (asserted above) found the CPU features each of these is compiled for.
@@ -262,8 +265,9 @@ fn panels<T: Lane, const R: usize, const C: usize>(
     prefetch: impl Fn(&[T]),
     strip: impl Fn(&[T], &[T], &[T], usize, usize, &mut [T], &mut [T], usize),
 ) {
-    let Operands { m, a, xt, tt, width } = *operands;
-    let k = a.len() / m;
+    let Operands { m, lda, a, xt, tt, width } = *operands;
+    let k = xt.len() / width;
+    let column = |c: usize| &a[c * lda..c * lda + m];
     let elements = PANEL_BYTES / size_of::<T>();
     let depth = (STRIP_BYTES / size_of::<T>() / R).clamp(1, k);
     // Rows per panel: all of them if they fit, else a multiple of R.
@@ -275,11 +279,10 @@ fn panels<T: Lane, const R: usize, const C: usize>(
     for (i, &panel) in panels.iter().enumerate() {
         let (rows, cols) = rows_and_columns(panel);
         let (whole, kp) = (rows.len() - rows.len() % R, cols.len());
-        let columns = &a[cols.start * m..cols.end * m];
         let (xt, tt) = (&xt[cols.start * width..cols.end * width], &tt[cols.start * width..cols.end * width]);
         let packed = &mut packed[..whole * kp];
         for (out, row) in packed.chunks_exact_mut(R * kp).zip(rows.clone().step_by(R)) {
-            for (values, column) in out.chunks_exact_mut(R).zip(columns.chunks_exact(m)) {
+            for (values, column) in out.chunks_exact_mut(R).zip(cols.clone().map(column)) {
                 values.copy_from_slice(&column[row..row + R]);
             }
         }
@@ -287,14 +290,14 @@ fn panels<T: Lane, const R: usize, const C: usize>(
         let (next_rows, mut ahead) = panels.get(i + 1).map_or((0..0, 0..0), |&next| rows_and_columns(next));
         let share = ahead.len().div_ceil((whole / R).max(1));
         for (values, row) in packed.chunks_exact(R * kp).zip(rows.clone().step_by(R)) {
-            ahead.by_ref().take(share).for_each(|col| prefetch(&a[col * m + next_rows.start..col * m + next_rows.end]));
+            ahead.by_ref().take(share).for_each(|col| prefetch(&column(col)[next_rows.clone()]));
             for first in (0..width).step_by(C) {
                 strip(values, xt, tt, width, first, &mut y[first * m + row..], &mut s[first * m + row..], m);
             }
         }
         for row in rows.start + whole..rows.end {
             let single = &mut single[..kp];
-            single.iter_mut().zip(columns.chunks_exact(m)).for_each(|(v, column)| *v = column[row]);
+            single.iter_mut().zip(cols.clone().map(column)).for_each(|(v, column)| *v = column[row]);
             for first in (0..width).step_by(C) {
                 block::<T, 1, C>(single, xt, tt, width, first, &mut y[first * m + row..], &mut s[first * m + row..], m, fma);
             }
@@ -435,7 +438,8 @@ mod tests {
     }
 
     /// Against the plain definition, on shapes with ragged rows and several
-    /// panels, in both dtypes, through every kernel this CPU can run.
+    /// panels, in both dtypes, through every kernel this CPU can run: all of
+    /// A's rows, and a band of them (its columns m apart, as A is read).
     #[test]
     fn both_products_match_the_definition() {
         // The last two span several bands of rows, and 3001 × 300 several panels per band.
@@ -446,19 +450,22 @@ mod tests {
             let tt: Vec<f64> = xt.iter().map(|v| v.abs() + 0.25).collect();
             let narrow = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
             let (a32, xt32, tt32) = (narrow(&a), narrow(&xt), narrow(&tt));
-            for kernel in Kernel::available() {
-                // Added to what y and s hold.
-                let (mut y, mut s) = (vec![0.5; m * width], vec![0.5; m * width]);
-                let (mut y32, mut s32) = (vec![0.5; m * width], vec![0.5; m * width]);
-                add_products_with(kernel, &Operands { m, a: &a, xt: &xt, tt: &tt, width }, &mut y, &mut s);
-                add_products_with(kernel, &Operands { m, a: &a32, xt: &xt32, tt: &tt32, width }, &mut y32, &mut s32);
-                for g in 0..width {
-                    for i in 0..m {
-                        let want_y: f64 = 0.5 + (0..k).map(|p| a[p * m + i] * xt[p * width + g]).sum::<f64>();
-                        let want_s: f64 = 0.5 + (0..k).map(|p| a[p * m + i].abs() * tt[p * width + g]).sum::<f64>();
-                        // Quarters and halves: every sum here is exact in both dtypes.
-                        assert_eq!((y[g * m + i], s[g * m + i]), (want_y, want_s), "m={m} ({i}, {g}) {kernel:?}");
-                        assert_eq!((f64::from(y32[g * m + i]), f64::from(s32[g * m + i])), (want_y, want_s), "m={m} f32 ({i}, {g}) {kernel:?}");
+            for (first, rows) in [(0, m), (m / 3, m.div_ceil(2))] {
+                for kernel in Kernel::available() {
+                    // Added to what y and s hold.
+                    let (mut y, mut s) = (vec![0.5; rows * width], vec![0.5; rows * width]);
+                    let (mut y32, mut s32) = (vec![0.5; rows * width], vec![0.5; rows * width]);
+                    add_products_with(kernel, &Operands { m: rows, lda: m, a: &a[first..], xt: &xt, tt: &tt, width }, &mut y, &mut s);
+                    add_products_with(kernel, &Operands { m: rows, lda: m, a: &a32[first..], xt: &xt32, tt: &tt32, width }, &mut y32, &mut s32);
+                    for g in 0..width {
+                        for (i, row) in (first..first + rows).enumerate() {
+                            let want_y: f64 = 0.5 + (0..k).map(|p| a[p * m + row] * xt[p * width + g]).sum::<f64>();
+                            let want_s: f64 = 0.5 + (0..k).map(|p| a[p * m + row].abs() * tt[p * width + g]).sum::<f64>();
+                            // Quarters and halves: every sum here is exact in both dtypes.
+                            let (at, f32_at) = (format!("m={m} row {row} of {first}.. ({g}) {kernel:?}"), format!("m={m} f32 row {row} ({g}) {kernel:?}"));
+                            assert_eq!((y[g * rows + i], s[g * rows + i]), (want_y, want_s), "{at}");
+                            assert_eq!((f64::from(y32[g * rows + i]), f64::from(s32[g * rows + i])), (want_y, want_s), "{f32_at}");
+                        }
                     }
                 }
             }

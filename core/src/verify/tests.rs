@@ -613,6 +613,64 @@ fn a_preparation_in_parts_sums_what_one_pass_does() {
 }
 
 #[test]
+fn a_preparation_band_by_band_is_the_preparation_at_once() {
+    for dtype in [Dtype::F64, Dtype::F32] {
+        // Bands of every height (one row, a ragged last one), group counts on and off the kernel's blocks of 8.
+        for ((m, k, n), band) in [((40, 300, 128), 1), ((40, 300, 128), 7), ((33, 1000, 900), 16), ((100, 64, 70), 100), ((0, 8, 8), 4), ((5, 0, 3), 2)] {
+            let mut rng = Rng(30);
+            let (a, b) = operands(Kind::Uniform, dtype, m, k, n, &mut rng);
+            let (tiles, r) = (whole_depth_tiles(m, k, n), weights(n, &mut rng));
+            let whole = Verifier::new(a.clone(), b.clone(), &tiles, r.clone(), false);
+            let mut by_rows = Preparing::new(m, &b, r.clone(), false);
+            for rows in (0..m).step_by(band).map(|r0| r0..(r0 + band).min(m)) {
+                assert!(!by_rows.complete() || k == 0);
+                by_rows.add(Stored::of_matrix(&a), rows, 0..k, 2, &one_after_another);
+            }
+            assert!(by_rows.complete());
+            // Column bands lend only the storage read so far.
+            let read_so_far = |end: usize| match Stored::of_matrix(&a) {
+                Stored::F64(v) => Stored::F64(&v[..end]),
+                Stored::F32(v) => Stored::F32(&v[..end]),
+            };
+            let mut by_columns = Preparing::new(m, &b, r, false);
+            for cols in (0..k).step_by(band).map(|c0| c0..(c0 + band).min(k)) {
+                let end = cols.end * m;
+                by_columns.add(read_so_far(end), 0..m, cols, 3, &one_after_another);
+            }
+            assert!(by_columns.complete());
+            let banded = by_rows.finish(Arc::new(a.clone()), Arc::new(b.clone()));
+            let by_columns = by_columns.finish(Arc::new(a.clone()), Arc::new(b.clone()));
+            assert_eq!((banded.tiles.len(), banded.groups.len()), (whole.tiles.len(), whole.groups.len()));
+            for (one, other) in whole.y.iter().zip(&banded.y).chain(whole.scale.iter().zip(&banded.scale)) {
+                assert!((one - other).abs() <= 1e-12 * one.abs().max(1e-300), "{dtype:?} {m}x{k}x{n} in bands of {band} rows: {one} against {other}");
+            }
+            // Partial sums over columns, added in f64, round otherwise.
+            for (one, other) in whole.y.iter().zip(&by_columns.y).chain(whole.scale.iter().zip(&by_columns.scale)) {
+                assert!((one - other).abs() <= 1e-4 * one.abs().max(1.0), "{dtype:?} {m}x{k}x{n} in bands of {band} columns: {one} against {other}");
+            }
+            for (i, tile) in tiles.iter().enumerate().filter(|(_, t)| m > 0 && k > 0 && !t.cols.is_empty()) {
+                let mut c = compute_dense(&a, &b, tile, Kernel::Whole);
+                assert_eq!(banded.check(i, &c), Ok(()));
+                let bound = k as f64 * unit_roundoff(dtype) * scale_of(&a, &b, m - 1, tile.cols.start, 0..k);
+                nudge(&mut c, m - 1, 10.0 * bound);
+                assert!(banded.check(i, &c).is_err(), "{dtype:?}: a lie of 10 times the bound in tile {i}, last row");
+                assert!(by_columns.check(i, &c).is_err(), "{dtype:?}: a lie of 10 times the bound in tile {i}, last row, by columns");
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "are not the next")]
+fn a_preparation_takes_bands_in_order() {
+    let mut rng = Rng(31);
+    let (a, b) = operands(Kind::Uniform, Dtype::F64, 8, 8, 8, &mut rng);
+    let mut preparing = Preparing::new(8, &b, weights(8, &mut rng), false);
+    preparing.add(Stored::of_matrix(&a), 0..4, 0..8, 1, &one_after_another);
+    preparing.add(Stored::of_matrix(&a), 0..8, 4..8, 1, &one_after_another);
+}
+
+#[test]
 fn the_preparations_count_of_multiply_adds_is_the_verifiers() {
     let (m, k, n) = (48, 1000, 900);
     let mut rng = Rng(26);
