@@ -12,9 +12,11 @@ mod npy;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use colonnade_core::verify::Stored;
 use colonnade_core::DenseMatrix;
 
 use crate::cli::human_bytes;
@@ -39,6 +41,23 @@ pub struct Loaded {
     pub matrix: DenseMatrix,
     pub integer: bool,
 }
+
+/// A block of a matrix that a reader has filled in: its storage so far
+/// (column-major, `shape.0` rows per column), of which `rows` × `cols` is
+/// now complete.
+#[derive(Debug, Clone)]
+pub struct Filled<'a> {
+    pub stored: Stored<'a>,
+    pub shape: (usize, usize),
+    pub rows: Range<usize>,
+    pub cols: Range<usize>,
+    /// Every value in the file is an integer.
+    pub integer: bool,
+}
+
+/// Told of blocks in order, each once, as they are read: bands of whole rows
+/// or of whole columns.
+pub type OnFilled<'f> = &'f mut dyn FnMut(Filled<'_>);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -72,6 +91,27 @@ impl Format {
 /// matrix may take more than `limit` bytes of memory; both are checked before
 /// they are allocated.
 pub fn read_matrix(path: &Path, limit: u64) -> Result<Loaded, InputError> {
+    read_matrix_filling(path, limit, &mut |_| {})
+}
+
+/// As [`read_matrix`], telling `on_filled` of the matrix as it is read, so
+/// that work on it can follow the read closely: band by band from a `.npy`
+/// file of floats (rows in C order, columns in Fortran order), whole at the
+/// end from any other. A reader that tells of a band tells of them all.
+pub fn read_matrix_filling(path: &Path, limit: u64, on_filled: OnFilled<'_>) -> Result<Loaded, InputError> {
+    let mut told = false;
+    let loaded = read_matrix_telling(path, limit, &mut |filled| {
+        told = true;
+        on_filled(filled);
+    })?;
+    let (m, k) = (loaded.matrix.rows(), loaded.matrix.cols());
+    if !told {
+        on_filled(Filled { stored: Stored::of_matrix(&loaded.matrix), shape: (m, k), rows: 0..m, cols: 0..k, integer: loaded.integer });
+    }
+    Ok(loaded)
+}
+
+fn read_matrix_telling(path: &Path, limit: u64, on_filled: OnFilled<'_>) -> Result<Loaded, InputError> {
     let format = Format::of(path)?;
     let io_error = |e: std::io::Error| InputError::new(path, describe_io(&e));
     let mut file = File::open(path).map_err(io_error)?;
@@ -81,7 +121,7 @@ pub fn read_matrix(path: &Path, limit: u64) -> Result<Loaded, InputError> {
     }
     let parsed = match format {
         // Streamed: the file is never held whole.
-        Format::Npy => npy::read(&mut file, size, limit),
+        Format::Npy => npy::read(&mut file, size, limit, on_filled),
         Format::Csv => csv::read(file, limit),
         Format::Mtx => mtx::read(std::io::BufReader::with_capacity(64 << 10, file), size, limit),
     };
@@ -241,6 +281,61 @@ mod tests {
         }
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(leftovers.len(), 3, "no temporary files left: {leftovers:?}");
+    }
+
+    /// Bands are told in order, each once, holding their final values when
+    /// told: rows from a C-order `.npy`, columns from a Fortran-order one
+    /// (as we write them) of floats, all at the end from the rest.
+    #[test]
+    fn bands_are_told_in_order_as_they_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, k) = (300, 301);
+        let floats_at = |i: usize, j: usize| i as f64 * 0.5 - j as f64 * 0.25;
+        let floats = DenseMatrix::F64(Matrix::from_fn(m, k, floats_at));
+        let ints = DenseMatrix::F64(Matrix::from_fn(m, k, |i, j| (i * 3 + j) as f64));
+        let single = DenseMatrix::F32(Matrix::from_fn(m, k, |i, j| i as f32 - j as f32));
+        // We write Fortran order; numpy writes C order by default.
+        let c_order = dir.path().join("c.npy");
+        let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({m}, {k}), }}");
+        header.push_str(&" ".repeat(64 - (10 + header.len() + 1) % 64));
+        header.push('\n');
+        let by_rows: Vec<u8> = (0..m).flat_map(|i| (0..k).flat_map(move |j| floats_at(i, j).to_le_bytes())).collect();
+        std::fs::write(&c_order, [&b"\x93NUMPY\x01\x00"[..], &(header.len() as u16).to_le_bytes(), header.as_bytes(), &by_rows].concat()).unwrap();
+        for (name, matrix, integer, bands) in
+            [("f.npy", &floats, false, true), ("i.npy", &ints, true, false), ("s.npy", &single, false, true), ("m.csv", &floats, false, false), ("m.mtx", &ints, true, false)]
+        {
+            let path = dir.path().join(name);
+            write_matrix(&path, matrix, integer).unwrap();
+            check_bands_told(&path, matrix, integer, bands);
+        }
+        check_bands_told(&c_order, &floats, false, true);
+    }
+
+    fn check_bands_told(path: &Path, want: &DenseMatrix, integer: bool, bands: bool) {
+        let (m, k) = (want.rows(), want.cols());
+        let mut told: Vec<(Range<usize>, Range<usize>)> = Vec::new();
+        let as_f64 = |stored: Stored<'_>, at: usize| match stored {
+            Stored::F64(v) => v[at],
+            Stored::F32(v) => f64::from(v[at]),
+        };
+        let mut on_filled = |read: Filled<'_>| {
+            assert_eq!((read.shape, read.integer, read.stored.dtype()), ((m, k), integer, want.dtype()), "{}", path.display());
+            // The next band of rows, or of columns.
+            let (rows_next, cols_next) = told.last().map_or((0, 0), |(r, c)| (r.end % m, c.end % k));
+            let next = (read.cols == (0..k) && read.rows.start == rows_next) || (read.rows == (0..m) && read.cols.start == cols_next);
+            assert!(next, "{}: {:?} by {:?} after {told:?}", path.display(), read.rows, read.cols);
+            for i in read.rows.clone() {
+                for j in read.cols.clone() {
+                    assert_eq!(as_f64(read.stored, j * m + i), want.get_f64(i, j), "{} ({i}, {j})", path.display());
+                }
+            }
+            told.push((read.rows, read.cols));
+        };
+        let loaded = read_matrix_filling(path, u64::MAX, &mut on_filled).unwrap();
+        assert_eq!(&loaded.matrix, want);
+        let (rows, cols) = told.last().cloned().unwrap();
+        assert!(rows.end == m && cols.end == k, "{}: to the end", path.display());
+        assert_eq!(told.len() > 1, bands, "{}: told {told:?}", path.display());
     }
 
     /// Found by the mtx fuzzer: an empty matrix with a huge other dimension hung the reader.

@@ -2,8 +2,10 @@
 //! C or Fortran order, little- or big-endian.
 
 use std::io::{Read, Write};
+use std::ops::Range;
 use std::mem::size_of;
 
+use colonnade_core::verify::Stored;
 use colonnade_core::{DenseMatrix, Element, Matrix};
 
 use super::{layout, Loaded};
@@ -95,12 +97,13 @@ fn dimensions(shape: Vec<Literal>) -> Result<Vec<u64>, String> {
 }
 
 pub(super) fn parse(bytes: &[u8], limit: u64) -> Result<Loaded, String> {
-    read(&mut &bytes[..], bytes.len() as u64, limit)
+    read(&mut &bytes[..], bytes.len() as u64, limit, &mut |_| {})
 }
 
 /// Reads a `.npy` file of `len` bytes from `input`, straight into the matrix:
 /// the data is never held twice.
-pub(super) fn read(input: &mut impl Read, len: u64, limit: u64) -> Result<Loaded, String> {
+/// `on_filled` hears of a file of floats band by band.
+pub(super) fn read(input: &mut (impl Read + Send), len: u64, limit: u64, on_filled: super::OnFilled<'_>) -> Result<Loaded, String> {
     let mut start = [0u8; 10];
     if len < 10 {
         return Err("not a .npy file (bad magic bytes)".into());
@@ -164,25 +167,25 @@ pub(super) fn read(input: &mut impl Read, len: u64, limit: u64) -> Result<Loaded
     }
     let single = descr.kind == Kind::Float && descr.size == 4;
     super::check_dense_size(rows, cols, if single { 4 } else { 8 }, limit)?;
-    let layout = Layout { rows, cols, fortran };
     let integer = descr.kind != Kind::Float;
+    let layout = Layout { rows, cols, fortran, integer };
     // One monomorphised reader per dtype: no per-element dispatch.
     let be = descr.big_endian;
     macro_rules! to_f64 {
         ($t:ty) => {
             if be {
-                layout.read::<{ size_of::<$t>() }, f64>(input, false, |b| <$t>::from_be_bytes(b) as f64)
+                layout.read::<{ size_of::<$t>() }, f64>(input, on_filled, false, |b| <$t>::from_be_bytes(b) as f64)
             } else {
-                layout.read::<{ size_of::<$t>() }, f64>(input, false, |b| <$t>::from_le_bytes(b) as f64)
+                layout.read::<{ size_of::<$t>() }, f64>(input, on_filled, false, |b| <$t>::from_le_bytes(b) as f64)
             }
             .map(DenseMatrix::F64)
         };
     }
     let matrix = match (descr.kind, descr.size) {
-        (Kind::Float, 4) if be => layout.read::<4, f32>(input, false, f32::from_be_bytes).map(DenseMatrix::F32),
-        (Kind::Float, 4) => layout.read::<4, f32>(input, NATIVE, f32::from_le_bytes).map(DenseMatrix::F32),
-        (Kind::Float, _) if be => layout.read::<8, f64>(input, false, f64::from_be_bytes).map(DenseMatrix::F64),
-        (Kind::Float, _) => layout.read::<8, f64>(input, NATIVE, f64::from_le_bytes).map(DenseMatrix::F64),
+        (Kind::Float, 4) if be => layout.read::<4, f32>(input, on_filled, false, f32::from_be_bytes).map(DenseMatrix::F32),
+        (Kind::Float, 4) => layout.read::<4, f32>(input, on_filled, NATIVE, f32::from_le_bytes).map(DenseMatrix::F32),
+        (Kind::Float, _) if be => layout.read::<8, f64>(input, on_filled, false, f64::from_be_bytes).map(DenseMatrix::F64),
+        (Kind::Float, _) => layout.read::<8, f64>(input, on_filled, NATIVE, f64::from_le_bytes).map(DenseMatrix::F64),
         (Kind::Int, 1) => to_f64!(i8),
         (Kind::Int, 2) => to_f64!(i16),
         (Kind::Int, 4) => to_f64!(i32),
@@ -222,14 +225,18 @@ struct Layout {
     rows: usize,
     cols: usize,
     fortran: bool,
+    /// For [`super::RowsRead::integer`].
+    integer: bool,
 }
 
 impl Layout {
     /// Reads the data into a new matrix of `T`, decoding each element of `N`
     /// bytes with `decode`; `native` if the file's bytes are already `T`'s.
+    /// Tells `on_filled` of each band of a file of floats once it is in.
     fn read<const N: usize, T: Element>(
         &self,
-        input: &mut impl Read,
+        input: &mut (impl Read + Send),
+        on_filled: super::OnFilled<'_>,
         native: bool,
         decode: impl Fn([u8; N]) -> T + Copy + Send,
     ) -> Result<Matrix<T>, String>
@@ -242,8 +249,18 @@ impl Layout {
         // A single row or column is laid out the same in either order.
         let column_major = self.fortran || rows == 1 || cols == 1;
         if column_major && native && N == size_of::<T>() {
-            // Fortran-order native floats: one read into the matrix itself.
-            input.read_exact(bytemuck::cast_slice_mut(dst)).map_err(io_problem)?;
+            // Fortran-order native floats: read into the matrix itself, whole
+            // columns a band at a time, each told of while the next is read.
+            let per_band = (BAND / N / rows.max(1)).max(1);
+            let bands: Vec<Range<usize>> = (0..cols).step_by(per_band).map(|c0| c0..(c0 + per_band).min(cols)).collect();
+            let first = bands.first().map_or(0, |band| band.end * rows);
+            input.read_exact(bytemuck::cast_slice_mut(&mut dst[..first])).map_err(io_problem)?;
+            for (i, band) in bands.iter().enumerate() {
+                let (filled, rest) = dst.split_at_mut(band.end * rows);
+                let next = bands.get(i + 1).map(|next| bytemuck::cast_slice_mut(&mut rest[..next.len() * rows]));
+                let filled = super::Filled { stored: Stored::of(&*filled), shape: (rows, cols), rows: 0..rows, cols: band.clone(), integer: self.integer };
+                read_meanwhile(input, next, || on_filled(filled)).map_err(io_problem)?;
+            }
             return Ok(m);
         }
         if column_major {
@@ -255,7 +272,8 @@ impl Layout {
             }
             return Ok(m);
         }
-        // C order: bands of whole rows, each transposed in tiles.
+        // C order: bands of whole rows, each transposed in tiles, then told
+        // of while the next is read into a second buffer.
         let mut buf = vec![[0u8; N]; (BAND / N).min(dst.len())];
         layout::advise_huge_pages(bytemuck::cast_slice_mut(&mut buf));
         let transpose = if layout::tile_for::<T>() == 16 { layout::transpose::<16, _, _> } else { layout::transpose::<8, _, _> };
@@ -264,14 +282,20 @@ impl Layout {
             let height = (buf.len() / cols).min(rows);
             // Whole tiles where there is room for them.
             let height = if height > tile { height / tile * tile } else { height };
+            let bands: Vec<Range<usize>> = (0..rows).step_by(height).map(|i0| i0..(i0 + height).min(rows)).collect();
+            let mut next_buf = vec![[0u8; N]; if bands.len() > 1 { buf.len() } else { 0 }];
+            layout::advise_huge_pages(bytemuck::cast_slice_mut(&mut next_buf));
+            let first = bands.first().map_or(0, |band| band.len() * cols);
+            input.read_exact(bytemuck::cast_slice_mut(&mut buf[..first])).map_err(io_problem)?;
             // While the inputs are read the workers wait, so every core can transpose.
-            // (Reading the next band into a second buffer meanwhile measured no faster.)
+            // (Reading the next band during the transposition measured no faster.)
             let threads = crate::compute::available_cores();
-            for i0 in (0..rows).step_by(height) {
-                let h = height.min(rows - i0);
-                let src = &mut buf[..h * cols];
-                input.read_exact(bytemuck::cast_slice_mut(src)).map_err(io_problem)?;
-                transpose(src, h, cols, dst, rows, i0, 0, decode, threads);
+            for (i, band) in bands.iter().enumerate() {
+                transpose(&buf[..band.len() * cols], band.len(), cols, dst, rows, band.start, 0, decode, threads);
+                let next = bands.get(i + 1).map(|next| bytemuck::cast_slice_mut(&mut next_buf[..next.len() * cols]));
+                let filled = super::Filled { stored: Stored::of(&*dst), shape: (rows, cols), rows: band.clone(), cols: 0..cols, integer: self.integer };
+                read_meanwhile(input, next, || on_filled(filled)).map_err(io_problem)?;
+                std::mem::swap(&mut buf, &mut next_buf);
             }
         } else {
             // Rows longer than the buffer: each in pieces.
@@ -286,6 +310,20 @@ impl Layout {
         }
         Ok(m)
     }
+}
+
+/// Reads `into` (if given) from `input` on a thread of its own while
+/// `meanwhile` runs here: the next band arrives while the last is worked on.
+fn read_meanwhile(input: &mut (impl Read + Send), into: Option<&mut [u8]>, meanwhile: impl FnOnce()) -> std::io::Result<()> {
+    let Some(into) = into else {
+        meanwhile();
+        return Ok(());
+    };
+    std::thread::scope(|scope| {
+        let reading = scope.spawn(|| input.read_exact(into));
+        meanwhile();
+        reading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 pub(super) fn write(out: &mut impl Write, m: &DenseMatrix, integer: bool) -> std::io::Result<()> {
@@ -507,7 +545,7 @@ mod tests {
     fn a_file_that_shrinks_while_it_is_read_is_truncated() {
         let bytes = npy("<f8", false, "(2, 3)", &[0; 48]);
         let mut short = &bytes[..bytes.len() - 8];
-        let err = read(&mut short, bytes.len() as u64, u64::MAX).unwrap_err();
+        let err = read(&mut short, bytes.len() as u64, u64::MAX, &mut |_| {}).unwrap_err();
         assert_eq!(err, "truncated: the file ended while it was being read");
     }
 
