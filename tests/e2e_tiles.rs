@@ -57,7 +57,9 @@ fn local_workers_keep_k_whole_so_the_master_receives_and_checks_c_once() {
     assert_eq!(stats["grid"][2], 1, "k whole: {stats}");
     assert_eq!(stats["result_bytes"].as_u64(), Some(512 * 512 * 8), "C came back once: {stats}");
     assert!(worker_tiles(&c_path).iter().all(|(_, t)| *t > 0));
-    // The verifier, prepared while the workers joined, was there before the first result.
+    // The verifier, prepared while A was read, was there before the plan and the first result.
+    assert!(stats["verify_prep_while_reading_s"].as_f64().unwrap() > 0.0, "{stats}");
+    assert_eq!((stats["verify_plan_wait_s"].as_f64(), stats["verify_prep_in_job_s"].as_f64()), (Some(0.0), Some(0.0)), "{stats}");
     assert_eq!(stats["results_held_for_verifier"], 0, "{stats}");
     assert!(stats["verify_checks_cpu_s"].as_f64().unwrap() > 0.0, "the checks were timed: {stats}");
 }

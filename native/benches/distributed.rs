@@ -118,6 +118,7 @@ fn bench_size(n: usize, dtype: Dtype, runs: usize) -> Value {
             "verification_prep_s": f("verify_prep_s"),
             "verification_prep_cpu_s": f("verify_prep_cpu_s"),
             "verification_prep_in_job_s": f("verify_prep_in_job_s"),
+            "verification_prep_while_reading_s": f("verify_prep_while_reading_s"),
             "verification_checks_cpu_s": f("verify_checks_cpu_s"),
             "verification_stall_s": f("verify_stall_s"),
             "verification_plan_wait_s": f("verify_plan_wait_s"),
@@ -174,7 +175,7 @@ fn against_numpy(m: usize, k: usize, n: usize, runs: usize) -> Value {
             .collect(),
     );
     let reference = io::read_matrix(&np_path, u64::MAX).unwrap().matrix;
-    let (mut egress, mut verification) = (Vec::new(), Vec::new());
+    let (mut egress, mut verification, mut in_read) = (Vec::new(), Vec::new(), Vec::new());
     let ours = median(
         (0..runs)
             .map(|_| {
@@ -182,6 +183,7 @@ fn against_numpy(m: usize, k: usize, n: usize, runs: usize) -> Value {
                 check(&c_path, &reference);
                 egress.push(stats["panel_bytes"].as_f64().unwrap() / (stats["inputs_bytes"].as_f64().unwrap() + 2.0 * (k * n * 8) as f64 - (k * n * 8) as f64));
                 verification.push(verification_share(&stats));
+                in_read.push(stats["verify_prep_while_reading_s"].as_f64().unwrap_or(0.0));
                 took
             })
             .collect(),
@@ -189,6 +191,7 @@ fn against_numpy(m: usize, k: usize, n: usize, runs: usize) -> Value {
     json!({
         "m": m, "k": k, "n": n, "numpy_s": numpy, "colonnade_s": ours, "speed_vs_numpy": numpy / ours,
         "egress_over_a_plus_p_b": median(egress), "verification_share_of_job": median(verification),
+        "verification_prep_while_reading_s": median(in_read),
     })
 }
 
@@ -322,14 +325,14 @@ fn bench_scheduler(tasks: usize, workers: usize, runs: usize) -> Value {
 }
 
 fn print_table(sizes: &[Value], scheduler: &Value) {
-    println!("\n{:<10} {:>10} {:>9} {:>9} {:>7} {:>6} | {:>7} {:>9} {:>6} {:>7} {:>7} {:>4} | {:>6} {:>6} {:>6} {:>10}", "size", "grid", "limit 2T", "limit 1T", "GFLOP/s", "ratio", "job s", "compute/w", "sched", "verify", "prep", "held", "egress", "wire", "master", "worker MiB");
+    println!("\n{:<10} {:>10} {:>9} {:>9} {:>7} {:>6} | {:>7} {:>9} {:>6} {:>7} {:>7} {:>4} | {:>6} {:>6} {:>6} {:>10} | {:>6} {:>7}", "size", "grid", "limit 2T", "limit 1T", "GFLOP/s", "ratio", "job s", "compute/w", "sched", "verify", "prep", "held", "egress", "wire", "master", "worker MiB", "read s", "in read");
     for s in sizes {
         let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
         let t = |k: &str| s["time"][k].as_f64().unwrap_or(f64::NAN);
         let grid = s["grid"].as_array().map_or("?".into(), |g| g.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("x"));
         let worker = s["worker_peak_rss_bytes"].as_array().map_or(f64::NAN, |w| w.iter().filter_map(Value::as_f64).fold(0.0, f64::max)) / (1u64 << 20) as f64;
         println!(
-            "{:<10} {:>10} {:>9.1} {:>9.1} {:>7.1} {:>6.2} | {:>7.3} {:>9.3} {:>6.3} {:>6.1}% {:>6.1}% {:>4} | {:>6.2} {:>6.3} {:>6.2} {:>10.0}",
+            "{:<10} {:>10} {:>9.1} {:>9.1} {:>7.1} {:>6.2} | {:>7.3} {:>9.3} {:>6.3} {:>6.1}% {:>6.1}% {:>4} | {:>6.2} {:>6.3} {:>6.2} {:>10.0} | {:>6.3} {:>5.0}ms",
             format!("{} {}", s["n"], s["dtype"].as_str().unwrap()),
             grid,
             f("limit_2_threads_gflops"),
@@ -346,9 +349,11 @@ fn print_table(sizes: &[Value], scheduler: &Value) {
             f("wire_ratio"),
             f("master_rss_ratio"),
             worker,
+            f("read_s"),
+            1e3 * t("verification_prep_while_reading_s"),
         );
     }
-    println!("(ratio: distributed over the 2-thread limit; sched: master time in the scheduler, result checks included; verify: what verifying took from the job, over the job time (the plan's wait for the preparation once the pool was settled, the preparation's time after the first task, which covers any wait for it at the end, and the checks' CPU time); prep: the preparation's CPU time over the job time, wherever it ran (it starts while the pool gathers); held: results that waited for it; egress: panel bytes sent over A+B; wire: bytes on the wire over the payload; master: peak RSS over A+B+C; worker: peak RSS)");
+    println!("(ratio: distributed over the 2-thread limit; sched: master time in the scheduler, result checks included; verify: what verifying took from the job, over the job time (the plan's wait for the preparation once the pool was settled, the preparation's time after the first task, which covers any wait for it at the end, and the checks' CPU time); prep: the preparation's CPU time over the job time, wherever it ran (it runs while A is read); held: results that waited for it; egress: panel bytes sent over A+B; wire: bytes on the wire over the payload; master: peak RSS over A+B+C; worker: peak RSS; read s: reading A and B; in read: the preparation's wall time while A was read, within read s)");
     println!(
         "scheduler: {} tiny tasks to {} workers: {:.0} tasks/s, {:.1} µs of master CPU per task",
         scheduler["tasks"], scheduler["workers"], scheduler["tasks_per_s"].as_f64().unwrap(), scheduler["master_cpu_us_per_task"].as_f64().unwrap()
@@ -358,13 +363,14 @@ fn print_table(sizes: &[Value], scheduler: &Value) {
 fn print_files(files: &[Value]) {
     for f in files {
         println!(
-            "file to file, {}x{} by {}x{} f64: numpy {:.2} s, colonnade {:.2} s (2 workers x 1 thread): {:.2}x numpy's speed; egress over A + 2B: {:.2}; verification {:.1}% of the job",
+            "file to file, {}x{} by {}x{} f64: numpy {:.2} s, colonnade {:.2} s (2 workers x 1 thread): {:.2}x numpy's speed; egress over A + 2B: {:.2}; verification {:.1}% of the job (its preparation {:.0} ms while A was read)",
             f["m"], f["k"], f["k"], f["n"],
             f["numpy_s"].as_f64().unwrap(),
             f["colonnade_s"].as_f64().unwrap(),
             f["speed_vs_numpy"].as_f64().unwrap(),
             f["egress_over_a_plus_p_b"].as_f64().unwrap(),
             100.0 * f["verification_share_of_job"].as_f64().unwrap_or(f64::NAN),
+            1e3 * f["verification_prep_while_reading_s"].as_f64().unwrap_or(f64::NAN),
         );
     }
 }

@@ -20,8 +20,8 @@ use rand::{Rng, SeedableRng};
 use crate::checkpoint::{Checkpoint, Inputs};
 use crate::cli::BadInput;
 use crate::compute;
-use crate::io::{self, Format, InputError};
-use crate::master::{describe, JobReport, Limits, LocalWorkers, Master, Preparation, Session, VerifierRecipe};
+use crate::io::{self, Filled, Format, InputError};
+use crate::master::{describe, JobReport, Limits, LocalWorkers, Master, PrepCost, Preparation, Session, VerifierRecipe, WhileReading};
 use crate::procstats;
 use crate::tls::ServerTls;
 
@@ -80,9 +80,11 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
     let mut session = Session::new(Scheduler::new(args.serving.scheduler_config()));
     let started = Instant::now();
     let (a_path, b_path, output, max_memory) = (args.a.clone(), args.b.clone(), args.output.clone(), args.max_memory);
-    let reading = tokio::task::spawn_blocking(move || read_inputs(&a_path, &b_path, &output, max_memory));
+    // A checkpoint resumed is checked on its own grid: nothing to prepare while reading.
+    let while_reading = args.checkpoint.is_none();
+    let reading = tokio::task::spawn_blocking(move || read_inputs_preparing(&a_path, &b_path, &output, max_memory, while_reading));
     let inputs = served.master.greet(&mut session, reading).await?;
-    let (a, b, integer) = match inputs {
+    let (a, b, integer, prepared) = match inputs {
         Ok(inputs) => inputs,
         Err(e) => {
             served.stop().await;
@@ -90,15 +92,26 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
         }
     };
     let read_time = started.elapsed();
+    let prep_while_reading = prepared.as_ref().map(WhileReading::cost);
     let cpu_before = procstats::cpu_time();
-    let spec = JobSpec { id: rand::rng().random(), a, b, integer, block: args.block, link_rate: args.link_rate, checkpoint: args.checkpoint.clone(), early_verifier: true };
+    let spec = JobSpec {
+        id: rand::rng().random(),
+        a,
+        b,
+        integer,
+        block: args.block,
+        link_rate: args.link_rate,
+        checkpoint: args.checkpoint.clone(),
+        early_verifier: true,
+        prepared,
+    };
     let report = run(spec, session, served).await?;
     let job_cpu = procstats::cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     let write_start = Instant::now();
     io::write_matrix(&args.output, &report.c, integer)?;
     let write_time = write_start.elapsed();
     if let Some(path) = &args.stats_json {
-        let json = stats_json(&report, read_time, write_time, job_cpu);
+        let json = stats_json(&report, read_time, write_time, job_cpu, prep_while_reading);
         std::fs::write(path, json.to_string()).with_context(|| format!("writing {}", path.display()))?;
     }
     println!(
@@ -117,8 +130,9 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
 }
 
 /// The run's figures: times; the plan; traffic against A and B and against
-/// the payload; master CPU and memory.
-fn stats_json(report: &JobReport, read: Duration, write: Duration, job_cpu: Option<Duration>) -> serde_json::Value {
+/// the payload; master CPU and memory; what the verifier's preparation took
+/// while A was read (within `read`), if it was prepared then.
+fn stats_json(report: &JobReport, read: Duration, write: Duration, job_cpu: Option<Duration>, prep_while_reading: Option<PrepCost>) -> serde_json::Value {
     let elem = report.c.dtype().size() as u64;
     let plan = &report.plan;
     let (m, k, n) = (plan.m as u64, plan.k as u64, plan.n as u64);
@@ -155,6 +169,8 @@ fn stats_json(report: &JobReport, read: Duration, write: Duration, job_cpu: Opti
         "verify_prep_s": report.verify_prep.wall.as_secs_f64(),
         "verify_prep_cpu_s": report.verify_prep.cpu.map(|d| d.as_secs_f64()),
         "verify_prep_in_job_s": report.verify_prep_in_job.as_secs_f64(),
+        "verify_prep_while_reading_s": prep_while_reading.map(|c| c.wall.as_secs_f64()),
+        "verify_prep_while_reading_cpu_s": prep_while_reading.and_then(|c| c.cpu).map(|d| d.as_secs_f64()),
         "verify_checks_cpu_s": report.verify_checks.map(|d| d.as_secs_f64()),
         "verify_stall_s": report.verify_stall.as_secs_f64(),
         "verify_plan_wait_s": report.verify_plan_wait.as_secs_f64(),
@@ -174,7 +190,17 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0xC0_1055);
     let mut random = || DenseMatrix::F64(Matrix::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0)));
     let (a, b) = (random(), random());
-    let spec = JobSpec { id: rand::rng().random(), a: a.clone(), b: b.clone(), integer: false, block: args.block, link_rate: None, checkpoint: None, early_verifier: true };
+    let spec = JobSpec {
+        id: rand::rng().random(),
+        a: a.clone(),
+        b: b.clone(),
+        integer: false,
+        block: args.block,
+        link_rate: None,
+        checkpoint: None,
+        early_verifier: true,
+        prepared: None,
+    };
     let mut served = serve(&args.serving, None).await?;
     let mut session = Session::new(Scheduler::new(args.serving.scheduler_config()));
     served.master.greet(&mut session, async {}).await;
@@ -216,20 +242,62 @@ pub(crate) struct JobSpec {
     /// The shell prepares the verifier before the plan, and planning waits for
     /// it a while (`master multiply`; a master that stays up has no idle pause).
     pub early_verifier: bool,
+    /// The verifier's preparation done while A was read, if it was.
+    pub prepared: Option<WhileReading>,
 }
 
 /// Reads A and B within `max_memory` (default: what is available), each
 /// checked before it is allocated, and C's share too. Returns them in the
 /// product's element type, and whether both hold only integers.
 pub(crate) fn read_inputs(a: &Path, b: &Path, output: &Path, max_memory: Option<u64>) -> anyhow::Result<(DenseMatrix, DenseMatrix, bool)> {
+    read_inputs_preparing(a, b, output, max_memory, false).map(|(a, b, integer, _)| (a, b, integer))
+}
+
+/// As [`read_inputs`], B first: if `prepare_checks`, the verifier is then
+/// prepared band by band as A is read (when A and B share a dtype), and
+/// returned too.
+pub(crate) fn read_inputs_preparing(
+    a: &Path,
+    b: &Path,
+    output: &Path,
+    max_memory: Option<u64>,
+    prepare_checks: bool,
+) -> anyhow::Result<(DenseMatrix, DenseMatrix, bool, Option<WhileReading>)> {
     let budget = max_memory.or_else(io::available_memory).unwrap_or(u64::MAX);
-    let a_in = io::read_matrix(a, budget)?;
-    let b_in = io::read_matrix(b, budget.saturating_sub(a_in.matrix.as_bytes().len() as u64))?;
+    let b_in = io::read_matrix(b, budget)?;
+    let (mut prepared, mut declined) = (None::<WhileReading>, !prepare_checks);
+    let mut on_filled = |filled: Filled<'_>| {
+        if declined {
+            return;
+        }
+        // Only for a product it can be: otherwise the job prepares it after the read.
+        let (m, k) = filled.shape;
+        if prepared.is_none() && (filled.stored.dtype() != b_in.matrix.dtype() || k != b_in.matrix.rows()) {
+            declined = true;
+            return;
+        }
+        let integer = filled.integer && b_in.integer;
+        prepared.get_or_insert_with(|| WhileReading::start(m, &b_in.matrix, secret_weights(b_in.matrix.cols(), integer), integer)).add(&filled);
+    };
+    let a_in = io::read_matrix_filling(a, budget.saturating_sub(b_in.matrix.as_bytes().len() as u64), &mut on_filled)?;
     JobError::check_inner(&a_in.matrix, &b_in.matrix).map_err(|e| BadInput(format!("cannot multiply {} by {}: {e}", a.display(), b.display())))?;
     let dtype = Dtype::of_product(a_in.matrix.dtype(), b_in.matrix.dtype());
     check_job_memory(&a_in.matrix, &b_in.matrix, dtype, output, budget)?;
     let integer = a_in.integer && b_in.integer;
-    Ok((a_in.matrix.into_dtype(dtype), b_in.matrix.into_dtype(dtype), integer))
+    let prepared = prepared.filter(WhileReading::complete);
+    Ok((a_in.matrix.into_dtype(dtype), b_in.matrix.into_dtype(dtype), integer, prepared))
+}
+
+/// Secret weights for Freivalds' check, one per column of C: workers never
+/// see them. Small integers for an integer job, so its checks are exact.
+fn secret_weights(n: usize, integer: bool) -> Vec<f64> {
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| {
+            let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+            sign * if integer { f64::from(rng.random_range(1u8..=8)) } else { rng.random_range(1.0..2.0) }
+        })
+        .collect()
 }
 
 /// A listening master and the workers started inside it.
@@ -281,19 +349,17 @@ async fn run(spec: JobSpec, mut session: Session, served: Served) -> anyhow::Res
 /// resumes (whose blocks are then restored, each verified first). Returns the
 /// job's id, what the shell adds once it is planned, and the flops restored.
 pub(crate) fn prepare(spec: JobSpec, scheduler: &mut Scheduler, now: Duration) -> anyhow::Result<(JobId, Preparation, f64)> {
-    let JobSpec { id, a, b, integer, block, link_rate, checkpoint, early_verifier } = spec;
+    let JobSpec { id, a, b, integer, block, link_rate, checkpoint, early_verifier, prepared } = spec;
     let checkpoint = checkpoint.map(|dir| Checkpoint::open(&dir, &Inputs::of(&a, &b)).map(|cp| (dir, cp))).transpose()?;
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
-    let mut rng = rand::rng();
-    // Secret weights for Freivalds' check: workers never see them.
-    let weights = (0..n)
-        .map(|_| {
-            let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
-            sign * if integer { f64::from(rng.random_range(1u8..=8)) } else { rng.random_range(1.0..2.0) }
-        })
-        .collect();
+    let weights = prepared.as_ref().map_or_else(|| secret_weights(n, integer), |p| p.weights().to_vec());
     // Shared by the job (their bytes) and the verifier.
     let recipe = VerifierRecipe { a: Arc::new(a), b: Arc::new(b), weights, integer };
+    // Prepared while A was read, for the groups of `whole_depth_tiles`.
+    let (ready, prepared) = match prepared.map(|p| p.finish(&recipe.a, &recipe.b)) {
+        Some((verifier, cost, span)) => (Some(verifier), Some((cost, span))),
+        None => (None, None),
+    };
     let (leases, chunk) = (scheduler.lease_config(), scheduler.max_chunk());
     let fixed = match (&checkpoint, block) {
         (Some((_, cp)), _) if cp.grid.is_some() => {
@@ -309,13 +375,14 @@ pub(crate) fn prepare(spec: JobSpec, scheduler: &mut Scheduler, now: Duration) -
         }
         let model = CostModel { slots: DEFAULT_SLOTS as usize, ..CostModel::default() };
         let job = Unplanned::new(id, Arc::clone(&recipe.a), Arc::clone(&recipe.b), model, leases, chunk)?.with_link(link_rate);
-        let early_tiles = early_verifier.then(|| whole_depth_tiles(m, k, n));
-        let job = match &early_tiles {
-            Some(tiles) => job.verifier_coming(tiles.clone()),
-            None => job.awaiting_verifier(),
+        let early_tiles = (ready.is_none() && early_verifier).then(|| whole_depth_tiles(m, k, n));
+        let job = match (ready, &early_tiles) {
+            (Some(verifier), _) => job.with_verifier(verifier),
+            (None, Some(tiles)) => job.verifier_coming(tiles.clone()),
+            (None, None) => job.awaiting_verifier(),
         };
         scheduler.add_unplanned(job, now);
-        return Ok((id, Preparation { verifier: Some(recipe), early_tiles, checkpoint: checkpoint.map(|(_, cp)| cp) }, 0.0));
+        return Ok((id, Preparation { verifier: Some(recipe), early_tiles, prepared, checkpoint: checkpoint.map(|(_, cp)| cp) }, 0.0));
     };
     let job = Job::new(id, Arc::clone(&recipe.a), Arc::clone(&recipe.b), plan.clone(), leases, chunk)?;
     let resuming = checkpoint.as_ref().is_some_and(|(_, cp)| cp.grid.is_some());
@@ -323,8 +390,12 @@ pub(crate) fn prepare(spec: JobSpec, scheduler: &mut Scheduler, now: Duration) -
         if let Some((dir, _)) = &checkpoint {
             println!("checkpoint {}: 0 of {} blocks already done ({})", dir.display(), plan.blocks(), describe(&plan));
         }
-        scheduler.add_job(job.awaiting_verifier(), now);
-        return Ok((id, Preparation { verifier: Some(recipe), early_tiles: None, checkpoint: checkpoint.map(|(_, cp)| cp) }, 0.0));
+        let job = match ready.map(|mut verifier| (verifier.retile(&Job::verified_tiles(&plan)), verifier)) {
+            Some((true, verifier)) => job.with_verifier(verifier),
+            _ => job.awaiting_verifier(),
+        };
+        scheduler.add_job(job, now);
+        return Ok((id, Preparation { verifier: Some(recipe), early_tiles: None, prepared, checkpoint: checkpoint.map(|(_, cp)| cp) }, 0.0));
     }
     let (dir, cp) = checkpoint.expect("resuming");
     // Resuming: blocks read back get the same verification as a worker's result.
@@ -347,7 +418,7 @@ pub(crate) fn prepare(spec: JobSpec, scheduler: &mut Scheduler, now: Duration) -
     }
     println!("checkpoint {}: {restored} of {} blocks already done ({})", dir.display(), plan.blocks(), describe(&plan));
     scheduler.add_job(job, now);
-    Ok((id, Preparation { verifier: None, early_tiles: None, checkpoint: Some(cp) }, restored_flops))
+    Ok((id, Preparation { verifier: None, early_tiles: None, prepared: None, checkpoint: Some(cp) }, restored_flops))
 }
 
 fn print_workers(report: &JobReport) {

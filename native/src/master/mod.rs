@@ -5,6 +5,8 @@ mod gate;
 mod open;
 mod page;
 mod prep;
+
+pub(crate) use prep::WhileReading;
 mod progress;
 mod rate;
 mod server;
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use colonnade_core::kernel::flops;
 use colonnade_core::plan::{Plan, Tile};
-use colonnade_core::verify::Verifier;
+use colonnade_core::verify::{Runner, Verifier};
 use colonnade_core::protocol::Token;
 use colonnade_core::protocol::{Frame, JobId, Message};
 use colonnade_core::scheduler::{self as core, Event, Output, PayloadStats, Scheduler, WorkerId, WorkerInfo};
@@ -101,6 +103,9 @@ pub struct Preparation {
     pub verifier: Option<VerifierRecipe>,
     /// The tiles to prepare it for before the plan, if the job waits for that.
     pub early_tiles: Option<Vec<Tile>>,
+    /// What preparing the verifier while A was read took, and when, if it
+    /// was (the job has that verifier already).
+    pub prepared: Option<(PrepCost, std::ops::Range<Instant>)>,
     pub checkpoint: Option<checkpoint::Checkpoint>,
 }
 
@@ -216,7 +221,7 @@ impl Master {
         let mut reporter = Reporter::new(show_progress);
         let mut rate = Rate::default();
         let mut planned = false;
-        let mut verifier = prep.verifier.take().map(|recipe| prep::Prep::start(recipe, prep.early_tiles.take()));
+        let mut verifier = prep.verifier.take().map(|recipe| prep::Prep::start(recipe, prep.early_tiles.take(), prep.prepared.take()));
         let mut writer: Option<checkpoint::Writer> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         if let Some(p) = scheduler.problem(job) {
@@ -372,30 +377,44 @@ pub struct PrepCost {
     pub cpu: Option<Duration>,
 }
 
+impl PrepCost {
+    /// Runs `work`, lending it a scoped thread for each piece it hands its
+    /// [`Runner`], and says what it took: the wall time, and the CPU time of
+    /// this thread and of the pieces'.
+    pub(crate) fn of<R>(work: impl FnOnce(Runner<'_>) -> R) -> (R, PrepCost) {
+        let (started, cpu) = (Instant::now(), crate::procstats::thread_cpu_time());
+        let pieces_cpu = std::sync::atomic::AtomicU64::new(0);
+        let in_parallel = |pieces: Vec<Box<dyn FnOnce() + Send + '_>>| {
+            std::thread::scope(|scope| {
+                for piece in pieces {
+                    let pieces_cpu = &pieces_cpu;
+                    scope.spawn(move || {
+                        let before = crate::procstats::thread_cpu_time();
+                        piece();
+                        let took = before.zip(crate::procstats::thread_cpu_time()).map_or(Duration::ZERO, |(b, a)| a.saturating_sub(b));
+                        pieces_cpu.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+                    });
+                }
+            });
+        };
+        let result = work(&in_parallel);
+        let cpu = cpu.zip(crate::procstats::thread_cpu_time()).map(|(before, after)| after.saturating_sub(before) + Duration::from_nanos(pieces_cpu.into_inner()));
+        (result, PrepCost { wall: started.elapsed(), cpu })
+    }
+
+    /// Both costs, summed.
+    pub(crate) fn plus(self, other: PrepCost) -> PrepCost {
+        PrepCost { wall: self.wall + other.wall, cpu: self.cpu.zip(other.cpu).map(|(a, b)| a + b) }
+    }
+}
+
 /// Builds a verifier for `tiles`, its pass over A on every core, its checks
 /// timed, and says what it took.
 pub(crate) fn build_verifier(recipe: VerifierRecipe, tiles: &[Tile]) -> (Verifier, PrepCost) {
-    let (started, cpu) = (Instant::now(), crate::procstats::thread_cpu_time());
     let VerifierRecipe { a, b, weights, integer } = recipe;
-    // The pieces' CPU time, each on a scoped thread of its own.
-    let pieces_cpu = std::sync::atomic::AtomicU64::new(0);
-    let in_parallel = |work: Vec<Box<dyn FnOnce() + Send + '_>>| {
-        std::thread::scope(|scope| {
-            for piece in work {
-                let pieces_cpu = &pieces_cpu;
-                scope.spawn(move || {
-                    let before = crate::procstats::thread_cpu_time();
-                    piece();
-                    let took = before.zip(crate::procstats::thread_cpu_time()).map_or(Duration::ZERO, |(b, a)| a.saturating_sub(b));
-                    pieces_cpu.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
-                });
-            }
-        });
-    };
     let parts = crate::compute::available_cores();
-    let verifier = Verifier::new_in_parts(a, b, tiles, weights, integer, parts, &in_parallel).metered(crate::procstats::thread_cpu_time);
-    let cpu = cpu.zip(crate::procstats::thread_cpu_time()).map(|(before, after)| after.saturating_sub(before) + Duration::from_nanos(pieces_cpu.into_inner()));
-    (verifier, PrepCost { wall: started.elapsed(), cpu })
+    let (verifier, cost) = PrepCost::of(|run| Verifier::new_in_parts(a, b, tiles, weights, integer, parts, run));
+    (verifier.metered(crate::procstats::thread_cpu_time), cost)
 }
 
 /// Carries out what the scheduler asks until it asks to wait, and returns

@@ -1,21 +1,73 @@
-//! The verifier's preparation for `master multiply`: started as soon as the
-//! job is in, for groups of columns cut from column 0 over the whole depth,
-//! while the scheduler holds the plan back for it a while if those groups
-//! will serve the plan (the cores are otherwise idle then); the scheduler
-//! fits it to the plan. It is prepared again for the plan only when those
-//! groups do not serve it (k split, or columns cut elsewhere).
+//! The verifier's preparation for `master multiply`, for groups of columns
+//! cut from column 0 over the whole depth: done while A is read, band by
+//! band ([`WhileReading`]), or else started as soon as the job is in, while
+//! the scheduler holds the plan back for it a while if those groups will
+//! serve the plan (the cores are otherwise idle then); the scheduler fits it
+//! to the plan. It is prepared again for the plan only when those groups do
+//! not serve it (k split, or columns cut elsewhere).
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use colonnade_core::job::Job;
 use colonnade_core::plan::{Plan, Tile};
-use colonnade_core::verify::{serves, Verifier};
+use colonnade_core::verify::{serves, Preparing, Verifier};
+use colonnade_core::DenseMatrix;
 use tokio::task::JoinHandle;
 
 use super::{PrepCost, VerifierRecipe};
+use crate::io::Filled;
 
-type Build = JoinHandle<(Verifier, PrepCost)>;
+/// A verifier, what preparing it took, and when that was.
+pub(crate) type Built = (Verifier, PrepCost, Range<Instant>);
+
+type Build = JoinHandle<Built>;
+
+/// The verifier's preparation while A is read: begun once B is in, each of
+/// A's bands added as it arrives, on every core but the reader's.
+#[derive(Debug)]
+pub(crate) struct WhileReading {
+    preparing: Preparing,
+    cost: PrepCost,
+    span: Range<Instant>,
+}
+
+impl WhileReading {
+    /// Weighs B for an `m`-row A: see [`Preparing::new`].
+    pub fn start(m: usize, b: &DenseMatrix, weights: Vec<f64>, integer: bool) -> Self {
+        let started = Instant::now();
+        let (preparing, cost) = PrepCost::of(|_| Preparing::new(m, b, weights, integer));
+        Self { preparing, cost, span: started..Instant::now() }
+    }
+
+    /// Adds a band of A just read, on every core but the one reading the next.
+    pub fn add(&mut self, filled: &Filled<'_>) {
+        let parts = crate::compute::available_cores().saturating_sub(1).max(1);
+        let ((), took) = PrepCost::of(|run| self.preparing.add(filled.stored, filled.rows.clone(), filled.cols.clone(), parts, run));
+        self.cost = self.cost.plus(took);
+        self.span.end = Instant::now();
+    }
+
+    pub fn complete(&self) -> bool {
+        self.preparing.complete()
+    }
+
+    /// What it took so far.
+    pub fn cost(&self) -> PrepCost {
+        self.cost
+    }
+
+    pub fn weights(&self) -> &[f64] {
+        self.preparing.weights()
+    }
+
+    /// The verifier, once every band is in: `a` and `b` must be what was read.
+    pub fn finish(self, a: &Arc<DenseMatrix>, b: &Arc<DenseMatrix>) -> Built {
+        let verifier = self.preparing.finish(Arc::clone(a), Arc::clone(b)).metered(crate::procstats::thread_cpu_time);
+        (verifier, self.cost, self.span)
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct Prep {
@@ -34,8 +86,13 @@ pub(crate) struct Prep {
 impl Prep {
     /// Starts preparing for `early_tiles` at once, if given (the plan waits
     /// for them: [`colonnade_core::job::Unplanned::verifier_coming`]).
-    pub fn start(recipe: VerifierRecipe, early_tiles: Option<Vec<Tile>>) -> Self {
+    /// `prepared` is what preparing the job's verifier while A was read took,
+    /// and when, if it was.
+    pub fn start(recipe: VerifierRecipe, early_tiles: Option<Vec<Tile>>, prepared: Option<(PrepCost, Range<Instant>)>) -> Self {
         let mut prep = Self { recipe, building: None, early_tiles: None, abandoned: Vec::new(), cost: PrepCost::default(), spans: Vec::new() };
+        if let Some((cost, span)) = prepared {
+            prep.count(cost, span);
+        }
         if let Some(tiles) = early_tiles {
             prep.spawn(tiles.clone());
             prep.early_tiles = Some(tiles);
@@ -45,7 +102,11 @@ impl Prep {
 
     fn spawn(&mut self, tiles: Vec<Tile>) {
         let recipe = self.recipe.clone();
-        let build = tokio::task::spawn_blocking(move || super::build_verifier(recipe, &tiles));
+        let build = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let (verifier, cost) = super::build_verifier(recipe, &tiles);
+            (verifier, cost, started..Instant::now())
+        });
         self.abandoned.extend(self.building.replace(build));
     }
 
@@ -76,15 +137,18 @@ impl Prep {
         }
     }
 
-    fn record(&mut self, built: Result<(Verifier, PrepCost), tokio::task::JoinError>) -> anyhow::Result<Verifier> {
-        let (verifier, took) = built.map_err(|e| anyhow::anyhow!("building the verifier failed: {e}"))?;
-        let now = Instant::now();
-        self.spans.push(now.checked_sub(took.wall).unwrap_or(now)..now);
+    fn record(&mut self, built: Result<Built, tokio::task::JoinError>) -> anyhow::Result<Verifier> {
+        let (verifier, took, span) = built.map_err(|e| anyhow::anyhow!("building the verifier failed: {e}"))?;
+        self.count(took, span);
+        Ok(verifier)
+    }
+
+    fn count(&mut self, took: PrepCost, span: Range<Instant>) {
+        self.spans.push(span);
         self.cost = match self.spans.len() {
             1 => took,
-            _ => PrepCost { wall: self.cost.wall + took.wall, cpu: self.cost.cpu.zip(took.cpu).map(|(a, b)| a + b) },
+            _ => self.cost.plus(took),
         };
-        Ok(verifier)
     }
 
     /// Waits for the abandoned builds, so their cost is counted.
@@ -97,7 +161,8 @@ impl Prep {
     }
 
     /// How long the builds ran inside `job` (from the first task to the end):
-    /// an upper bound on the CPU time they took from it.
+    /// an upper bound on the CPU time they took from it. (Bands prepared
+    /// while A was read count by the span from the first to the last.)
     pub fn within(&self, job: Range<Instant>) -> Duration {
         self.spans.iter().map(|s| s.end.min(job.end).saturating_duration_since(s.start.max(job.start))).sum()
     }

@@ -235,7 +235,7 @@ impl Driver {
     fn start_job(&mut self, mut record: Record, a: DenseMatrix, b: DenseMatrix, integer: bool) {
         let id = job_id(&record.id).expect("jobs have valid ids");
         let checkpoint = Some(self.store.checkpoint(&record.id));
-        let spec = JobSpec { id, a, b, integer, block: None, link_rate: None, checkpoint, early_verifier: false };
+        let spec = JobSpec { id, a, b, integer, block: None, link_rate: None, checkpoint, early_verifier: false, prepared: None };
         let now = self.now();
         match prepare(spec, &mut self.scheduler, now) {
             Ok((_, prep, _)) => {
