@@ -457,14 +457,14 @@ impl Verifier {
         let slices: Vec<Range<usize>> = bound::split(0..kd, kd.div_ceil(parts.max(1))).collect();
         // The first slice sums into y and Ŝ, each other into its own; all are then added.
         let a = &*self.a;
-        let rows_of = |v: &[f64], s: &Range<usize>| -> Vec<f64> { v.chunks_exact(kd).flat_map(|column| column[s.clone()].iter().copied()).collect() };
+
         let mut partial: Vec<(Vec<f64>, Vec<f64>)> = (1..slices.len()).map(|_| (vec![0.0; m * count], vec![0.0; m * count])).collect();
         let outputs = std::iter::once((y, scale)).chain(partial.iter_mut().map(|(py, ps)| (py.as_mut_slice(), ps.as_mut_slice())));
         let work: Vec<Box<dyn FnOnce() + Send + '_>> = slices
             .iter()
             .zip(outputs)
             .map(|(slice, (y, scale))| {
-                let (xs, ts) = (rows_of(&x, slice), rows_of(&t, slice));
+                let (xs, ts) = (depth_rows(&x, kd, slice), depth_rows(&t, kd, slice));
                 let columns = depth.start + slice.start..depth.start + slice.end;
                 Box::new(move || products_of(Stored::of_matrix(a), m, 0..m, columns, &xs, &ts, y, scale)) as Box<dyn FnOnce() + Send + '_>
             })
@@ -810,6 +810,12 @@ fn products<T: Element + skinny::Lane>(a: &[T], lda: usize, rows: Range<usize>, 
     for (out, sums) in [(y, y_t), (scale, scale_t)] {
         out.iter_mut().zip(sums).for_each(|(o, v)| *o = v.to_f64());
     }
+}
+
+/// Rows `rows` of a kd-row matrix (column-major), such as x or t over part
+/// of their depth.
+fn depth_rows(v: &[f64], kd: usize, rows: &Range<usize>) -> Vec<f64> {
+    v.chunks_exact(kd).flat_map(|column| column[rows.clone()].iter().copied()).collect()
 }
 
 /// A kd-row matrix (column-major, in f64) by row, `out[p * width + g]`, in T,

@@ -5,10 +5,11 @@
 //! [`whole_depth_tiles`]; the plan, made later, is fitted by
 //! [`Verifier::retile`] (or, if they do not serve it, prepared anew).
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::{bound, check_operands, check_weights, groups_for, products_of, weigh, whole_depth_tiles, Group, Runner, Verifier};
+use super::{bound, check_operands, check_weights, depth_rows, groups_for, products_of, weigh, whole_depth_tiles, Group, Runner, Verifier};
 use crate::matrix::{DenseMatrix, Dtype, Element};
 
 /// A's column-major storage, m rows per column: while it is read, only some
@@ -68,12 +69,16 @@ pub struct Preparing {
     /// m × groups, column-major, as in [`Verifier`].
     y: Vec<f64>,
     scale: Vec<f64>,
-    /// Whole rows added so far (C order), or whole columns (Fortran order).
+    /// Whole rows told of so far (C order), or whole columns (Fortran order).
     rows_done: usize,
     cols_done: usize,
-    /// Of those columns, the ones whose share is in y and Ŝ.
+    /// Of those, the ones whose share is in y and Ŝ.
+    rows_added: usize,
     cols_added: usize,
 }
+
+/// Bands of rows are added this many at least at a time (but the last).
+const GATHERED_ROWS: usize = 256;
 
 impl Preparing {
     /// Starts preparing the checks of an `m`-row A times `b`, with the secret
@@ -102,6 +107,7 @@ impl Preparing {
             scale: vec![0.0; m * count],
             rows_done: 0,
             cols_done: 0,
+            rows_added: 0,
             cols_added: 0,
         }
     }
@@ -112,11 +118,6 @@ impl Preparing {
         &self.weights
     }
 
-    /// The dtype A must have: B's.
-    pub fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-
     /// Whether every element of A has been added.
     pub fn complete(&self) -> bool {
         self.rows_done == self.m || self.cols_done == self.k
@@ -125,8 +126,8 @@ impl Preparing {
     /// Adds the block of A at `rows` × `cols`, which `a` (A's storage, m × k,
     /// or as much of it as reaches the block) holds by now. Blocks come in
     /// order, each once: whole rows band by band (as a C-order file is read),
-    /// or whole columns (Fortran order; narrow bands wait to be worked on
-    /// together, from a later `a`, which holds them too). The pass is cut
+    /// or whole columns (Fortran order). Thin bands wait to be worked on
+    /// together, from a later `a`, which holds them too. The pass is cut
     /// into up to `parts` ranges of the rows, handed to `run` to do at once
     /// where the shell can.
     ///
@@ -136,9 +137,14 @@ impl Preparing {
         let (m, k, count) = (self.m, self.k, self.groups.len());
         let last = if rows.is_empty() || cols.is_empty() { 0 } else { (cols.end - 1) * m + rows.end };
         assert!(a.dtype() == self.dtype && a.len() >= last && a.len() <= m * k, "A is not {m}x{k} {} up to the block", self.dtype);
-        let cols = if cols == (0..k) && self.cols_done == 0 && rows.start == self.rows_done && rows.end <= m {
+        let (rows, cols) = if cols == (0..k) && self.cols_done == 0 && rows.start == self.rows_done && rows.end <= m {
             self.rows_done = rows.end;
-            cols
+            // Each pass lays out x and t for its pieces: bands of a few rows
+            // (of a wide A) wait to be added together.
+            if rows.end < m && rows.end - self.rows_added < GATHERED_ROWS {
+                return;
+            }
+            (std::mem::replace(&mut self.rows_added, rows.end)..rows.end, cols)
         } else if rows == (0..m) && self.rows_done == 0 && cols.start == self.cols_done && cols.end <= k {
             self.cols_done = cols.end;
             // Each pass over a band of columns reads and writes y and Ŝ for
@@ -146,7 +152,7 @@ impl Preparing {
             if cols.end < k && cols.end - self.cols_added < 8 * count {
                 return;
             }
-            std::mem::replace(&mut self.cols_added, cols.end)..cols.end
+            (rows, std::mem::replace(&mut self.cols_added, cols.end)..cols.end)
         } else {
             panic!("rows {rows:?} by columns {cols:?} are not the next block of {m}x{k} after {} rows or {} columns", self.rows_done, self.cols_done);
         };
@@ -154,11 +160,13 @@ impl Preparing {
             return;
         }
         // x and t over the block's depth.
-        let depth_of = |v: &[f64]| -> Vec<f64> { v.chunks_exact(k).flat_map(|column| column[cols.clone()].iter().copied()).collect() };
-        let (x, t) = (depth_of(&self.x), depth_of(&self.t));
+        let (x, t) = match cols == (0..k) {
+            true => (Cow::Borrowed(&self.x[..]), Cow::Borrowed(&self.t[..])),
+            false => (Cow::Owned(depth_rows(&self.x, k, &cols)), Cow::Owned(depth_rows(&self.t, k, &cols))),
+        };
         let pieces: Vec<Range<usize>> = bound::split(rows.clone(), rows.len().div_ceil(parts.max(1))).collect();
         let mut sums: Vec<(Vec<f64>, Vec<f64>)> = pieces.iter().map(|r| (vec![0.0; r.len() * count], vec![0.0; r.len() * count])).collect();
-        let (x, t) = (&x, &t);
+        let (x, t) = (&*x, &*t);
         let work: Vec<Box<dyn FnOnce() + Send + '_>> = pieces
             .iter()
             .zip(sums.iter_mut())

@@ -8,7 +8,7 @@
 //! registers too). A is packed a panel at a time (a band of rows by a few
 //! columns, see [`panels`]), strip after strip, each written in order
 //! (strips read in place would hit the same cache sets, their columns being
-//! m elements apart; packed column by column, the strips' writes did, and
+//! a column of A apart; packed column by column, the strips' writes did, and
 //! took a tenth longer), and every column of x and t passes over a strip
 //! while it is in L1. On x86-64 the strips are written in AVX-512
 //! intrinsics, or compiled for AVX2 with FMA, picked at run time; elsewhere
@@ -462,9 +462,9 @@ mod tests {
                             let want_y: f64 = 0.5 + (0..k).map(|p| a[p * m + row] * xt[p * width + g]).sum::<f64>();
                             let want_s: f64 = 0.5 + (0..k).map(|p| a[p * m + row].abs() * tt[p * width + g]).sum::<f64>();
                             // Quarters and halves: every sum here is exact in both dtypes.
-                            let (at, f32_at) = (format!("m={m} row {row} of {first}.. ({g}) {kernel:?}"), format!("m={m} f32 row {row} ({g}) {kernel:?}"));
-                            assert_eq!((y[g * rows + i], s[g * rows + i]), (want_y, want_s), "{at}");
-                            assert_eq!((f64::from(y32[g * rows + i]), f64::from(s32[g * rows + i])), (want_y, want_s), "{f32_at}");
+                            assert_eq!((y[g * rows + i], s[g * rows + i]), (want_y, want_s), "m={m} row {row} ({g}) {kernel:?}");
+                            let got32 = (f64::from(y32[g * rows + i]), f64::from(s32[g * rows + i]));
+                            assert_eq!(got32, (want_y, want_s), "m={m} f32 row {row} ({g}) {kernel:?}");
                         }
                     }
                 }

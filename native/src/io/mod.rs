@@ -96,8 +96,9 @@ pub fn read_matrix(path: &Path, limit: u64) -> Result<Loaded, InputError> {
 
 /// As [`read_matrix`], telling `on_filled` of the matrix as it is read, so
 /// that work on it can follow the read closely: band by band from a `.npy`
-/// file of floats (rows in C order, columns in Fortran order), whole at the
-/// end from any other. A reader that tells of a band tells of them all.
+/// file (rows in C order, columns of little-endian floats in Fortran order),
+/// whole at the end from any other. A reader that tells of a band tells of
+/// them all.
 pub fn read_matrix_filling(path: &Path, limit: u64, on_filled: OnFilled<'_>) -> Result<Loaded, InputError> {
     let mut told = false;
     let loaded = read_matrix_telling(path, limit, &mut |filled| {
@@ -295,12 +296,16 @@ mod tests {
         let ints = DenseMatrix::F64(Matrix::from_fn(m, k, |i, j| (i * 3 + j) as f64));
         let single = DenseMatrix::F32(Matrix::from_fn(m, k, |i, j| i as f32 - j as f32));
         // We write Fortran order; numpy writes C order by default.
-        let c_order = dir.path().join("c.npy");
-        let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({m}, {k}), }}");
-        header.push_str(&" ".repeat(64 - (10 + header.len() + 1) % 64));
-        header.push('\n');
-        let by_rows: Vec<u8> = (0..m).flat_map(|i| (0..k).flat_map(move |j| floats_at(i, j).to_le_bytes())).collect();
-        std::fs::write(&c_order, [&b"\x93NUMPY\x01\x00"[..], &(header.len() as u16).to_le_bytes(), header.as_bytes(), &by_rows].concat()).unwrap();
+        let c_order = |name: &str, descr: &str, by_rows: Vec<u8>| {
+            let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({m}, {k}), }}");
+            header.push_str(&" ".repeat(64 - (10 + header.len() + 1) % 64));
+            header.push('\n');
+            let path = dir.path().join(name);
+            std::fs::write(&path, [&b"\x93NUMPY\x01\x00"[..], &(header.len() as u16).to_le_bytes(), header.as_bytes(), &by_rows].concat()).unwrap();
+            path
+        };
+        let floats_by_rows = (0..m).flat_map(|i| (0..k).flat_map(move |j| floats_at(i, j).to_le_bytes())).collect();
+        let ints_by_rows = (0..m).flat_map(|i| (0..k).flat_map(move |j| ((i * 3 + j) as i32).to_le_bytes())).collect();
         for (name, matrix, integer, bands) in
             [("f.npy", &floats, false, true), ("i.npy", &ints, true, false), ("s.npy", &single, false, true), ("m.csv", &floats, false, false), ("m.mtx", &ints, true, false)]
         {
@@ -308,7 +313,8 @@ mod tests {
             write_matrix(&path, matrix, integer).unwrap();
             check_bands_told(&path, matrix, integer, bands);
         }
-        check_bands_told(&c_order, &floats, false, true);
+        check_bands_told(&c_order("c.npy", "<f8", floats_by_rows), &floats, false, true);
+        check_bands_told(&c_order("ci.npy", "<i4", ints_by_rows), &ints, true, true);
     }
 
     fn check_bands_told(path: &Path, want: &DenseMatrix, integer: bool, bands: bool) {

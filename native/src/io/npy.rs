@@ -102,7 +102,7 @@ pub(super) fn parse(bytes: &[u8], limit: u64) -> Result<Loaded, String> {
 
 /// Reads a `.npy` file of `len` bytes from `input`, straight into the matrix:
 /// the data is never held twice.
-/// `on_filled` hears of a file of floats band by band.
+/// `on_filled` hears of the matrix band by band (see [`Layout::read`]).
 pub(super) fn read(input: &mut (impl Read + Send), len: u64, limit: u64, on_filled: super::OnFilled<'_>) -> Result<Loaded, String> {
     let mut start = [0u8; 10];
     if len < 10 {
@@ -225,14 +225,16 @@ struct Layout {
     rows: usize,
     cols: usize,
     fortran: bool,
-    /// For [`super::RowsRead::integer`].
+    /// For [`super::Filled::integer`].
     integer: bool,
 }
 
 impl Layout {
     /// Reads the data into a new matrix of `T`, decoding each element of `N`
     /// bytes with `decode`; `native` if the file's bytes are already `T`'s.
-    /// Tells `on_filled` of each band of a file of floats once it is in.
+    /// Tells `on_filled` of each band once it is in: of rows in C order, of
+    /// columns in Fortran order (little-endian floats; others are told of
+    /// whole by the caller, as are rows longer than a band).
     fn read<const N: usize, T: Element>(
         &self,
         input: &mut (impl Read + Send),
@@ -538,6 +540,19 @@ mod tests {
         }
         for descr in ["<f8", "<f4", ">i8"] {
             check_against_reference(descr, false, 3, BAND / 4 + 5);
+        }
+    }
+
+    #[test]
+    fn a_file_that_shrinks_in_a_later_band_is_truncated() {
+        for fortran in [false, true] {
+            let (rows, cols) = (300, 301);
+            let bytes = npy("<f8", fortran, &format!("({rows}, {cols})"), &vec![0; rows * cols * 8]);
+            let mut short = &bytes[..bytes.len() - 8];
+            let mut told = 0;
+            let err = read(&mut short, bytes.len() as u64, u64::MAX, &mut |_| told += 1).unwrap_err();
+            assert_eq!(err, "truncated: the file ended while it was being read", "fortran order: {fortran}");
+            assert!(told > 1, "the bands before were told of: {told}");
         }
     }
 

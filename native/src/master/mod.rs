@@ -5,11 +5,11 @@ mod gate;
 mod open;
 mod page;
 mod prep;
-
-pub(crate) use prep::WhileReading;
 mod progress;
 mod rate;
 mod server;
+
+pub(crate) use prep::WhileReading;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -66,7 +66,8 @@ pub struct JobReport {
     /// copying results in, checking and assembling them).
     pub encode_time: Duration,
     pub scheduler_time: Duration,
-    /// What the verifier's precompute took, on a thread of its own (see `prep`).
+    /// What the verifier's precompute took, while A was read or on threads of
+    /// its own (see `prep`).
     pub verify_prep: PrepCost,
     /// How long the preparation ran after the first task went out (wall
     /// time, so at least its CPU time there): what it can have taken from
@@ -95,11 +96,14 @@ impl JobReport {
     }
 }
 
-/// What the shell adds to a job once it is planned: the verifier (built on a
-/// thread of its own), and the checkpoint's manifest and writer.
+/// What the shell adds to a job once it is planned: the verifier (built on
+/// threads of its own, unless the job has it already), and the checkpoint's
+/// manifest and writer.
 #[derive(Debug)]
 pub struct Preparation {
-    /// Builds the job's verifier for its plan; `None` if it has one already.
+    /// Builds the job's verifier for its plan (again, if the one it has does
+    /// not serve it); `None` if it has one already for its plan (a checkpoint
+    /// resumed).
     pub verifier: Option<VerifierRecipe>,
     /// The tiles to prepare it for before the plan, if the job waits for that.
     pub early_tiles: Option<Vec<Tile>>,

@@ -41,9 +41,13 @@ impl WhileReading {
         Self { preparing, cost, span: started..Instant::now() }
     }
 
-    /// Adds a band of A just read, on every core but the one reading the next.
+    /// Adds a band of A just read, on every core but the one reading the
+    /// next (on all for the last).
     pub fn add(&mut self, filled: &Filled<'_>) {
-        let parts = crate::compute::available_cores().saturating_sub(1).max(1);
+        let (m, k) = filled.shape;
+        let last = filled.rows.end == m && filled.cols.end == k;
+        let cores = crate::compute::available_cores();
+        let parts = if last { cores } else { cores.saturating_sub(1).max(1) };
         let ((), took) = PrepCost::of(|run| self.preparing.add(filled.stored, filled.rows.clone(), filled.cols.clone(), parts, run));
         self.cost = self.cost.plus(took);
         self.span.end = Instant::now();
