@@ -91,7 +91,7 @@ impl Format {
 /// matrix may take more than `limit` bytes of memory; both are checked before
 /// they are allocated.
 pub fn read_matrix(path: &Path, limit: u64) -> Result<Loaded, InputError> {
-    read_matrix_filling(path, limit, &mut |_| {})
+    read_matrix_telling(path, limit, None)
 }
 
 /// As [`read_matrix`], telling `on_filled` of the matrix as it is read, so
@@ -101,10 +101,14 @@ pub fn read_matrix(path: &Path, limit: u64) -> Result<Loaded, InputError> {
 /// them all.
 pub fn read_matrix_filling(path: &Path, limit: u64, on_filled: OnFilled<'_>) -> Result<Loaded, InputError> {
     let mut told = false;
-    let loaded = read_matrix_telling(path, limit, &mut |filled| {
-        told = true;
-        on_filled(filled);
-    })?;
+    let loaded = read_matrix_telling(
+        path,
+        limit,
+        Some(&mut |filled| {
+            told = true;
+            on_filled(filled);
+        }),
+    )?;
     let (m, k) = (loaded.matrix.rows(), loaded.matrix.cols());
     if !told {
         on_filled(Filled { stored: Stored::of_matrix(&loaded.matrix), shape: (m, k), rows: 0..m, cols: 0..k, integer: loaded.integer });
@@ -112,7 +116,7 @@ pub fn read_matrix_filling(path: &Path, limit: u64, on_filled: OnFilled<'_>) -> 
     Ok(loaded)
 }
 
-fn read_matrix_telling(path: &Path, limit: u64, on_filled: OnFilled<'_>) -> Result<Loaded, InputError> {
+fn read_matrix_telling(path: &Path, limit: u64, on_filled: Option<OnFilled<'_>>) -> Result<Loaded, InputError> {
     let format = Format::of(path)?;
     let io_error = |e: std::io::Error| InputError::new(path, describe_io(&e));
     let mut file = File::open(path).map_err(io_error)?;

@@ -97,13 +97,13 @@ fn dimensions(shape: Vec<Literal>) -> Result<Vec<u64>, String> {
 }
 
 pub(super) fn parse(bytes: &[u8], limit: u64) -> Result<Loaded, String> {
-    read(&mut &bytes[..], bytes.len() as u64, limit, &mut |_| {})
+    read(&mut &bytes[..], bytes.len() as u64, limit, None)
 }
 
 /// Reads a `.npy` file of `len` bytes from `input`, straight into the matrix:
 /// the data is never held twice.
-/// `on_filled` hears of the matrix band by band (see [`Layout::read`]).
-pub(super) fn read(input: &mut (impl Read + Send), len: u64, limit: u64, on_filled: super::OnFilled<'_>) -> Result<Loaded, String> {
+/// `on_filled`, if given, hears of the matrix band by band (see [`Layout::read`]).
+pub(super) fn read(input: &mut (impl Read + Send), len: u64, limit: u64, on_filled: Option<super::OnFilled<'_>>) -> Result<Loaded, String> {
     let mut start = [0u8; 10];
     if len < 10 {
         return Err("not a .npy file (bad magic bytes)".into());
@@ -238,7 +238,7 @@ impl Layout {
     fn read<const N: usize, T: Element>(
         &self,
         input: &mut (impl Read + Send),
-        on_filled: super::OnFilled<'_>,
+        mut on_filled: Option<super::OnFilled<'_>>,
         native: bool,
         decode: impl Fn([u8; N]) -> T + Copy + Send,
     ) -> Result<Matrix<T>, String>
@@ -253,6 +253,10 @@ impl Layout {
         if column_major && native && N == size_of::<T>() {
             // Fortran-order native floats: read into the matrix itself, whole
             // columns a band at a time, each told of while the next is read.
+            let Some(on_filled) = on_filled else {
+                input.read_exact(bytemuck::cast_slice_mut(dst)).map_err(io_problem)?;
+                return Ok(m);
+            };
             let per_band = (BAND / N / rows.max(1)).max(1);
             let bands: Vec<Range<usize>> = (0..cols).step_by(per_band).map(|c0| c0..(c0 + per_band).min(cols)).collect();
             let first = bands.first().map_or(0, |band| band.end * rows);
@@ -275,7 +279,7 @@ impl Layout {
             return Ok(m);
         }
         // C order: bands of whole rows, each transposed in tiles, then told
-        // of while the next is read into a second buffer.
+        // of (if asked) while the next is read into a second buffer.
         let mut buf = vec![[0u8; N]; (BAND / N).min(dst.len())];
         layout::advise_huge_pages(bytemuck::cast_slice_mut(&mut buf));
         let transpose = if layout::tile_for::<T>() == 16 { layout::transpose::<16, _, _> } else { layout::transpose::<8, _, _> };
@@ -285,7 +289,8 @@ impl Layout {
             // Whole tiles where there is room for them.
             let height = if height > tile { height / tile * tile } else { height };
             let bands: Vec<Range<usize>> = (0..rows).step_by(height).map(|i0| i0..(i0 + height).min(rows)).collect();
-            let mut next_buf = vec![[0u8; N]; if bands.len() > 1 { buf.len() } else { 0 }];
+            let telling = on_filled.is_some();
+            let mut next_buf = vec![[0u8; N]; if telling && bands.len() > 1 { buf.len() } else { 0 }];
             layout::advise_huge_pages(bytemuck::cast_slice_mut(&mut next_buf));
             let first = bands.first().map_or(0, |band| band.len() * cols);
             input.read_exact(bytemuck::cast_slice_mut(&mut buf[..first])).map_err(io_problem)?;
@@ -294,10 +299,16 @@ impl Layout {
             let threads = crate::compute::available_cores();
             for (i, band) in bands.iter().enumerate() {
                 transpose(&buf[..band.len() * cols], band.len(), cols, dst, rows, band.start, 0, decode, threads);
-                let next = bands.get(i + 1).map(|next| bytemuck::cast_slice_mut(&mut next_buf[..next.len() * cols]));
-                let filled = super::Filled { stored: Stored::of(&*dst), shape: (rows, cols), rows: band.clone(), cols: 0..cols, integer: self.integer };
-                read_meanwhile(input, next, || on_filled(filled)).map_err(io_problem)?;
-                std::mem::swap(&mut buf, &mut next_buf);
+                let into = if telling { &mut next_buf } else { &mut buf };
+                let next = bands.get(i + 1).map(|next| bytemuck::cast_slice_mut(&mut into[..next.len() * cols]));
+                match on_filled.as_deref_mut() {
+                    Some(tell) => {
+                        let filled = super::Filled { stored: Stored::of(&*dst), shape: (rows, cols), rows: band.clone(), cols: 0..cols, integer: self.integer };
+                        read_meanwhile(input, next, || tell(filled)).map_err(io_problem)?;
+                        std::mem::swap(&mut buf, &mut next_buf);
+                    }
+                    None => next.map_or(Ok(()), |next| input.read_exact(next)).map_err(io_problem)?,
+                }
             }
         } else {
             // Rows longer than the buffer: each in pieces.
@@ -545,14 +556,16 @@ mod tests {
 
     #[test]
     fn a_file_that_shrinks_in_a_later_band_is_truncated() {
-        for fortran in [false, true] {
+        for (fortran, telling) in [(false, false), (false, true), (true, false), (true, true)] {
             let (rows, cols) = (300, 301);
             let bytes = npy("<f8", fortran, &format!("({rows}, {cols})"), &vec![0; rows * cols * 8]);
             let mut short = &bytes[..bytes.len() - 8];
             let mut told = 0;
-            let err = read(&mut short, bytes.len() as u64, u64::MAX, &mut |_| told += 1).unwrap_err();
-            assert_eq!(err, "truncated: the file ended while it was being read", "fortran order: {fortran}");
-            assert!(told > 1, "the bands before were told of: {told}");
+            let mut count = |_: super::super::Filled<'_>| told += 1;
+            let on_filled: Option<super::super::OnFilled<'_>> = if telling { Some(&mut count) } else { None };
+            let err = read(&mut short, bytes.len() as u64, u64::MAX, on_filled).unwrap_err();
+            assert_eq!(err, "truncated: the file ended while it was being read", "fortran order: {fortran}, telling: {telling}");
+            assert_eq!(told > 1, telling, "the bands before were told of: {told}");
         }
     }
 
@@ -560,7 +573,7 @@ mod tests {
     fn a_file_that_shrinks_while_it_is_read_is_truncated() {
         let bytes = npy("<f8", false, "(2, 3)", &[0; 48]);
         let mut short = &bytes[..bytes.len() - 8];
-        let err = read(&mut short, bytes.len() as u64, u64::MAX, &mut |_| {}).unwrap_err();
+        let err = read(&mut short, bytes.len() as u64, u64::MAX, None).unwrap_err();
         assert_eq!(err, "truncated: the file ended while it was being read");
     }
 
