@@ -688,21 +688,29 @@ fn verifier_for_tiles(m: usize, k: usize, n: usize, tiles: &[crate::plan::Tile])
     Verifier::new(DenseMatrix::from(a), DenseMatrix::from(b), tiles, weights, true)
 }
 
-#[test]
-fn a_settled_pool_waits_a_while_for_a_verifier_on_its_way_and_no_longer() {
+/// A pool of two settled 100 ms ago (its settling pause 50 ms), and a way to
+/// make unplanned m × k by k × n jobs for it.
+fn settled_pool(m: usize, k: usize, n: usize) -> (Sim, impl Fn(JobId) -> Unplanned) {
     let mut config = quick_config();
     config.settle = ms(50);
     let mut sim = Sim::new(1, 1, 1, 1, config.clone());
     sim.join(2);
     sim.run_to_completion();
     sim.advance(ms(100));
-    let (m, k, n) = (16, 256, 512);
-    let whole_depth = crate::verify::whole_depth_tiles(m, k, n);
-    let unplanned = |id, coming: Vec<crate::plan::Tile>| {
+    let unplanned = move |id| {
         let (a, b) = operands(m, k, n);
         let model = CostModel { min_task_seconds: 0.0, ..CostModel::default() };
-        Unplanned::new(id, DenseMatrix::from(a), DenseMatrix::from(b), model, config.leases.clone(), 64).unwrap().verifier_coming(coming)
+        Unplanned::new(id, DenseMatrix::from(a), DenseMatrix::from(b), model, config.leases.clone(), 64).unwrap()
     };
+    (sim, unplanned)
+}
+
+#[test]
+fn a_settled_pool_waits_a_while_for_a_verifier_on_its_way_and_no_longer() {
+    let (m, k, n) = (16, 256, 512);
+    let (mut sim, job) = settled_pool(m, k, n);
+    let whole_depth = crate::verify::whole_depth_tiles(m, k, n);
+    let unplanned = |id, coming: Vec<crate::plan::Tile>| job(id).verifier_coming(coming);
     // It comes 20 ms after the job: the job is planned then, and checked by it.
     sim.sched.add_unplanned(unplanned(7, whole_depth.clone()), sim.now);
     sim.pump();
@@ -732,19 +740,9 @@ fn a_settled_pool_waits_a_while_for_a_verifier_on_its_way_and_no_longer() {
 
 #[test]
 fn a_job_queued_with_its_verifier_ready_is_planned_without_waiting_and_checked_by_it() {
-    let mut config = quick_config();
-    config.settle = ms(50);
-    let mut sim = Sim::new(1, 1, 1, 1, config.clone());
-    sim.join(2);
-    sim.run_to_completion();
-    sim.advance(ms(100));
     let (m, k, n) = (16, 256, 512);
-    let unplanned = |id, prepared: &[crate::plan::Tile]| {
-        let (a, b) = operands(m, k, n);
-        let model = CostModel { min_task_seconds: 0.0, ..CostModel::default() };
-        let job = Unplanned::new(id, DenseMatrix::from(a), DenseMatrix::from(b), model, config.leases.clone(), 64).unwrap();
-        job.with_verifier(verifier_for_tiles(m, k, n, prepared))
-    };
+    let (mut sim, job) = settled_pool(m, k, n);
+    let unplanned = |id, prepared: &[crate::plan::Tile]| job(id).with_verifier(verifier_for_tiles(m, k, n, prepared));
     sim.sched.add_unplanned(unplanned(7, &crate::verify::whole_depth_tiles(m, k, n)), sim.now);
     sim.pump();
     assert!(sim.events.contains(&Event::JobPlanned { job: 7 }), "the pool is settled and the verifier there: planned at once");
