@@ -788,7 +788,7 @@ fn products_of(a: Stored<'_>, lda: usize, rows: Range<usize>, depth: Range<usize
 /// y = A[I, K]·x and Ŝ = |A[I, K]|·t for rows I = `rows` of a column-major A
 /// whose columns are `lda` apart in `a`, and kd-row matrices x and t
 /// (column-major, in f64), computed in the job's dtype in one pass over A (see
-/// [`skinny`]), into `y` and `scale` (|I| × count each, zero).
+/// [`skinny`]), added to `y` and `scale` (|I| × count each).
 #[allow(clippy::too_many_arguments)]
 fn products<T: Element + skinny::Lane>(a: &[T], lda: usize, rows: Range<usize>, depth: Range<usize>, x: &[f64], t: &[f64], y: &mut [f64], scale: &mut [f64]) {
     let (m, kd) = (rows.len(), depth.len());
@@ -808,7 +808,7 @@ fn products<T: Element + skinny::Lane>(a: &[T], lda: usize, rows: Range<usize>, 
     let (mut y_t, mut scale_t) = (vec![T::default(); m * width], vec![T::default(); m * width]);
     skinny::add_products(&operands, &mut y_t, &mut scale_t);
     for (out, sums) in [(y, y_t), (scale, scale_t)] {
-        out.iter_mut().zip(sums).for_each(|(o, v)| *o = v.to_f64());
+        out.iter_mut().zip(sums).for_each(|(o, v)| *o += v.to_f64());
     }
 }
 

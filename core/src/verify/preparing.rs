@@ -165,6 +165,12 @@ impl Preparing {
             false => (Cow::Owned(depth_rows(&self.x, k, &cols)), Cow::Owned(depth_rows(&self.t, k, &cols))),
         };
         let pieces: Vec<Range<usize>> = bound::split(rows.clone(), rows.len().div_ceil(parts.max(1))).collect();
+        if pieces.len() == 1 && rows == (0..m) {
+            // One piece over every row: its sums are added where they are
+            // kept (for a tall A, y and Ŝ are most of the memory touched).
+            let (x, t, y, scale) = (&*x, &*t, &mut self.y, &mut self.scale);
+            return run(vec![Box::new(move || products_of(a, m, rows, cols, x, t, y, scale))]);
+        }
         let mut sums: Vec<(Vec<f64>, Vec<f64>)> = pieces.iter().map(|r| (vec![0.0; r.len() * count], vec![0.0; r.len() * count])).collect();
         let (x, t) = (&*x, &*t);
         let work: Vec<Box<dyn FnOnce() + Send + '_>> = pieces

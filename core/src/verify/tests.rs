@@ -633,10 +633,12 @@ fn a_preparation_band_by_band_is_the_preparation_at_once() {
                 Stored::F64(v) => Stored::F64(&v[..end]),
                 Stored::F32(v) => Stored::F32(&v[..end]),
             };
+            // In one piece (added in place) or in three.
+            let parts = if band % 2 == 0 { 1 } else { 3 };
             let mut by_columns = Preparing::new(m, &b, r, false);
             for cols in (0..k).step_by(band).map(|c0| c0..(c0 + band).min(k)) {
                 let end = cols.end * m;
-                by_columns.add(read_so_far(end), 0..m, cols, 3, &one_after_another);
+                by_columns.add(read_so_far(end), 0..m, cols, parts, &one_after_another);
             }
             assert!(by_columns.complete());
             let banded = by_rows.finish(Arc::new(a.clone()), Arc::new(b.clone()));
