@@ -9,7 +9,8 @@ mod progress;
 mod rate;
 mod server;
 
-pub(crate) use prep::WhileReading;
+pub use prep::PrepCost;
+pub(crate) use prep::{build_verifier, WhileReading};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,7 +21,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use colonnade_core::kernel::flops;
 use colonnade_core::plan::{Plan, Tile};
-use colonnade_core::verify::{Runner, Verifier};
 use colonnade_core::protocol::Token;
 use colonnade_core::protocol::{Frame, JobId, Message};
 use colonnade_core::scheduler::{self as core, Event, Output, PayloadStats, Scheduler, WorkerId, WorkerInfo};
@@ -371,54 +371,6 @@ pub fn describe(plan: &Plan) -> String {
     let (pr, pc, pk) = plan.shape();
     let (wr, wc, wk) = plan.layout;
     format!("{} tiles ({pr} row bands x {pc} column bands x {pk} depth slices), laid out for {wr}x{wc}x{wk} workers", plan.tiles())
-}
-
-/// What building a verifier took.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PrepCost {
-    pub wall: Duration,
-    /// CPU time of the threads that built it (None where it cannot be read).
-    pub cpu: Option<Duration>,
-}
-
-impl PrepCost {
-    /// Runs `work`, lending it a scoped thread for each piece it hands its
-    /// [`Runner`], and says what it took: the wall time, and the CPU time of
-    /// this thread and of the pieces'.
-    pub(crate) fn of<R>(work: impl FnOnce(Runner<'_>) -> R) -> (R, PrepCost) {
-        let (started, cpu) = (Instant::now(), crate::procstats::thread_cpu_time());
-        let pieces_cpu = std::sync::atomic::AtomicU64::new(0);
-        let in_parallel = |pieces: Vec<Box<dyn FnOnce() + Send + '_>>| {
-            std::thread::scope(|scope| {
-                for piece in pieces {
-                    let pieces_cpu = &pieces_cpu;
-                    scope.spawn(move || {
-                        let before = crate::procstats::thread_cpu_time();
-                        piece();
-                        let took = before.zip(crate::procstats::thread_cpu_time()).map_or(Duration::ZERO, |(b, a)| a.saturating_sub(b));
-                        pieces_cpu.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
-                    });
-                }
-            });
-        };
-        let result = work(&in_parallel);
-        let cpu = cpu.zip(crate::procstats::thread_cpu_time()).map(|(before, after)| after.saturating_sub(before) + Duration::from_nanos(pieces_cpu.into_inner()));
-        (result, PrepCost { wall: started.elapsed(), cpu })
-    }
-
-    /// Both costs, summed.
-    pub(crate) fn plus(self, other: PrepCost) -> PrepCost {
-        PrepCost { wall: self.wall + other.wall, cpu: self.cpu.zip(other.cpu).map(|(a, b)| a + b) }
-    }
-}
-
-/// Builds a verifier for `tiles`, its pass over A on every core, its checks
-/// timed, and says what it took.
-pub(crate) fn build_verifier(recipe: VerifierRecipe, tiles: &[Tile]) -> (Verifier, PrepCost) {
-    let VerifierRecipe { a, b, weights, integer } = recipe;
-    let parts = crate::compute::available_cores();
-    let (verifier, cost) = PrepCost::of(|run| Verifier::new_in_parts(a, b, tiles, weights, integer, parts, run));
-    (verifier.metered(crate::procstats::thread_cpu_time), cost)
 }
 
 /// Carries out what the scheduler asks until it asks to wait, and returns

@@ -1,23 +1,73 @@
-//! The verifier's preparation for `master multiply`, for groups of columns
-//! cut from column 0 over the whole depth: done while A is read, band by
-//! band ([`WhileReading`]), or else started as soon as the job is in, while
-//! the scheduler holds the plan back for it a while if those groups will
-//! serve the plan (the cores are otherwise idle then); the scheduler fits it
-//! to the plan. It is prepared again for the plan only when those groups do
-//! not serve it (k split, or columns cut elsewhere).
+//! The verifier's preparation: what a build costs ([`PrepCost`]), a build
+//! on every core ([`build_verifier`]), and for `master multiply`, for groups
+//! of columns cut from column 0 over the whole depth: done while A is read,
+//! band by band ([`WhileReading`]), or else started as soon as the job is
+//! in, while the scheduler holds the plan back for it a while if those
+//! groups will serve the plan (the cores are otherwise idle then); the
+//! scheduler fits it to the plan. It is prepared again for the plan only
+//! when those groups do not serve it (k split, or columns cut elsewhere).
 
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use colonnade_core::job::Job;
 use colonnade_core::plan::{Plan, Tile};
-use colonnade_core::verify::{serves, Preparing, Verifier};
+use colonnade_core::verify::{serves, Preparing, Runner, Verifier};
 use colonnade_core::DenseMatrix;
 use tokio::task::JoinHandle;
 
-use super::{PrepCost, VerifierRecipe};
+use super::VerifierRecipe;
 use crate::io::Filled;
+
+/// What building a verifier took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrepCost {
+    pub wall: Duration,
+    /// CPU time of the threads that built it (None where it cannot be read).
+    pub cpu: Option<Duration>,
+}
+
+impl PrepCost {
+    /// Runs `work`, lending it a scoped thread for each piece it hands its
+    /// [`Runner`], and says what it took: the wall time, and the CPU time of
+    /// this thread and of the pieces'.
+    pub(crate) fn of<R>(work: impl FnOnce(Runner<'_>) -> R) -> (R, PrepCost) {
+        let (started, cpu) = (Instant::now(), crate::procstats::thread_cpu_time());
+        let pieces_cpu = std::sync::atomic::AtomicU64::new(0);
+        let in_parallel = |pieces: Vec<Box<dyn FnOnce() + Send + '_>>| {
+            std::thread::scope(|scope| {
+                for piece in pieces {
+                    let pieces_cpu = &pieces_cpu;
+                    scope.spawn(move || {
+                        let before = crate::procstats::thread_cpu_time();
+                        piece();
+                        let took = before.zip(crate::procstats::thread_cpu_time()).map_or(Duration::ZERO, |(b, a)| a.saturating_sub(b));
+                        pieces_cpu.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+                    });
+                }
+            });
+        };
+        let result = work(&in_parallel);
+        let cpu = cpu.zip(crate::procstats::thread_cpu_time()).map(|(before, after)| after.saturating_sub(before) + Duration::from_nanos(pieces_cpu.into_inner()));
+        (result, PrepCost { wall: started.elapsed(), cpu })
+    }
+
+    /// Both costs, summed.
+    pub(crate) fn plus(self, other: PrepCost) -> PrepCost {
+        PrepCost { wall: self.wall + other.wall, cpu: self.cpu.zip(other.cpu).map(|(a, b)| a + b) }
+    }
+}
+
+/// Builds a verifier for `tiles`, its pass over A on every core, its checks
+/// timed, and says what it took.
+pub(crate) fn build_verifier(recipe: VerifierRecipe, tiles: &[Tile]) -> (Verifier, PrepCost) {
+    let VerifierRecipe { a, b, weights, integer } = recipe;
+    let parts = crate::compute::available_cores();
+    let (verifier, cost) = PrepCost::of(|run| Verifier::new_in_parts(a, b, tiles, weights, integer, parts, run));
+    (verifier.metered(crate::procstats::thread_cpu_time), cost)
+}
 
 /// A verifier, what preparing it took, and when that was.
 pub(crate) type Built = (Verifier, PrepCost, Range<Instant>);
@@ -108,7 +158,7 @@ impl Prep {
         let recipe = self.recipe.clone();
         let build = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let (verifier, cost) = super::build_verifier(recipe, &tiles);
+            let (verifier, cost) = build_verifier(recipe, &tiles);
             (verifier, cost, started..Instant::now())
         });
         self.abandoned.extend(self.building.replace(build));
