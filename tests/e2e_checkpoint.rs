@@ -86,6 +86,30 @@ fn a_master_killed_at_any_point_resumes_without_recomputing() {
 }
 
 #[test]
+fn a_fresh_checkpoint_prepares_the_verifier_while_reading_and_a_resume_does_not() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, b_path, c_path, cp) = (path(&dir, "a.npy"), path(&dir, "b.npy"), path(&dir, "c.npy"), path(&dir, "cp"));
+    let (a, b) = (Dense::random_ints(300, 200, 26), Dense::random_ints(200, 160, 27));
+    write_npy(&a_path, &a);
+    write_npy(&b_path, &b);
+    let args = ["--checkpoint", cp.to_str().unwrap(), "--local-workers", "1"];
+    let (mut master, _) = start_master(&a_path, &b_path, &c_path, &args);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert_eq!(read_npy(&c_path).1, naive(&a, &b));
+    let fresh = stats(&c_path);
+    assert!(fresh["verify_prep_while_reading_s"].as_f64().unwrap() > 0.0, "fresh, as without a checkpoint: {fresh}");
+    assert_eq!(fresh["verify_plan_wait_s"].as_f64(), Some(0.0), "the plan did not wait for the verifier: {fresh}");
+
+    // Begun: it resumes (here with every block done), on a verifier of its own.
+    let (mut master, _) = start_master(&a_path, &b_path, &c_path, &args);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    assert!(master.output().contains("blocks already done"), "{}", master.output());
+    let resumed = stats(&c_path);
+    assert!(resumed["verify_prep_while_reading_s"].is_null(), "nothing prepared for a grid it will not use: {resumed}");
+}
+
+#[test]
 fn a_checkpoint_for_other_inputs_is_refused() {
     let _serial = serial();
     let dir = temp_dir();

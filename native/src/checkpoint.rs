@@ -95,6 +95,12 @@ impl Checkpoint {
         }
     }
 
+    /// Whether a job was planned into `dir` (its manifest is written), so that
+    /// opening it for the same inputs resumes. Cheap: the inputs are not needed.
+    pub fn has_begun(dir: &Path) -> bool {
+        dir.join("manifest").exists()
+    }
+
     /// Records the job's grid, once it is planned: from here on a restart resumes.
     pub fn begin(&mut self, grid: Grid) -> Result<(), InputError> {
         let ((pr, pc, pk), (wr, wc, wk)) = grid;
@@ -258,7 +264,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cp = Checkpoint::open(dir.path(), &inputs(0.0)).unwrap();
         assert_eq!(cp.grid, None);
+        assert!(!Checkpoint::has_begun(dir.path()), "opened, not begun");
         cp.begin(((1, 3, 1), (1, 1, 1))).unwrap();
+        assert!(Checkpoint::has_begun(dir.path()));
         let writer = cp.writer();
         writer.save(0, &[1; 16]);
         writer.save(2, &[2; 8]);

@@ -80,9 +80,9 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
     let mut session = Session::new(Scheduler::new(args.serving.scheduler_config()));
     let started = Instant::now();
     let (a_path, b_path, output, max_memory) = (args.a.clone(), args.b.clone(), args.output.clone(), args.max_memory);
-    // With a checkpoint the job may resume on the checkpoint's grid, checked by
-    // a verifier of its own: it is prepared after the read.
-    let while_reading = args.checkpoint.is_none();
+    // A checkpoint already begun resumes on its own grid, checked by a verifier
+    // of its own, prepared after the read; a fresh one is like no checkpoint.
+    let while_reading = args.checkpoint.as_deref().is_none_or(|dir| !Checkpoint::has_begun(dir));
     let reading = tokio::task::spawn_blocking(move || read_inputs_preparing(&a_path, &b_path, &output, max_memory, while_reading));
     let inputs = served.master.greet(&mut session, reading).await?;
     let (a, b, integer, prepared) = match inputs {
