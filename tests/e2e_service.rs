@@ -222,6 +222,8 @@ fn metrics_parse_as_prometheus_text_and_count_the_work() {
     assert!(value("colonnade_tasks_completed_total", None) >= 1.0);
     assert!(value("colonnade_tasks_issued_total", None) >= value("colonnade_tasks_completed_total", None));
     assert_eq!(value("colonnade_flops_total", None), 2.0 * 64.0 * 64.0 * 64.0, "every verified flop, once");
+    // The upload's read prepared the verifier, as `master multiply`'s does.
+    assert!(value("colonnade_verify_seconds_total", Some(("phase", "while_reading"))) > 0.0, "{text}");
     assert!(value("colonnade_bytes_total", Some(("direction", "sent"))) > 2.0 * 64.0 * 64.0 * 8.0, "A and B went out");
     let histogram = scrape.samples.iter().find(|s| s.metric == "colonnade_job_duration_seconds").expect("the duration histogram");
     match &histogram.value {

@@ -83,7 +83,7 @@ pub async fn multiply(args: MultiplyArgs) -> anyhow::Result<()> {
     // A checkpoint already begun resumes on its own grid, checked by a verifier
     // of its own, prepared after the read; a fresh one is like no checkpoint.
     let while_reading = args.checkpoint.as_deref().is_none_or(|dir| !Checkpoint::has_begun(dir));
-    let reading = tokio::task::spawn_blocking(move || read_inputs_preparing(&a_path, &b_path, &output, max_memory, while_reading));
+    let reading = tokio::task::spawn_blocking(move || read_inputs(&a_path, &b_path, &output, max_memory, while_reading));
     let inputs = served.master.greet(&mut session, reading).await?;
     let (a, b, integer, prepared) = match inputs {
         Ok(inputs) => inputs,
@@ -249,15 +249,10 @@ pub(crate) struct JobSpec {
 
 /// Reads A and B within `max_memory` (default: what is available), each
 /// checked before it is allocated, and C's share too. Returns them in the
-/// product's element type, and whether both hold only integers.
-pub(crate) fn read_inputs(a: &Path, b: &Path, output: &Path, max_memory: Option<u64>) -> anyhow::Result<(DenseMatrix, DenseMatrix, bool)> {
-    read_inputs_preparing(a, b, output, max_memory, false).map(|(a, b, integer, _)| (a, b, integer))
-}
-
-/// As [`read_inputs`], B first: if `prepare_checks`, the verifier is then
-/// prepared band by band as A is read (when A and B share a dtype), and
-/// returned too.
-pub(crate) fn read_inputs_preparing(
+/// product's element type, and whether both hold only integers. B is read
+/// first: if `prepare_checks`, the verifier is then prepared band by band as
+/// A is read (when A and B share a dtype), and returned too.
+pub(crate) fn read_inputs(
     a: &Path,
     b: &Path,
     output: &Path,

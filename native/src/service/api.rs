@@ -292,7 +292,8 @@ async fn finish(api: Api, key: String, dir: PathBuf, upload: Upload, mut folder:
         std::fs::File::open(&b_sync)?.sync_all()
     });
     let reading = READING.acquire().await.map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let read = tokio::task::spawn_blocking(move || read_inputs(&a_path, &b_path, &c, max_memory))
+    // A new job: its verifier is prepared as A is read, as `master multiply`'s is.
+    let read = tokio::task::spawn_blocking(move || read_inputs(&a_path, &b_path, &c, max_memory, true))
         .await
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     drop(reading);
@@ -301,7 +302,7 @@ async fn finish(api: Api, key: String, dir: PathBuf, upload: Upload, mut folder:
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("storing the inputs: {e}")))?;
     // Errors name the files as the user sent them, not where they are stored.
-    let (a_m, b_m, integer) = read.map_err(|e| {
+    let (a_m, b_m, integer, prepared) = read.map_err(|e| {
         let line = format!("{e:#}").replace(&*a.to_string_lossy(), &a_name).replace(&*b.to_string_lossy(), &b_name).replace(&*dir.join("c.npy").to_string_lossy(), "C");
         let status = if crate::cli::exit_code(&e) == 2 { StatusCode::BAD_REQUEST } else { StatusCode::INTERNAL_SERVER_ERROR };
         Failure(status, line)
@@ -327,7 +328,7 @@ async fn finish(api: Api, key: String, dir: PathBuf, upload: Upload, mut folder:
     api.store.save(&record).map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
     folder.key = None; // accepted: the folder stays
     api.board.lock().expect("board").jobs.insert(key.clone(), super::board::JobView::new(record.clone()));
-    permit.send(Command::Submit { record, inputs: Some(Box::new((a_m, b_m))) });
+    permit.send(Command::Submit { record, inputs: Some(Box::new((a_m, b_m, prepared))) });
     let url = format!("/api/jobs/{key}");
     Ok((StatusCode::CREATED, [(header::LOCATION, url.clone())], Json(serde_json::json!({ "id": key, "url": url }))).into_response())
 }

@@ -53,8 +53,10 @@ pub struct Counters {
     pub flops: f64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    /// Seconds spent precomputing verification, summed over jobs.
-    pub verify_seconds: f64,
+    /// Seconds spent precomputing verification, summed over jobs: while A
+    /// was read, and after the plan (when none was prepared, or it did not serve).
+    pub verify_seconds_while_reading: f64,
+    pub verify_seconds_after_plan: f64,
     /// How long finished jobs took, submitted to done.
     pub durations: Histogram,
 }

@@ -21,16 +21,16 @@ use tokio::task::JoinSet;
 
 use super::board::{Board, JobView, WorkerView, THROUGHPUT_WINDOW};
 use super::store::{now_secs, Record, State, Store};
-use crate::checkpoint;
+use crate::checkpoint::{self, Checkpoint};
 use crate::commands::{prepare, read_inputs, JobSpec};
 use crate::io::{self, Format};
-use crate::master::{build_verifier, describe, sleep_until, Master, PrepCost, Preparation, Rate, Reporter, Shell, Status};
+use crate::master::{build_verifier, describe, sleep_until, Master, PrepCost, Preparation, Rate, Reporter, Shell, Status, WhileReading};
 
 /// What the API asks of the driver.
 #[derive(Debug)]
 pub enum Command {
     /// Run a stored job; its inputs come along if the API has read them already.
-    Submit { record: Record, inputs: Option<Box<(DenseMatrix, DenseMatrix)>> },
+    Submit { record: Record, inputs: Option<Box<(DenseMatrix, DenseMatrix, Option<WhileReading>)>> },
     /// Cancel a queued or running job, withdrawing its tasks; answers the
     /// job's state after (cancelled, or done if C was being stored already).
     Cancel(String, tokio::sync::oneshot::Sender<Option<State>>),
@@ -60,7 +60,7 @@ struct Active {
     planned: bool,
 }
 
-type Inputs = anyhow::Result<(DenseMatrix, DenseMatrix, bool)>;
+type Inputs = anyhow::Result<(DenseMatrix, DenseMatrix, bool, Option<WhileReading>)>;
 
 pub struct Driver {
     pub store: Store,
@@ -165,7 +165,7 @@ impl Driver {
                 }
                 Some(built) = self.verifiers.join_next(), if !self.verifiers.is_empty() => {
                     let (job, verifier, took) = built.context("building a verifier failed")?; // only a panic, which verify never should
-                    self.board.lock().expect("board").counters.verify_seconds += took.wall.as_secs_f64();
+                    self.board.lock().expect("board").counters.verify_seconds_after_plan += took.wall.as_secs_f64();
                     let now = self.now();
                     self.scheduler.set_verifier(job, verifier, now);
                 }
@@ -187,9 +187,9 @@ impl Driver {
         match command {
             Command::Submit { record, inputs } => match inputs {
                 Some(inputs) if self.has_room() => {
-                    let (a, b) = *inputs;
+                    let (a, b, prepared) = *inputs;
                     let integer = record.integer;
-                    self.start_job(record, a, b, integer);
+                    self.start_job(record, a, b, integer, prepared);
                 }
                 _ => self.queue.push_back(record),
             },
@@ -211,9 +211,11 @@ impl Driver {
             let Some(id) = job_id(&record.id) else { continue };
             let (a, b, c) = (self.store.input(&record, 'a'), self.store.input(&record, 'b'), self.store.result(&record.id, Format::Npy));
             let max_memory = self.max_memory;
+            // A job that will resume on its checkpoint's grid is checked by a verifier of its own.
+            let fresh = !Checkpoint::has_begun(&self.store.checkpoint(&record.id));
             self.loading.insert(id);
             self.loads.spawn_blocking(move || {
-                let inputs = unpanicked(|| read_inputs(&a, &b, &c, max_memory));
+                let inputs = unpanicked(|| read_inputs(&a, &b, &c, max_memory, fresh));
                 (record, inputs)
             });
         }
@@ -226,16 +228,19 @@ impl Driver {
             return;
         }
         match inputs {
-            Ok((a, b, integer)) => self.start_job(record, a, b, integer),
+            Ok((a, b, integer, prepared)) => self.start_job(record, a, b, integer, prepared),
             Err(e) => self.fail(record, format!("{e:#}")),
         }
     }
 
     /// Puts a job in the scheduler, resuming from its checkpoint.
-    fn start_job(&mut self, mut record: Record, a: DenseMatrix, b: DenseMatrix, integer: bool) {
+    fn start_job(&mut self, mut record: Record, a: DenseMatrix, b: DenseMatrix, integer: bool, prepared: Option<WhileReading>) {
         let id = job_id(&record.id).expect("jobs have valid ids");
         let checkpoint = Some(self.store.checkpoint(&record.id));
-        let spec = JobSpec { id, a, b, integer, block: None, link_rate: None, checkpoint, early_verifier: false, prepared: None };
+        if let Some(p) = &prepared {
+            self.board.lock().expect("board").counters.verify_seconds_while_reading += p.cost().wall.as_secs_f64();
+        }
+        let spec = JobSpec { id, a, b, integer, block: None, link_rate: None, checkpoint, early_verifier: false, prepared };
         let now = self.now();
         match prepare(spec, &mut self.scheduler, now) {
             Ok((_, prep, _)) => {
@@ -292,7 +297,8 @@ impl Driver {
         active.planned = true;
         let plan = j.plan().clone();
         tracing::info!(job = active.record.id, "planned: {}", describe(&plan));
-        if let Some(recipe) = active.prep.verifier.take() {
+        // Unless the verifier prepared while A was read serves the plan.
+        if let (Some(recipe), true) = (active.prep.verifier.take(), j.awaits_verifier()) {
             let plan = plan.clone();
             self.verifiers.spawn_blocking(move || {
                 let (verifier, took) = build_verifier(recipe, &Job::verified_tiles(&plan));

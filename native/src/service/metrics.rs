@@ -34,7 +34,12 @@ pub fn render(board: &Board) -> String {
     let labels: Vec<String> = states.keys().map(|s| format!("{{state=\"{s}\"}}")).collect();
     let samples: Vec<(&str, f64)> = labels.iter().zip(states.values()).map(|(l, &n)| (l.as_str(), n as f64)).collect();
     family("colonnade_jobs", "gauge", "Jobs known to this master, by state.", &samples);
-    family("colonnade_verify_seconds_total", "counter", "Time spent precomputing verification.", &[("", c.verify_seconds)]);
+    family(
+        "colonnade_verify_seconds_total",
+        "counter",
+        "Time spent precomputing verification, by when: while A was read, or after the plan.",
+        &[("{phase=\"while_reading\"}", c.verify_seconds_while_reading), ("{phase=\"after_plan\"}", c.verify_seconds_after_plan)],
+    );
     let _ = writeln!(out, "# HELP colonnade_job_duration_seconds Jobs from submission to C stored.\n# TYPE colonnade_job_duration_seconds histogram");
     let d = &c.durations;
     for (bound, count) in d.bounds.iter().zip(&d.counts) {
