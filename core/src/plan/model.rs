@@ -38,7 +38,12 @@
 //! part. The Irony–Toledo–Tiskin bound says no schedule does much better: a
 //! worker doing F multiply-adds with M words of memory must receive at least
 //! F / (2·√2·√M) − M words. [`lower_bound`] combines that with the link and
-//! the pool's speed; the simulator measures plans against it.
+//! the pool's speed; the simulator measures plans against it. With ample
+//! memory that bound allows a worker to receive nothing, so [`results_bound`]
+//! adds what memory cannot waive (Loomis–Whitney): a worker starts empty, so
+//! it receives the panels of its share, and its part of C crosses the link
+//! back. Spreading the work over p workers then costs the hub about
+//! p^(1/3)·(|A|+|B|+|C|)-worth of traffic, as the 3-D layout moves.
 //!
 //! **Tiles.** Each worker's box is cut into tiles small enough that `slots`
 //! tiles (A panel + B panel + C tile) fit its budget, numerous enough that fast
@@ -382,6 +387,61 @@ pub fn lower_bound(problem: Problem, workers: &[(f64, f64, f64)], master_link: f
     hi
 }
 
+/// A second lower bound on the same star's makespan, from the results'
+/// return: worker i's w_i multiply-adds touch a_i entries of A, b_i of B and
+/// c_i of C, with w_i² ≤ a_i·b_i·c_i (Loomis–Whitney). It starts with nothing,
+/// so it receives a_i + b_i ≥ 2·w_i/√c_i words, and it sends at least one word
+/// back for each of its c_i entries of C (a partial sum or the whole).
+///
+/// Over the hub, for any λ ≥ 0: T·(out + λ·in) ≥ Σ (a_i + b_i + λ·c_i) ≥
+/// Σ min over c of (2·w_i/√c + λ·c) = 3·λ^(1/3)·Σ w_i^(2/3) (in words); λ =
+/// out / (2·in) gives T ≥ 2·(out / (2·in))^(1/3)·Σ w_i^(2/3) / out. Each worker's
+/// own link (`link` each way) caps its share: 2·w/√c ≤ T·link and c ≤ T·link
+/// give w ≤ (T·link)^(3/2) / 2; its speed caps it at T·speed / 2.
+///
+/// Σ w^(2/3) is concave, so it is smallest when the work goes to as few
+/// workers as can hold it: filled largest cap first (moving work from a
+/// smaller cap to a larger never raises it). The bound is the least T at which
+/// the caps cover the work and that smallest Σ fits the hub. It exceeds
+/// [`lower_bound`] when many workers must share the work: every one of them
+/// needs its own panels, and returns its own part of C.
+pub fn results_bound(problem: Problem, workers: &[(f64, f64, f64)], master_out: f64, master_in: f64) -> f64 {
+    let Problem { m, k, n, elem } = problem;
+    let work = m as f64 * k as f64 * n as f64;
+    let elem = elem as f64;
+    let hub_factor = 2.0 * (master_out / (2.0 * master_in)).cbrt() * elem / master_out;
+    let feasible = |t: f64| {
+        let mut caps: Vec<f64> = workers.iter().map(|&(speed, _, link)| (t * speed / 2.0).min((t * link / elem).powf(1.5) / 2.0)).collect();
+        caps.sort_by(|x, y| y.total_cmp(x));
+        let (mut left, mut spread) = (work, 0.0);
+        for cap in caps {
+            if left <= 0.0 {
+                break;
+            }
+            let share = cap.min(left);
+            spread += share.powf(2.0 / 3.0);
+            left -= share;
+        }
+        left <= work * 1e-12 && spread * hub_factor <= t
+    };
+    let (mut lo, mut hi) = (0.0, 1e-9);
+    while !feasible(hi) {
+        hi *= 2.0;
+        if hi > 1e12 {
+            return f64::INFINITY;
+        }
+    }
+    for _ in 0..100 {
+        let mid = (lo + hi) / 2.0;
+        if feasible(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,5 +541,33 @@ mod tests {
         // 4 MiB each would still allow about the inputs' bytes here).
         let starved = lower_bound(problem, &[(50e9, 256.0 * 1024.0, 1e12); 4], link);
         assert!(starved > 2.0 * one, "{starved} vs {one}");
+    }
+
+    #[test]
+    fn the_results_bound_is_the_closed_form_where_one_is_known() {
+        let problem = square(4096);
+        let (w, words) = (4096f64.powi(3), |bytes: f64| bytes / 8.0);
+        // One worker, a fast link both ways: it must get 2·w/√c words and send c;
+        // with out = in = R the best c balances them at (2w)^(2/3) words each way.
+        let rate = 125e6;
+        let one = results_bound(problem, &[(1e15, GIB as f64, 1e12)], rate, rate);
+        let want = 2.0 * 0.5f64.cbrt() * w.powf(2.0 / 3.0) * 8.0 / rate;
+        assert!((one - want).abs() / want < 1e-6, "{one} vs {want}");
+        assert!((words(one * rate) - (2.0 * w).powf(2.0 / 3.0)).abs() / words(one * rate) < 1e-6);
+        // p equal workers, each just fast enough to do its 1/p within the hub's
+        // time for p equal shares: all must compute, and the bound is p^(1/3)
+        // times the one worker's.
+        let p = 64.0;
+        let spread = 2.0 * 0.5f64.cbrt() * p * (w / p).powf(2.0 / 3.0) * 8.0 / rate;
+        let pool = results_bound(problem, &vec![(2.0 * (w / p) / spread, GIB as f64, 1e12); 64], rate, rate);
+        assert!((pool - spread).abs() / spread < 1e-6, "{pool} vs {spread}");
+        assert!((pool / one - p.cbrt()).abs() < 1e-6);
+        // Twice as fast, they need not all compute: fewer shares, less traffic.
+        let fast = results_bound(problem, &vec![(4.0 * (w / p) / spread, GIB as f64, 1e12); 64], rate, rate);
+        assert!(fast < pool && fast > one, "{fast} between {one} and {pool}");
+        // A worker's own slow link caps what it can take on.
+        let slow = results_bound(problem, &[(1e15, GIB as f64, 1e6)], 1e12, 1e12);
+        let by_link = (2.0 * w).powf(2.0 / 3.0) * 8.0 / 1e6;
+        assert!((slow - by_link).abs() / by_link < 1e-6, "{slow} vs {by_link}");
     }
 }
