@@ -369,7 +369,13 @@ pub fn lower_bound(problem: Problem, workers: &[(f64, f64, f64)], master_link: f
         }
         left <= work * 1e-12 && hub / master_link <= t
     };
-    let (mut lo, mut hi) = (inputs, inputs.max(1e-9));
+    least_feasible(inputs, feasible)
+}
+
+/// The least makespan T ≥ `at_least` that `feasible` allows (feasibility is
+/// monotone in T), by doubling then bisection; infinite past 10^12 s.
+fn least_feasible(at_least: f64, feasible: impl Fn(f64) -> bool) -> f64 {
+    let (mut lo, mut hi) = (at_least, at_least.max(1e-9));
     while !feasible(hi) {
         hi *= 2.0;
         if hi > 1e12 {
@@ -424,22 +430,7 @@ pub fn results_bound(problem: Problem, workers: &[(f64, f64, f64)], master_out: 
         }
         left <= work * 1e-12 && spread * hub_factor <= t
     };
-    let (mut lo, mut hi) = (0.0, 1e-9);
-    while !feasible(hi) {
-        hi *= 2.0;
-        if hi > 1e12 {
-            return f64::INFINITY;
-        }
-    }
-    for _ in 0..100 {
-        let mid = (lo + hi) / 2.0;
-        if feasible(mid) {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
-    hi
+    least_feasible(0.0, feasible)
 }
 
 #[cfg(test)]
