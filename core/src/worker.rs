@@ -19,7 +19,9 @@ use crate::matrix::{element_count, DenseMatrix, Dtype};
 use crate::payload::{Incoming, PayloadError};
 use crate::protocol::{chunk_ranges, Frame, JobId, LeaseId, MatrixBytes, Message, Operand, PanelId, Token, WorkerKind, MAX_CHUNK, PROTOCOL_VERSION};
 
-/// Tasks a worker asks to hold at once: one computing while the next one's panels arrive.
+/// Tasks a worker asks to hold at once: one computing while the next one's
+/// panels arrive. (Three or four sped up the simulator's link-bound jobs, not
+/// real ones beyond their spread: README, Status.)
 pub const DEFAULT_SLOTS: u32 = 2;
 
 #[derive(Clone, Debug)]

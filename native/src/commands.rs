@@ -12,7 +12,6 @@ use colonnade_core::plan::{CostModel, Plan};
 use colonnade_core::job::{Job, Unplanned};
 use colonnade_core::protocol::JobId;
 use colonnade_core::scheduler::{Access, JobError, Scheduler, SchedulerConfig};
-use colonnade_core::worker::DEFAULT_SLOTS;
 use colonnade_core::verify::{whole_depth_tiles, Verifier};
 use colonnade_core::{DenseMatrix, Dtype, Matrix};
 use rand::{Rng, SeedableRng};
@@ -369,7 +368,7 @@ pub(crate) fn prepare(spec: JobSpec, scheduler: &mut Scheduler, now: Duration) -
         if let Some((dir, _)) = &checkpoint {
             println!("checkpoint {}: starting afresh; the job is planned once workers join", dir.display());
         }
-        let model = CostModel { slots: DEFAULT_SLOTS as usize, ..CostModel::default() };
+        let model = CostModel::default();
         let job = Unplanned::new(id, Arc::clone(&recipe.a), Arc::clone(&recipe.b), model, leases, chunk)?.with_link(link_rate);
         let early_tiles = (ready.is_none() && early_verifier).then(|| whole_depth_tiles(m, k, n));
         let job = match (ready, &early_tiles) {

@@ -86,7 +86,7 @@ impl Default for CostModel {
             min_task_seconds: 0.005,
             assumed_flops_per_second: 50e9,
             tiles_per_worker: 32,
-            slots: 2,
+            slots: crate::worker::DEFAULT_SLOTS as usize,
             default_budget: 1 << 30,
             master_seconds_per_byte_out: 0.4e-9,
             master_seconds_per_result_byte: 2.6e-9,
