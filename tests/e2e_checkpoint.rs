@@ -99,7 +99,6 @@ fn a_fresh_checkpoint_prepares_the_verifier_while_reading_and_a_resume_does_not(
     assert_eq!(read_npy(&c_path).1, naive(&a, &b));
     let fresh = stats(&c_path);
     assert!(fresh["verify_prep_while_reading_s"].as_f64().unwrap() > 0.0, "fresh, as without a checkpoint: {fresh}");
-    assert_eq!(fresh["verify_plan_wait_s"].as_f64(), Some(0.0), "the plan did not wait for the verifier: {fresh}");
 
     // Begun: it resumes (here with every block done), on a verifier of its own.
     let (mut master, _) = start_master(&a_path, &b_path, &c_path, &args);

@@ -224,6 +224,7 @@ fn metrics_parse_as_prometheus_text_and_count_the_work() {
     assert_eq!(value("colonnade_flops_total", None), 2.0 * 64.0 * 64.0 * 64.0, "every verified flop, once");
     // The upload's read prepared the verifier, as `master multiply`'s does.
     assert!(value("colonnade_verify_seconds_total", Some(("phase", "while_reading"))) > 0.0, "{text}");
+    assert_eq!(value("colonnade_verify_seconds_total", Some(("phase", "after_plan"))), 0.0, "and it served the plan: {text}");
     assert!(value("colonnade_bytes_total", Some(("direction", "sent"))) > 2.0 * 64.0 * 64.0 * 8.0, "A and B went out");
     let histogram = scrape.samples.iter().find(|s| s.metric == "colonnade_job_duration_seconds").expect("the duration histogram");
     match &histogram.value {

@@ -406,8 +406,8 @@ fn least_feasible(at_least: f64, feasible: impl Fn(f64) -> bool) -> f64 {
 /// give w ≤ (T·link)^(3/2) / 2; its speed caps it at T·speed / 2.
 ///
 /// Σ w^(2/3) is concave, so it is smallest when the work goes to as few
-/// workers as can hold it: filled largest cap first (moving work from a
-/// smaller cap to a larger never raises it). The bound is the least T at which
+/// workers as can hold it: filled largest cap first (that split majorizes
+/// every other within the caps, and Σ w^(2/3) is Schur-concave). The bound is the least T at which
 /// the caps cover the work and that smallest Σ fits the hub. It exceeds
 /// [`lower_bound`] when many workers must share the work: every one of them
 /// needs its own panels, and returns its own part of C.
@@ -537,25 +537,32 @@ mod tests {
     #[test]
     fn the_results_bound_is_the_closed_form_where_one_is_known() {
         let problem = square(4096);
-        let (w, words) = (4096f64.powi(3), |bytes: f64| bytes / 8.0);
-        // One worker, a fast link both ways: it must get 2·w/√c words and send c;
-        // with out = in = R the best c balances them at (2w)^(2/3) words each way.
+        let w = 4096f64.powi(3);
+        // One worker, its own link no limit: it must receive 2·w/√c words and
+        // send c; the least T has T·out = 2·w/√(T·in) (words/s), so T =
+        // (2w)^(2/3) / (out^(2/3)·in^(1/3)), with out and in in words/s.
+        let alone = |out: f64, into: f64| (2.0 * w).powf(2.0 / 3.0) / ((out / 8.0).powf(2.0 / 3.0) * (into / 8.0).cbrt());
+        for (out, into) in [(125e6, 125e6), (125e6, 1.25e9), (1.25e9, 125e6)] {
+            let one = results_bound(problem, &[(1e15, GIB as f64, 1e12)], out, into);
+            assert!((one - alone(out, into)).abs() / one < 1e-6, "out {out}, in {into}: {one} vs {}", alone(out, into));
+        }
+        // A worker fast enough for all the work takes it all: slower ones
+        // beside it would only spread it, and spreading costs the hub more.
         let rate = 125e6;
-        let one = results_bound(problem, &[(1e15, GIB as f64, 1e12)], rate, rate);
-        let want = 2.0 * 0.5f64.cbrt() * w.powf(2.0 / 3.0) * 8.0 / rate;
-        assert!((one - want).abs() / want < 1e-6, "{one} vs {want}");
-        assert!((words(one * rate) - (2.0 * w).powf(2.0 / 3.0)).abs() / words(one * rate) < 1e-6);
+        let mut pool = vec![(1e15, GIB as f64, 1e12)];
+        pool.extend([(1e9, GIB as f64, 1e12); 10]);
+        let mixed = results_bound(problem, &pool, rate, rate);
+        assert!((mixed - alone(rate, rate)).abs() / mixed < 1e-6, "{mixed} vs {}", alone(rate, rate));
         // p equal workers, each just fast enough to do its 1/p within the hub's
-        // time for p equal shares: all must compute, and the bound is p^(1/3)
-        // times the one worker's.
+        // time for p equal shares: all must compute, each with its own panels
+        // and its own part of C.
         let p = 64.0;
         let spread = 2.0 * 0.5f64.cbrt() * p * (w / p).powf(2.0 / 3.0) * 8.0 / rate;
-        let pool = results_bound(problem, &vec![(2.0 * (w / p) / spread, GIB as f64, 1e12); 64], rate, rate);
-        assert!((pool - spread).abs() / spread < 1e-6, "{pool} vs {spread}");
-        assert!((pool / one - p.cbrt()).abs() < 1e-6);
+        let equal = results_bound(problem, &vec![(2.0 * (w / p) / spread, GIB as f64, 1e12); 64], rate, rate);
+        assert!((equal - spread).abs() / spread < 1e-6, "{equal} vs {spread}");
         // Twice as fast, they need not all compute: fewer shares, less traffic.
         let fast = results_bound(problem, &vec![(4.0 * (w / p) / spread, GIB as f64, 1e12); 64], rate, rate);
-        assert!(fast < pool && fast > one, "{fast} between {one} and {pool}");
+        assert!(fast < equal && fast > alone(rate, rate), "{fast} between {} and {equal}", alone(rate, rate));
         // A worker's own slow link caps what it can take on.
         let slow = results_bound(problem, &[(1e15, GIB as f64, 1e6)], 1e12, 1e12);
         let by_link = (2.0 * w).powf(2.0 / 3.0) * 8.0 / 1e6;

@@ -4,8 +4,9 @@
 //! virtual clock with simulated workers: each with its own speed, link,
 //! latency and memory, joining and leaving, some lying (see `world`). Prints,
 //! for each scenario, the makespan against the lower bound of
-//! `colonnade_core::plan::model::lower_bound` (the star bound) and
-//! against it tightened by `results_bound` (C's return), the master's egress against the
+//! `colonnade_core::plan::model::lower_bound` (from the workers' memories)
+//! and against it tightened by `results_bound` (C's return) (a relay's against
+//! a star's bounds, which it may beat), the master's egress against the
 //! model's minimum, the tasks issued, and the scheduler's real CPU time per
 //! task; and writes everything to target/bench/sim.json.
 //!
@@ -160,15 +161,17 @@ fn report(name: &str, setup: &Setup) -> Value {
     let outcome = world::run(setup);
     let specs: Vec<(f64, f64, f64)> = setup.workers.iter().map(|w| (w.flops, w.memory as f64, w.link)).collect();
     let bound = lower_bound(problem, &specs, setup.master_link);
-    // Also a lower bound: each worker's panels and its part of C cross the hub.
+    // Also a lower bound for a star: each worker's panels and its part of C
+    // cross the hub. A relay is not a star: both are then its yardsticks, not its bounds.
     let tight = bound.max(results_bound(problem, &specs, setup.master_link, setup.master_ingress));
     let inputs = ((plan.m * plan.k + plan.k * plan.n) * 8) as f64;
     let (wr, wc, wk) = plan.layout;
     let model = CostModel::default().traffic(problem, plan, plan.layout, setup.workers.iter().map(|w| w.memory).min().unwrap_or(GIB) as f64);
     println!(
-        "{name}\n  grid {:?} layout {wr}x{wc}x{wk}: makespan {:.2} s, bound {:.2} s ({:.2}x), with C's return {:.2} s ({:.2}x); egress {:.2}x A+B (model {:.2}x); egress busy {:.0}% and workers computing {:.0}% of the makespan; {} tasks ({} copies), {} rejected; scheduler CPU {:.1} µs per task, {:.2} µs per input; C {}",
+        "{name}\n  grid {:?} layout {wr}x{wc}x{wk}: makespan {:.2} s, {}bound {:.2} s ({:.2}x), with C's return {:.2} s ({:.2}x); egress {:.2}x A+B (model {:.2}x); egress busy {:.0}% and workers computing {:.0}% of the makespan; {} tasks ({} copies), {} rejected; scheduler CPU {:.1} µs per task, {:.2} µs per input; C {}",
         plan.shape(),
         outcome.makespan,
+        if setup.relay { "a star's " } else { "" },
         bound,
         outcome.makespan / bound,
         tight,

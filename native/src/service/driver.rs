@@ -191,12 +191,24 @@ impl Driver {
                     let integer = record.integer;
                     self.start_job(record, a, b, integer, prepared);
                 }
-                _ => self.queue.push_back(record),
+                Some(inputs) => {
+                    // No room: it waits on disk, and is read and prepared again when admitted.
+                    self.count_prepared(inputs.2.as_ref());
+                    self.queue.push_back(record);
+                }
+                None => self.queue.push_back(record),
             },
             Command::Cancel(key, answer) => {
                 let state = self.cancel(&key);
                 let _ = answer.send(state);
             }
+        }
+    }
+
+    /// Counts a verifier's preparation while A was read, used or not.
+    fn count_prepared(&self, prepared: Option<&WhileReading>) {
+        if let Some(p) = prepared {
+            self.board.lock().expect("board").counters.verify_seconds_while_reading += p.cost().wall.as_secs_f64();
         }
     }
 
@@ -237,9 +249,7 @@ impl Driver {
     fn start_job(&mut self, mut record: Record, a: DenseMatrix, b: DenseMatrix, integer: bool, prepared: Option<WhileReading>) {
         let id = job_id(&record.id).expect("jobs have valid ids");
         let checkpoint = Some(self.store.checkpoint(&record.id));
-        if let Some(p) = &prepared {
-            self.board.lock().expect("board").counters.verify_seconds_while_reading += p.cost().wall.as_secs_f64();
-        }
+        self.count_prepared(prepared.as_ref());
         let spec = JobSpec { id, a, b, integer, block: None, link_rate: None, checkpoint, early_verifier: false, prepared };
         let now = self.now();
         match prepare(spec, &mut self.scheduler, now) {

@@ -37,7 +37,7 @@ pub fn render(board: &Board) -> String {
     family(
         "colonnade_verify_seconds_total",
         "counter",
-        "Time spent precomputing verification, by when: while A was read, or after the plan.",
+        "Time spent precomputing verification, by when: while A was read, or after the plan (not counted: a resumed job's, built as it starts).",
         &[("{phase=\"while_reading\"}", c.verify_seconds_while_reading), ("{phase=\"after_plan\"}", c.verify_seconds_after_plan)],
     );
     let _ = writeln!(out, "# HELP colonnade_job_duration_seconds Jobs from submission to C stored.\n# TYPE colonnade_job_duration_seconds histogram");
