@@ -407,10 +407,10 @@ fn least_feasible(at_least: f64, feasible: impl Fn(f64) -> bool) -> f64 {
 ///
 /// Σ w^(2/3) is concave, so it is smallest when the work goes to as few
 /// workers as can hold it: filled largest cap first (that split majorizes
-/// every other within the caps, and Σ w^(2/3) is Schur-concave). The bound is the least T at which
-/// the caps cover the work and that smallest Σ fits the hub. It exceeds
-/// [`lower_bound`] when many workers must share the work: every one of them
-/// needs its own panels, and returns its own part of C.
+/// every other within the caps, and Σ w^(2/3) is Schur-concave). The bound
+/// is the least T at which the caps cover the work and that smallest Σ fits
+/// the hub. It exceeds [`lower_bound`] when many workers must share the work:
+/// every one of them needs its own panels, and returns its own part of C.
 pub fn results_bound(problem: Problem, workers: &[(f64, f64, f64)], master_out: f64, master_in: f64) -> f64 {
     let Problem { m, k, n, elem } = problem;
     let work = m as f64 * k as f64 * n as f64;
