@@ -19,7 +19,8 @@ Commands:
                    the simulator (release): the real scheduler on a virtual
                    clock with simulated pools, up to 10,000 workers; prints each
                    scenario (or those whose name contains NAME) against its lower
-                   bound and writes target/bench/sim.json
+                   bounds (the workers' memories; C's return) and writes
+                   target/bench/sim.json
 ";
 
 /// The wasm-bindgen CLI must match the `wasm-bindgen` crate exactly.
