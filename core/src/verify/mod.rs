@@ -457,7 +457,6 @@ impl Verifier {
         let slices: Vec<Range<usize>> = bound::split(0..kd, kd.div_ceil(parts.max(1))).collect();
         // The first slice sums into y and Ŝ, each other into its own; all are then added.
         let a = &*self.a;
-
         let mut partial: Vec<(Vec<f64>, Vec<f64>)> = (1..slices.len()).map(|_| (vec![0.0; m * count], vec![0.0; m * count])).collect();
         let outputs = std::iter::once((y, scale)).chain(partial.iter_mut().map(|(py, ps)| (py.as_mut_slice(), ps.as_mut_slice())));
         let work: Vec<Box<dyn FnOnce() + Send + '_>> = slices

@@ -1,7 +1,8 @@
 //! A verifier prepared while A is still arriving: B first, then A band by
 //! band as a file is read (rows from a C-order file, columns from a Fortran
-//! one). Each band's share of y and Ŝ is computed while it is fresh in cache, so the pass over A adds little
-//! to the read and nothing to the job. It prepares the groups of
+//! one). Each band's share of y and Ŝ is computed while it is fresh in
+//! cache, so the pass over A adds little to the read and nothing to the
+//! job. It prepares the groups of
 //! [`whole_depth_tiles`]; the plan, made later, is fitted by
 //! [`Verifier::retile`] (or, if they do not serve it, prepared anew).
 
@@ -160,9 +161,10 @@ impl Preparing {
             return;
         }
         // x and t over the block's depth.
-        let (x, t) = match cols == (0..k) {
-            true => (Cow::Borrowed(&self.x[..]), Cow::Borrowed(&self.t[..])),
-            false => (Cow::Owned(depth_rows(&self.x, k, &cols)), Cow::Owned(depth_rows(&self.t, k, &cols))),
+        let (x, t) = if cols == (0..k) {
+            (Cow::Borrowed(&self.x[..]), Cow::Borrowed(&self.t[..]))
+        } else {
+            (Cow::Owned(depth_rows(&self.x, k, &cols)), Cow::Owned(depth_rows(&self.t, k, &cols)))
         };
         let pieces: Vec<Range<usize>> = bound::split(rows.clone(), rows.len().div_ceil(parts.max(1))).collect();
         if pieces.len() == 1 && rows == (0..m) {

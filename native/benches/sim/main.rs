@@ -5,8 +5,8 @@
 //! latency and memory, joining and leaving, some lying (see `world`). Prints,
 //! for each scenario, the makespan against the lower bound of
 //! `colonnade_core::plan::model::lower_bound` (from the workers' memories)
-//! and against it tightened by `results_bound` (C's return) (a relay's against
-//! a star's bounds, which it may beat), the master's egress against the
+//! and against it tightened by `results_bound` (C's return; a relay is held
+//! to a star's bounds, which it may beat), the master's egress against the
 //! model's minimum, the tasks issued, and the scheduler's real CPU time per
 //! task; and writes everything to target/bench/sim.json.
 //!
