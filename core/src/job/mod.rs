@@ -276,6 +276,8 @@ pub struct Job {
     /// so neither the next wake-up nor the oldest straggler takes a scan.
     deadlines: BTreeSet<(Duration, LeaseId)>,
     by_issue: BTreeSet<(Duration, LeaseId)>,
+    /// The newest lease idle workers were last asked to copy (see [`Self::new_straggler`]).
+    copyable_offered: Option<(Duration, LeaseId)>,
     tile_leases: Vec<Vec<LeaseId>>,
     queue: Queue,
     /// Smoothed time from issuing a lease to its result.
@@ -337,6 +339,7 @@ impl Job {
             leases: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             by_issue: BTreeSet::new(),
+            copyable_offered: None,
             tile_leases: vec![Vec::new(); tiles],
             task_time: None,
             stats: PayloadStats::default(),
@@ -533,9 +536,9 @@ impl Job {
         }
     }
 
-    /// `worker` left the pool: its region is anyone's.
-    pub(crate) fn forget(&mut self, worker: WorkerId) {
-        self.queue.forget(worker);
+    /// `worker` left the pool: its region is anyone's. Returns whether it had one.
+    pub(crate) fn forget(&mut self, worker: WorkerId) -> bool {
+        self.queue.forget(worker)
     }
 
     fn remove_lease(&mut self, lease: LeaseId) -> Option<Lease> {
@@ -590,8 +593,6 @@ impl Job {
         self.task_time.map(|t| t.mul_f64(self.leases_config.straggler_factor))
     }
 
-    /// When this job next needs a call: a lease deadline, or (if `someone_idle`)
-    /// the moment a straggler's tile may be copied.
     /// When the job next needs a look: a lease's deadline, or (if a worker is
     /// idle) when a straggler's tile may be copied, unless that moment came by
     /// `acted`, when it was looked at already (else a copy no idle worker may
@@ -618,10 +619,29 @@ impl Job {
         self.queue.has_pending() || self.reserved > 0 || self.straggler_threshold().zip(self.oldest_single()).is_some_and(|(t, l)| now >= l.issued + t)
     }
 
-    /// Whether the queue is empty and a straggler's tile may be copied now:
-    /// the tail, when idle workers are worth asking again.
-    pub(crate) fn straggler_ready(&self, now: Duration) -> bool {
-        self.result.is_none() && !self.queue.has_pending() && self.straggler_threshold().zip(self.oldest_single()).is_some_and(|(t, l)| now >= l.issued + t)
+    /// Whether the queue is empty and a straggler's tile may be copied now
+    /// that idle workers were not yet asked to copy: the tail, when they are
+    /// worth asking again. Copies may be made of the oldest leases, so what
+    /// is new is a lease issued after the newest one offered; asking the
+    /// whole idle pool again for the same leases at every tick would cost
+    /// O(pool) a tick in a crowd.
+    pub(crate) fn new_straggler(&mut self, now: Duration) -> bool {
+        if self.result.is_some() || self.queue.has_pending() {
+            return false;
+        }
+        let Some(threshold) = self.straggler_threshold() else { return false };
+        let newest = self
+            .by_issue
+            .iter()
+            .take_while(|&&(issued, _)| now >= issued + threshold)
+            .filter(|(_, id)| self.tile_leases[self.leases[id].tile].len() == 1)
+            .last()
+            .copied();
+        let new = newest > self.copyable_offered;
+        if new {
+            self.copyable_offered = newest;
+        }
+        new
     }
 
     /// The oldest lease that is its tile's only copy.

@@ -193,11 +193,11 @@ impl Queue {
         self.list(r);
     }
 
-    /// `worker` is gone: its region is anyone's.
-    pub fn forget(&mut self, worker: WorkerId) {
-        if let Some(r) = self.owned.remove(&worker) {
-            self.set_owner(r, None);
-        }
+    /// `worker` is gone: its region is anyone's. Returns whether it had one.
+    pub fn forget(&mut self, worker: WorkerId) -> bool {
+        let Some(r) = self.owned.remove(&worker) else { return false };
+        self.set_owner(r, None);
+        true
     }
 
     /// Lets any worker claim or share a region from now on, as if the plan

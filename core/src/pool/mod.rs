@@ -11,6 +11,7 @@ mod cache;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::time::Duration;
+use std::ops::Bound;
 
 use crate::liveness::{Heartbeat, Liveness};
 use crate::plan::model::Capacity;
@@ -172,6 +173,8 @@ pub(crate) struct Worker {
     /// What it holds, exactly as it holds it.
     pub cache: Cache,
     pub liveness: Liveness,
+    /// When its liveness check is listed for (in `Pool::checks`).
+    check_at: Duration,
     /// Smoothed time from issuing one of its leases to the result.
     pub task_time: Option<Duration>,
 }
@@ -195,7 +198,8 @@ pub struct Pool {
     /// (preferred when work is short), then newcomers. A worker offered
     /// nothing is parked until something changes ([`Pool::unpark_all`]).
     room: BTreeSet<(bool, WorkerId)>,
-    parked: BTreeSet<WorkerId>,
+    /// Keyed as in `room`, so that unparking is one merge.
+    parked: BTreeSet<(bool, WorkerId)>,
     /// Each worker's next liveness check (a heartbeat due, or its silence
     /// limit), earliest first. Kept lazily: hearing from a worker does not move
     /// its check; a check that finds nothing due sets the next one.
@@ -260,6 +264,7 @@ impl Pool {
         self.access_check(hello.kind, &hello.token)?;
         let slots = hello.slots.min(self.max_slots);
         let liveness = Liveness::new(now, &self.heartbeat);
+        let check_at = liveness.next_wake(self.heartbeat.timeout);
         let w = Worker {
             slots: slots as usize,
             credit: 1,
@@ -269,9 +274,10 @@ impl Pool {
             ahead: VecDeque::new(),
             cache: Cache::new(hello.memory),
             liveness,
+            check_at,
             task_time: None,
         };
-        self.checks.insert((w.liveness.next_wake(self.heartbeat.timeout), worker));
+        self.checks.insert((check_at, worker));
         self.room.insert((true, worker));
         self.workers.insert(worker, w);
         self.headcount[kind_index(hello.kind)] += 1;
@@ -311,8 +317,7 @@ impl Pool {
         self.connecting.remove(&worker);
         let w = self.workers.remove(&worker)?;
         self.unroom(worker);
-        self.parked.remove(&worker);
-        self.checks.retain(|&(_, id)| id != worker);
+        self.checks.remove(&(w.check_at, worker));
         if let Some(info) = self.infos.get_mut(&worker) {
             info.connected = false;
             self.headcount[kind_index(info.kind)] -= 1;
@@ -330,15 +335,17 @@ impl Pool {
         !self.is_new(worker)
     }
 
+    /// Takes `worker` off both the room and the parked lists.
     fn unroom(&mut self, worker: WorkerId) {
-        self.room.remove(&(true, worker));
-        self.room.remove(&(false, worker));
+        for list in [&mut self.room, &mut self.parked] {
+            list.remove(&(true, worker));
+            list.remove(&(false, worker));
+        }
     }
 
     /// Lists `worker` as having room, if it has.
     fn reroom(&mut self, worker: WorkerId) {
         self.unroom(worker);
-        self.parked.remove(&worker);
         if self.workers.get(&worker).is_some_and(Worker::has_room) {
             self.room.insert((self.is_new(worker), worker));
         }
@@ -354,15 +361,14 @@ impl Pool {
     /// `worker` was offered nothing: leave it out until something changes.
     pub(crate) fn park(&mut self, worker: WorkerId) {
         self.unroom(worker);
-        self.parked.insert(worker);
+        self.parked.insert((self.is_new(worker), worker));
     }
 
     /// Something changed (a worker left, work came back, a job came): offer
     /// to the parked workers again.
     pub(crate) fn unpark_all(&mut self) {
-        for worker in std::mem::take(&mut self.parked) {
-            self.reroom(worker);
-        }
+        // Parked workers have room (whatever changes that rerooms them).
+        self.room.append(&mut self.parked);
     }
 
     /// A lease ended (a result, a cancel, a hand-back): its panels and product are free.
@@ -377,9 +383,13 @@ impl Pool {
         Some(held)
     }
 
-    /// Workers with room for another task, those with a verified record first.
-    pub(crate) fn with_room(&self) -> impl Iterator<Item = WorkerId> + '_ {
-        self.room.iter().map(|&(_, id)| id)
+    /// The next worker with room for another task after `after` (from the
+    /// first if `None`), those with a verified record first: one at a time,
+    /// so that offering stops where the work does.
+    /// Returns its place in that order too, for the next call.
+    pub(crate) fn next_with_room(&self, after: Option<(bool, WorkerId)>) -> Option<(bool, WorkerId)> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.room.range((from, Bound::Unbounded)).next().copied()
     }
 
     pub(crate) fn someone_has_room(&self) -> bool {
@@ -406,7 +416,8 @@ impl Pool {
             match w.liveness.silent_past(now, limit) {
                 Some(quiet) => silent.push((id, quiet)),
                 None => {
-                    self.checks.insert((w.liveness.next_wake(limit), id));
+                    w.check_at = w.liveness.next_wake(limit);
+                    self.checks.insert((w.check_at, id));
                 }
             }
         }

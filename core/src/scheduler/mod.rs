@@ -481,9 +481,13 @@ impl Scheduler {
         }
     }
 
-    /// The worker is gone: its tiles go back in the queue.
+    /// The worker is gone: its tiles go back in the queue. The parked workers
+    /// are offered work again only if that freed some: in a crowd most who
+    /// leave held nothing, and offering to every idle worker on each
+    /// departure would cost the master O(pool) per departure.
     fn leave(&mut self, worker: WorkerId, now: Duration) {
         let Some(w) = self.pool.leave(worker) else { return };
+        let mut freed = !w.ahead.is_empty() || !w.leases.is_empty();
         for &(job, tile, _) in &w.ahead {
             if let Some(Entry::Running(job)) = self.jobs.get_mut(&job) {
                 job.unreserve(tile, true);
@@ -497,15 +501,18 @@ impl Scheduler {
         }
         for entry in self.jobs.values_mut() {
             if let Entry::Running(job) = entry {
-                job.forget(worker);
+                freed |= job.forget(worker);
                 let plan = job.plan();
                 if !plan.spread && !self.pool.workers.keys().any(|&w| self.pool.speed(w, job.assumed_flops()) >= plan.min_speed) {
                     job.open_to_all();
+                    freed = true;
                 }
             }
         }
         self.outputs.push_back(Output::Event(Event::WorkerLeft { worker, requeued }));
-        self.pool.unpark_all();
+        if freed {
+            self.pool.unpark_all();
+        }
         self.assign(now);
     }
 
@@ -528,7 +535,13 @@ impl Scheduler {
         for (worker, silent_for) in silent {
             self.close(worker, CloseReason::Silent(silent_for), false, now);
         }
-        if self.running().any(|(_, j)| j.straggler_ready(now)) {
+        let mut new_straggler = false;
+        for entry in self.jobs.values_mut() {
+            if let Entry::Running(job) = entry {
+                new_straggler |= job.new_straggler(now);
+            }
+        }
+        if new_straggler {
             self.pool.unpark_all();
         }
         for (&id, entry) in &mut self.jobs {
@@ -608,8 +621,15 @@ impl Scheduler {
                 return;
             }
             let mut gave = false;
-            let hungry: Vec<WorkerId> = self.pool.with_room().collect();
-            for worker in hungry {
+            let mut after = None;
+            while let Some(place) = self.pool.next_with_room(after) {
+                after = Some(place);
+                let worker = place.1;
+                // The rest stay listed with room, for the next work: offering
+                // to every idle worker of a crowd for one tile costs O(pool).
+                if !self.running().any(|(_, j)| j.has_work(now)) {
+                    return;
+                }
                 if self.offer(worker, now) {
                     gave = true;
                 } else {
