@@ -3,7 +3,7 @@
 //! share the link's capacity max-min fairly, each also capped by its worker's
 //! own link.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use colonnade_core::scheduler::WorkerId;
 
@@ -27,6 +27,9 @@ struct Flow<T> {
 pub struct Link<T> {
     capacity: f64,
     flows: BTreeMap<WorkerId, Flow<T>>,
+    /// The active flows' caps, in increasing order (the bits of a positive
+    /// f64 order as the number does).
+    by_cap: BTreeSet<(u64, WorkerId)>,
     /// When `left` was last brought up to date.
     at: f64,
     /// Bumped on every change: a completion computed before it is stale.
@@ -37,23 +40,12 @@ pub struct Link<T> {
 
 impl<T> Link<T> {
     pub fn new(capacity: f64) -> Self {
-        Self { capacity, flows: BTreeMap::new(), at: 0.0, version: 0, busy: 0.0 }
+        Self { capacity, flows: BTreeMap::new(), by_cap: BTreeSet::new(), at: 0.0, version: 0, busy: 0.0 }
     }
 
-    /// Each active flow's rate: max-min fair, within the flows' caps.
-    fn rates(&self) -> BTreeMap<WorkerId, f64> {
-        let mut caps: Vec<(f64, WorkerId)> = self.flows.iter().map(|(&w, f)| (f.head.cap, w)).collect();
-        caps.sort_by(|x, y| x.0.total_cmp(&y.0));
-        let (mut left, mut count) = (self.capacity, caps.len());
-        let mut rates = BTreeMap::new();
-        for (cap, worker) in caps {
-            let share = left / count as f64;
-            let rate = cap.min(share);
-            rates.insert(worker, rate);
-            left -= rate;
-            count -= 1;
-        }
-        rates
+    /// The max-min fair level: each active flow gets `min(its cap, level)`.
+    fn level(&self) -> f64 {
+        fair_level(self.capacity, self.flows.len(), self.by_cap.iter().map(|&(cap, _)| f64::from_bits(cap)))
     }
 
     /// Brings every flow's progress up to `now`.
@@ -61,9 +53,9 @@ impl<T> Link<T> {
         let elapsed = (now - self.at).max(0.0);
         if elapsed > 0.0 && !self.flows.is_empty() {
             self.busy += elapsed;
-            for (worker, rate) in self.rates() {
-                let flow = self.flows.get_mut(&worker).expect("rates are of flows");
-                flow.left = (flow.left - rate * elapsed).max(0.0);
+            let level = self.level();
+            for flow in self.flows.values_mut() {
+                flow.left = (flow.left - flow.head.cap.min(level) * elapsed).max(0.0);
             }
         }
         self.at = now.max(self.at);
@@ -76,15 +68,27 @@ impl<T> Link<T> {
         match self.flows.get_mut(&worker) {
             Some(flow) => flow.queue.push_back(transfer),
             None => {
+                self.by_cap.insert((transfer.cap.to_bits(), worker));
                 self.flows.insert(worker, Flow { left: transfer.bytes, head: transfer, queue: VecDeque::new() });
             }
         }
     }
 
+    /// Roughly when `bytes` sent now to `worker` (capped at `cap`) would have
+    /// crossed: after what its connection has queued, at the rate a new flow
+    /// would get now.
+    pub fn estimate(&self, now: f64, worker: WorkerId, bytes: f64, cap: f64) -> f64 {
+        let ahead = self.flows.get(&worker).map_or(0.0, |f| f.left + f.queue.iter().map(|t| t.bytes).sum::<f64>());
+        let mut caps: Vec<f64> = self.by_cap.iter().map(|&(c, _)| f64::from_bits(c)).collect();
+        caps.insert(caps.partition_point(|&c| c < cap), cap);
+        let rate = cap.min(fair_level(self.capacity, caps.len(), caps.into_iter()));
+        now.max(self.at) + (ahead + bytes) / rate
+    }
+
     /// When the next message finishes crossing, and on whose connection.
     pub fn next_done(&self) -> Option<(f64, WorkerId)> {
-        let rates = self.rates();
-        self.flows.iter().map(|(&w, f)| (self.at + f.left / rates[&w].max(1e-9), w)).min_by(|x, y| x.0.total_cmp(&y.0))
+        let level = self.level();
+        self.flows.iter().map(|(&w, f)| (self.at + f.left / f.head.cap.min(level).max(1e-9), w)).min_by(|x, y| x.0.total_cmp(&y.0))
     }
 
     /// The message on `worker`'s connection has crossed at `now`: returns it,
@@ -93,10 +97,12 @@ impl<T> Link<T> {
         self.advance(now);
         self.version += 1;
         let mut flow = self.flows.remove(&worker)?;
+        self.by_cap.remove(&(flow.head.cap.to_bits(), worker));
         let done = flow.head;
         if let Some(next) = flow.queue.pop_front() {
             flow.left = next.bytes;
             flow.head = next;
+            self.by_cap.insert((flow.head.cap.to_bits(), worker));
             self.flows.insert(worker, flow);
         }
         Some(done)
@@ -106,8 +112,26 @@ impl<T> Link<T> {
     pub fn forget(&mut self, now: f64, worker: WorkerId) {
         self.advance(now);
         self.version += 1;
-        self.flows.remove(&worker);
+        if let Some(flow) = self.flows.remove(&worker) {
+            self.by_cap.remove(&(flow.head.cap.to_bits(), worker));
+        }
     }
+}
+
+/// The max-min fair level of `count` flows whose caps come in increasing
+/// order: the caps fill the link until the next one's fair share of what is
+/// left is below its cap; every flow from there on gets that share.
+fn fair_level(capacity: f64, count: usize, sorted_caps: impl Iterator<Item = f64>) -> f64 {
+    let (mut left, mut count) = (capacity, count);
+    for cap in sorted_caps {
+        let share = left / count as f64;
+        if cap >= share {
+            return share;
+        }
+        left -= cap;
+        count -= 1;
+    }
+    f64::INFINITY
 }
 
 /// The link's arithmetic on a case worked by hand; the simulator checks it
@@ -125,5 +149,7 @@ pub fn self_check() {
         // Worker 2 had 100 - 25 left, at 20/s.
         let (t, w) = link.next_done().unwrap();
         assert!((t - (1.25 + 75.0 / 20.0)).abs() < 1e-9 && w == 2, "{t}");
+        // A new flow beside worker 2's (capped at 20) would get 80.
+        assert!((link.estimate(1.25, 3, 160.0, 1000.0) - (1.25 + 2.0)).abs() < 1e-9);
     }
 }

@@ -168,7 +168,7 @@ fn report(name: &str, setup: &Setup) -> Value {
     let (wr, wc, wk) = plan.layout;
     let model = CostModel::default().traffic(problem, plan, plan.layout, setup.workers.iter().map(|w| w.memory).min().unwrap_or(GIB) as f64);
     println!(
-        "{name}\n  grid {:?} layout {wr}x{wc}x{wk}: makespan {:.2} s, {}bound {:.2} s ({:.2}x), with C's return {:.2} s ({:.2}x); egress {:.2}x A+B (model {:.2}x); egress busy {:.0}% and workers computing {:.0}% of the makespan; {} tasks ({} copies), {} rejected; scheduler CPU {:.1} µs per task, {:.2} µs per input; C {}",
+        "{name}\n  grid {:?} layout {wr}x{wc}x{wk}: makespan {:.2} s, {}bound {:.2} s ({:.2}x), with C's return {:.2} s ({:.2}x); egress {:.2}x A+B (model {:.2}x); egress busy {:.0}% and workers computing {:.0}% of the makespan; {} tasks ({} copies), {} rejected; scheduler CPU {:.1} µs per task, {:.2} µs per input, of which results and hand-backs {:.1} µs per task and the upkeep of connections {:.1} µs per task ({} upkeep inputs); C {}",
         plan.shape(),
         outcome.makespan,
         if setup.relay { "a star's " } else { "" },
@@ -185,6 +185,9 @@ fn report(name: &str, setup: &Setup) -> Value {
         outcome.rejected,
         outcome.cpu_per_task.as_secs_f64() * 1e6,
         outcome.cpu_per_input.as_secs_f64() * 1e6,
+        outcome.cpu_on_results_per_task.as_secs_f64() * 1e6,
+        (outcome.cpu_per_task - outcome.cpu_on_results_per_task).as_secs_f64() * 1e6,
+        outcome.upkeep_inputs,
         if outcome.correct { "correct" } else { "WRONG OR INCOMPLETE" },
     );
     assert!(outcome.complete && outcome.correct, "{name}: the simulated job must complete with the right C");
@@ -198,5 +201,7 @@ fn report(name: &str, setup: &Setup) -> Value {
         "tasks": outcome.leases, "speculated": outcome.speculated, "rejected": outcome.rejected, "events": outcome.events,
         "scheduler_cpu_us_per_task": outcome.cpu_per_task.as_secs_f64() * 1e6,
         "scheduler_cpu_us_per_input": outcome.cpu_per_input.as_secs_f64() * 1e6,
+        "scheduler_cpu_on_results_us_per_task": outcome.cpu_on_results_per_task.as_secs_f64() * 1e6,
+        "upkeep_inputs": outcome.upkeep_inputs,
     })
 }

@@ -82,6 +82,12 @@ pub struct Outcome {
     /// Real CPU time spent inside the scheduler, per lease issued and per input.
     pub cpu_per_task: Duration,
     pub cpu_per_input: Duration,
+    /// The part of it spent on results and hand-backs (and what they set
+    /// off), per lease issued; the rest is the upkeep of connections: joins,
+    /// hellos, heartbeats, leaves and timers, which grows with the pool and
+    /// the makespan rather than with the tasks.
+    pub cpu_on_results_per_task: Duration,
+    pub upkeep_inputs: u64,
     pub events: u64,
     pub correct: bool,
     /// Seconds the master's egress was carrying something.
@@ -152,9 +158,10 @@ pub fn run(setup: &Setup) -> Outcome {
     let mut egress: Link<(WorkerId, Vec<u8>)> = Link::new(setup.master_link);
     let mut ingress: Link<(WorkerId, Vec<u8>)> = Link::new(setup.master_ingress);
     let mut master_wake: Option<f64> = None;
-    // Who holds which panel, for the relay.
+    // Who has received which panel, for the relay.
     let mut holders: HashMap<(u64, u32), Vec<WorkerId>> = HashMap::new();
-    let mut cpu = Duration::ZERO;
+    // The scheduler's CPU time: on results and hand-backs, and on upkeep.
+    let (mut on_results, mut upkeep) = (Duration::ZERO, Duration::ZERO);
     let mut next_id: WorkerId = 1;
 
     while let Some(Reverse((at, _, happening))) = queue.pop() {
@@ -173,8 +180,8 @@ pub fn run(setup: &Setup) -> Outcome {
             eprintln!("{now:.3} s: {} events, {done} tiles done, {} workers; now: {what}", out.events, workers.len());
         }
         let now_d = Duration::from_nanos(at);
-        let started = Instant::now();
         let mut touched_master = true;
+        let mut task_input = false;
         match happening {
             Happening::Join(i) => {
                 let spec = setup.workers[i].clone();
@@ -187,7 +194,7 @@ pub fn run(setup: &Setup) -> Outcome {
                 }
                 spec_of.insert(id, i);
                 workers.insert(id, SimWorker { spec, session, up_free: now, computing: None, wake_at: f64::INFINITY });
-                sched.handle_input(Input::Connected { worker: id, addr: None }, now_d);
+                timed(&mut upkeep, || sched.handle_input(Input::Connected { worker: id, addr: None }, now_d));
                 flush_worker(id, now, &mut workers, &mut queue, &mut push, &mut ingress, &mut sizes, &mut out);
             }
             Happening::Leave(id) => {
@@ -197,7 +204,7 @@ pub fn run(setup: &Setup) -> Outcome {
                     }
                     schedule(&egress, &mut queue, &mut push, Happening::EgressDone);
                     schedule(&ingress, &mut queue, &mut push, Happening::IngressDone);
-                    sched.handle_input(Input::Disconnected { worker: id }, now_d);
+                    timed(&mut upkeep, || sched.handle_input(Input::Disconnected { worker: id }, now_d));
                     for list in holders.values_mut() {
                         list.retain(|&w| w != id);
                     }
@@ -205,13 +212,15 @@ pub fn run(setup: &Setup) -> Outcome {
             }
             Happening::ToMaster(id, bytes) => {
                 if workers.contains_key(&id) {
-                    sched.handle_input(Input::Message { worker: id, bytes: &bytes }, now_d);
+                    task_input = matches!(codec::decode(&bytes), Ok((Message::ResultChunk { .. } | Message::Release { .. }, _)));
+                    let cpu = if task_input { &mut on_results } else { &mut upkeep };
+                    timed(cpu, || sched.handle_input(Input::Message { worker: id, bytes: &bytes }, now_d));
                 }
             }
             Happening::MasterWake => {
                 if master_wake.is_some_and(|w| ns(w) == at) {
                     master_wake = None;
-                    sched.handle_input(Input::Timeout, now_d);
+                    timed(&mut upkeep, || sched.handle_input(Input::Timeout, now_d));
                 }
             }
             Happening::ToWorker(id, bytes) => {
@@ -223,6 +232,9 @@ pub fn run(setup: &Setup) -> Outcome {
                         Ok(Message::Task { lease, a, b, .. }) => eprintln!("{now:.3} worker {id} has task {lease} (panels {a}, {b})"),
                         _ => {}
                     }
+                }
+                if let (true, Ok((Message::Panel { job, panel, .. }, _))) = (setup.relay, codec::decode(&bytes)) {
+                    holders.entry((job, panel)).or_default().push(id);
                 }
                 if w.session.handle_message(&bytes, now_d).is_err() {
                     continue; // e.g. a master gone silent: the session would reconnect; the sim ignores it
@@ -283,25 +295,31 @@ pub fn run(setup: &Setup) -> Outcome {
             continue;
         }
         out.inputs += 1;
+        out.upkeep_inputs += u64::from(!task_input);
+        let cpu = if task_input { &mut on_results } else { &mut upkeep };
         // Carry out what the scheduler asks.
         loop {
-            match sched.poll_output() {
+            match timed(cpu, || sched.poll_output()) {
                 Output::Send { to, frame } => {
                     if !workers.contains_key(&to) {
                         continue;
                     }
                     let size = HEADER + sizes.sent(&frame.message);
+                    let bytes = codec::encode_frame(&frame);
+                    // A native holder relays (a tab cannot accept connections):
+                    // the one that would deliver first, if sooner than the master would.
+                    let to_link = workers[&to].spec.link;
                     let relay_from = match (&frame.message, setup.relay) {
-                        (Message::Panel { job, panel, .. }, true) => holders.get(&(*job, *panel)).and_then(|h| h.iter().find(|&&x| x != to).copied()),
+                        (Message::Panel { job, panel, .. }, true) => holders.get(&(*job, *panel)).and_then(|h| {
+                            h.iter()
+                                .filter_map(|&r| workers.get(&r).filter(|w| r != to && w.spec.kind == WorkerKind::Native).map(|w| (r, w.up_free.max(now) + size / w.spec.link.min(to_link))))
+                                .min_by(|x, y| x.1.total_cmp(&y.1))
+                        }),
                         _ => None,
                     };
-                    if let Message::Panel { job, panel, .. } = &frame.message {
-                        holders.entry((*job, *panel)).or_default().push(to);
-                    }
-                    let bytes = codec::encode_frame(&frame);
-                    match relay_from.and_then(|r| workers.get(&r).map(|h| (r, h.up_free, h.spec.link))) {
-                        Some((r, up_free, link)) => {
-                            let done = up_free.max(now) + size / link.min(workers[&to].spec.link);
+                    let from_master = egress.estimate(now, to, size, to_link);
+                    match relay_from.filter(|&(_, done)| done < from_master) {
+                        Some((r, done)) => {
                             workers.get_mut(&r).expect("listed").up_free = done;
                             out.relayed += size;
                             push(&mut queue, done + workers[&to].spec.latency, Happening::ToWorker(to, bytes));
@@ -335,7 +353,6 @@ pub fn run(setup: &Setup) -> Outcome {
                 }
             }
         }
-        cpu += started.elapsed();
         if out.complete {
             break;
         }
@@ -345,9 +362,20 @@ pub fn run(setup: &Setup) -> Outcome {
         out.correct = job.take_result().is_some_and(|c| c == DenseMatrix::from(expected));
     }
     out.egress_busy = egress.busy;
+    let cpu = on_results + upkeep;
     out.cpu_per_task = cpu / out.leases.max(1) as u32;
     out.cpu_per_input = cpu / out.inputs.max(1) as u32;
+    out.cpu_on_results_per_task = on_results / out.leases.max(1) as u32;
     out
+}
+
+/// Runs `f`, adding the CPU time it took to `cpu`: the scheduler's time
+/// alone, not the simulated links' and workers' around it.
+fn timed<R>(cpu: &mut Duration, f: impl FnOnce() -> R) -> R {
+    let started = Instant::now();
+    let result = f();
+    *cpu += started.elapsed();
+    result
 }
 
 type Push<'a> = dyn FnMut(&mut BinaryHeap<Reverse<(u64, u64, Happening)>>, f64, Happening) + 'a;
