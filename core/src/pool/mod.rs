@@ -10,8 +10,8 @@
 mod cache;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
-use std::time::Duration;
 use std::ops::Bound;
+use std::time::Duration;
 
 use crate::liveness::{Heartbeat, Liveness};
 use crate::plan::model::Capacity;
@@ -590,5 +590,30 @@ mod tests {
         pool.leave(1);
         assert_eq!(pool.connect(2, Some(addr)), Err(Refusal::Banned));
         assert_eq!(pool.connect(3, Some(PeerAddr::v4([10, 0, 0, 8]))), Ok(()));
+    }
+
+    /// Every worker with room, one at a time, proven ones first.
+    fn room_order(pool: &Pool) -> Vec<WorkerId> {
+        std::iter::successors(pool.next_with_room(None), |&place| pool.next_with_room(Some(place))).map(|(_, id)| id).collect()
+    }
+
+    #[test]
+    fn parked_workers_come_back_in_order_and_leave_for_good() {
+        let mut pool = Pool::new(Access::default(), Heartbeat::default(), 4, 3);
+        for id in 1..=4 {
+            pool.admit(id, hello(WorkerKind::Native, ""), Duration::ZERO).unwrap();
+        }
+        pool.credit(3, 1.0, Duration::ZERO, Duration::ZERO);
+        assert_eq!(room_order(&pool), [3, 1, 2, 4], "the proven worker first");
+        pool.park(1);
+        pool.park(3);
+        assert_eq!(room_order(&pool), [2, 4]);
+        assert!(pool.someone_has_room());
+        pool.leave(3);
+        pool.unpark_all();
+        assert_eq!(room_order(&pool), [1, 2, 4], "a parked worker that left stays gone");
+        pool.park(2);
+        pool.credit(2, 1.0, Duration::ZERO, Duration::ZERO);
+        assert_eq!(room_order(&pool), [2, 1, 4], "news about a parked worker lists it again, under its new standing");
     }
 }

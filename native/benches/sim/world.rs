@@ -311,9 +311,9 @@ pub fn run(setup: &Setup) -> Outcome {
                     let to_link = workers[&to].spec.link;
                     let relay_from = match (&frame.message, setup.relay) {
                         (Message::Panel { job, panel, .. }, true) => holders.get(&(*job, *panel)).and_then(|h| {
-                            h.iter()
-                                .filter_map(|&r| workers.get(&r).filter(|w| r != to && w.spec.kind == WorkerKind::Native).map(|w| (r, w.up_free.max(now) + size / w.spec.link.min(to_link))))
-                                .min_by(|x, y| x.1.total_cmp(&y.1))
+                            let natives =
+                                h.iter().filter(|&&r| r != to).filter_map(|&r| workers.get(&r).filter(|w| w.spec.kind == WorkerKind::Native).map(|w| (r, w)));
+                            natives.map(|(r, w)| (r, w.up_free.max(now) + size / w.spec.link.min(to_link))).min_by(|x, y| x.1.total_cmp(&y.1))
                         }),
                         _ => None,
                     };
