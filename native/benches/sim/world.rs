@@ -160,6 +160,10 @@ pub fn run(setup: &Setup) -> Outcome {
     let mut master_wake: Option<f64> = None;
     // Who has received which panel, for the relay.
     let mut holders: HashMap<(u64, u32), Vec<WorkerId>> = HashMap::new();
+    // When the last panel relayed to each worker arrives: the master's later
+    // messages to it wait for it, as one ordered stream would (a task must not
+    // come before its panel).
+    let mut relayed_until: HashMap<WorkerId, f64> = HashMap::new();
     // The scheduler's CPU time: on results and hand-backs, and on upkeep.
     let (mut on_results, mut upkeep) = (Duration::ZERO, Duration::ZERO);
     let mut next_id: WorkerId = 1;
@@ -261,7 +265,8 @@ pub fn run(setup: &Setup) -> Outcome {
                 if let Some(done) = egress.finish(now, to) {
                     let (to, bytes) = done.payload;
                     let latency = workers.get(&to).map_or(0.0, |w| w.spec.latency);
-                    push(&mut queue, now + latency, Happening::ToWorker(to, bytes));
+                    let at = (now + latency).max(relayed_until.get(&to).copied().unwrap_or(0.0));
+                    push(&mut queue, at, Happening::ToWorker(to, bytes));
                 }
                 schedule(&egress, &mut queue, &mut push, Happening::EgressDone);
             }
@@ -322,7 +327,11 @@ pub fn run(setup: &Setup) -> Outcome {
                         Some((r, done)) => {
                             workers.get_mut(&r).expect("listed").up_free = done;
                             out.relayed += size;
-                            push(&mut queue, done + workers[&to].spec.latency, Happening::ToWorker(to, bytes));
+                            // Nor may it come before what the master sent earlier (an eviction that makes room).
+                            let at = (done + workers[&to].spec.latency).max(egress.estimate(now, to, 0.0, to_link));
+                            let until = relayed_until.entry(to).or_insert(0.0);
+                            *until = until.max(at);
+                            push(&mut queue, *until, Happening::ToWorker(to, bytes));
                         }
                         None => {
                             out.egress += size;
