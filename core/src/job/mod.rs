@@ -508,6 +508,11 @@ impl Job {
         }
         let took = now.saturating_sub(issued);
         self.task_time = Some(smooth(self.task_time, took));
+        // A longer threshold makes copyable leases wait again: those offered
+        // are news once more when their moment comes (copyable ones are the
+        // oldest, so this keeps exactly the offered ones still copyable).
+        let threshold = self.straggler_threshold().expect("a task time");
+        self.copyable_offered = self.copyable_offered.filter(|&(issued, _)| now >= issued + threshold);
         let t = self.plan.tile(tile);
         self.flops_done += flops(t.rows.len(), t.depth.len(), t.cols.len());
         let losers = std::mem::take(&mut self.tile_leases[tile])
