@@ -75,13 +75,18 @@ impl<T> Link<T> {
     }
 
     /// Roughly when `bytes` sent now to `worker` (capped at `cap`) would have
-    /// crossed: after what its connection has queued, at the rate a new flow
-    /// would get now.
+    /// crossed: after what its connection has queued, at its flow's rate now
+    /// (or a new flow's, if it has none).
     pub fn estimate(&self, now: f64, worker: WorkerId, bytes: f64, cap: f64) -> f64 {
+        let rate = match self.flows.get(&worker) {
+            Some(flow) => flow.head.cap.min(self.level()),
+            None => {
+                let mut caps: Vec<f64> = self.by_cap.iter().map(|&(c, _)| f64::from_bits(c)).collect();
+                caps.insert(caps.partition_point(|&c| c < cap), cap);
+                cap.min(fair_level(self.capacity, caps.len(), caps.into_iter()))
+            }
+        };
         let ahead = self.flows.get(&worker).map_or(0.0, |f| f.left + f.queue.iter().map(|t| t.bytes).sum::<f64>());
-        let mut caps: Vec<f64> = self.by_cap.iter().map(|&(c, _)| f64::from_bits(c)).collect();
-        caps.insert(caps.partition_point(|&c| c < cap), cap);
-        let rate = cap.min(fair_level(self.capacity, caps.len(), caps.into_iter()));
         now.max(self.at) + (ahead + bytes) / rate
     }
 
@@ -149,7 +154,9 @@ pub fn self_check() {
         // Worker 2 had 100 - 25 left, at 20/s.
         let (t, w) = link.next_done().unwrap();
         assert!((t - (1.25 + 75.0 / 20.0)).abs() < 1e-9 && w == 2, "{t}");
-        // A new flow beside worker 2's (capped at 20) would get 80.
+        // A new flow beside worker 2's (capped at 20) would get 80; more for
+        // worker 2 waits for its 75 left, at 20.
         assert!((link.estimate(1.25, 3, 160.0, 1000.0) - (1.25 + 2.0)).abs() < 1e-9);
+        assert!((link.estimate(1.25, 2, 25.0, 20.0) - (1.25 + 5.0)).abs() < 1e-9);
     }
 }

@@ -155,15 +155,17 @@ pub fn run(setup: &Setup) -> Outcome {
     }
     let mut workers: BTreeMap<WorkerId, SimWorker> = BTreeMap::new();
     let mut spec_of: HashMap<WorkerId, usize> = HashMap::new();
-    let mut egress: Link<(WorkerId, Vec<u8>)> = Link::new(setup.master_link);
+    // Out: each message, and when it may arrive at the earliest (a relayed
+    // panel: when its relay delivers it; it keeps its place in the stream).
+    let mut egress: Link<(WorkerId, Vec<u8>, f64)> = Link::new(setup.master_link);
     let mut ingress: Link<(WorkerId, Vec<u8>)> = Link::new(setup.master_ingress);
     let mut master_wake: Option<f64> = None;
     // Who has received which panel, for the relay.
     let mut holders: HashMap<(u64, u32), Vec<WorkerId>> = HashMap::new();
-    // When the last panel relayed to each worker arrives: the master's later
-    // messages to it wait for it, as one ordered stream would (a task must not
-    // come before its panel).
-    let mut relayed_until: HashMap<WorkerId, f64> = HashMap::new();
+    // When the last message to each worker arrived: they arrive in order, as
+    // on one stream, relayed panels included (a task must not come before its
+    // panel, nor a panel before the eviction that makes room for it).
+    let mut delivered_until: HashMap<WorkerId, f64> = HashMap::new();
     // The scheduler's CPU time: on results and hand-backs, and on upkeep.
     let (mut on_results, mut upkeep) = (Duration::ZERO, Duration::ZERO);
     let mut next_id: WorkerId = 1;
@@ -203,9 +205,8 @@ pub fn run(setup: &Setup) -> Outcome {
             }
             Happening::Leave(id) => {
                 if workers.remove(&id).is_some() {
-                    for link in [&mut egress, &mut ingress] {
-                        link.forget(now, id);
-                    }
+                    egress.forget(now, id);
+                    ingress.forget(now, id);
                     schedule(&egress, &mut queue, &mut push, Happening::EgressDone);
                     schedule(&ingress, &mut queue, &mut push, Happening::IngressDone);
                     timed(&mut upkeep, || sched.handle_input(Input::Disconnected { worker: id }, now_d));
@@ -263,10 +264,11 @@ pub fn run(setup: &Setup) -> Outcome {
                 }
                 let (_, to) = egress.next_done().expect("a pending completion");
                 if let Some(done) = egress.finish(now, to) {
-                    let (to, bytes) = done.payload;
+                    let (to, bytes, relayed_at) = done.payload;
                     let latency = workers.get(&to).map_or(0.0, |w| w.spec.latency);
-                    let at = (now + latency).max(relayed_until.get(&to).copied().unwrap_or(0.0));
-                    push(&mut queue, at, Happening::ToWorker(to, bytes));
+                    let last = delivered_until.entry(to).or_insert(0.0);
+                    *last = last.max(now + latency).max(relayed_at);
+                    push(&mut queue, *last, Happening::ToWorker(to, bytes));
                 }
                 schedule(&egress, &mut queue, &mut push, Happening::EgressDone);
             }
@@ -327,15 +329,14 @@ pub fn run(setup: &Setup) -> Outcome {
                         Some((r, done)) => {
                             workers.get_mut(&r).expect("listed").up_free = done;
                             out.relayed += size;
-                            // Nor may it come before what the master sent earlier (an eviction that makes room).
-                            let at = (done + workers[&to].spec.latency).max(egress.estimate(now, to, 0.0, to_link));
-                            let until = relayed_until.entry(to).or_insert(0.0);
-                            *until = until.max(at);
-                            push(&mut queue, *until, Happening::ToWorker(to, bytes));
+                            // No bytes on the master's link, but its place in the worker's stream.
+                            let relayed_at = done + workers[&to].spec.latency;
+                            egress.send(now, to, Transfer { bytes: 0.0, cap: to_link, payload: (to, bytes, relayed_at) });
+                            schedule(&egress, &mut queue, &mut push, Happening::EgressDone);
                         }
                         None => {
                             out.egress += size;
-                            egress.send(now, to, Transfer { bytes: size, cap: workers[&to].spec.link, payload: (to, bytes) });
+                            egress.send(now, to, Transfer { bytes: size, cap: to_link, payload: (to, bytes, 0.0) });
                             schedule(&egress, &mut queue, &mut push, Happening::EgressDone);
                         }
                     }
@@ -390,7 +391,7 @@ fn timed<R>(cpu: &mut Duration, f: impl FnOnce() -> R) -> R {
 type Push<'a> = dyn FnMut(&mut BinaryHeap<Reverse<(u64, u64, Happening)>>, f64, Happening) + 'a;
 
 /// Wakes the loop when the link's next message will have crossed.
-fn schedule(link: &Link<(WorkerId, Vec<u8>)>, queue: &mut BinaryHeap<Reverse<(u64, u64, Happening)>>, push: &mut Push<'_>, event: fn(u64) -> Happening) {
+fn schedule<T>(link: &Link<T>, queue: &mut BinaryHeap<Reverse<(u64, u64, Happening)>>, push: &mut Push<'_>, event: fn(u64) -> Happening) {
     if let Some((at, _)) = link.next_done() {
         push(queue, at, event(link.version));
     }
