@@ -635,18 +635,19 @@ impl Job {
             return false;
         }
         let Some(threshold) = self.straggler_threshold() else { return false };
-        let newest = self
-            .by_issue
-            .iter()
-            .take_while(|&&(issued, _)| now >= issued + threshold)
-            .filter(|(_, id)| self.tile_leases[self.leases[id].tile].len() == 1)
-            .last()
-            .copied();
+        let newest = self.copyable(threshold, now).last().map(|(id, l)| (l.issued, id));
         let new = newest > self.copyable_offered;
         if new {
             self.copyable_offered = newest;
         }
         new
+    }
+
+    /// The leases a copy may be made of at `now`, oldest first: issued at
+    /// least `threshold` ago, and their tile's only copy.
+    fn copyable(&self, threshold: Duration, now: Duration) -> impl Iterator<Item = (LeaseId, &Lease)> + '_ {
+        let issued_long_ago = self.by_issue.iter().take_while(move |&&(issued, _)| now >= issued + threshold);
+        issued_long_ago.map(|&(_, id)| (id, &self.leases[&id])).filter(|(_, l)| self.tile_leases[l.tile].len() == 1)
     }
 
     /// The oldest lease that is its tile's only copy.
@@ -675,13 +676,8 @@ impl Job {
             return None;
         }
         let threshold = self.straggler_threshold()?;
-        let tile = self
-            .by_issue
-            .iter()
-            .map(|(_, id)| &self.leases[id])
-            .take_while(|l| now >= l.issued + threshold)
-            .find(|l| l.worker != worker && self.tile_leases[l.tile].len() == 1 && !self.rejected_by[l.tile].contains(&worker))?
-            .tile;
+        let (_, lease) = self.copyable(threshold, now).find(|(_, l)| l.worker != worker && !self.rejected_by[l.tile].contains(&worker))?;
+        let tile = lease.tile;
         Some(Order { tile, speculative: true })
     }
 

@@ -617,9 +617,6 @@ impl Scheduler {
             self.outputs.push_back(Output::Event(Event::JobPlanned { job: id }));
         }
         loop {
-            if !self.running().any(|(_, j)| j.has_work(now)) {
-                return;
-            }
             let mut gave = false;
             let mut after = None;
             while let Some(place) = self.pool.next_with_room(after) {

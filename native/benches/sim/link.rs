@@ -78,15 +78,14 @@ impl<T> Link<T> {
     /// crossed: after what its connection has queued, at its flow's rate now
     /// (or a new flow's, if it has none).
     pub fn estimate(&self, now: f64, worker: WorkerId, bytes: f64, cap: f64) -> f64 {
-        let rate = match self.flows.get(&worker) {
-            Some(flow) => flow.head.cap.min(self.level()),
+        let (rate, ahead) = match self.flows.get(&worker) {
+            Some(flow) => (flow.head.cap.min(self.level()), flow.left + flow.queue.iter().map(|t| t.bytes).sum::<f64>()),
             None => {
                 let mut caps: Vec<f64> = self.by_cap.iter().map(|&(c, _)| f64::from_bits(c)).collect();
                 caps.insert(caps.partition_point(|&c| c < cap), cap);
-                cap.min(fair_level(self.capacity, caps.len(), caps.into_iter()))
+                (cap.min(fair_level(self.capacity, caps.len(), caps.into_iter())), 0.0)
             }
         };
-        let ahead = self.flows.get(&worker).map_or(0.0, |f| f.left + f.queue.iter().map(|t| t.bytes).sum::<f64>());
         now.max(self.at) + (ahead + bytes) / rate
     }
 
