@@ -21,7 +21,7 @@ use crate::matrix::{DenseMatrix, Dtype, ShapeError};
 use crate::payload::{Incoming, PayloadError};
 use crate::plan::model::Problem;
 use crate::plan::{CostModel, PanelId, Plan, Tile};
-use crate::pool::{smooth, WorkerId};
+use crate::pool::{smooth, Bench, WorkerId};
 use crate::protocol::{chunk_ranges, Frame, JobId, LeaseId, Message};
 use crate::verify::Verifier;
 use panels::Panels;
@@ -679,6 +679,29 @@ impl Job {
         let (_, lease) = self.copyable(threshold, now).find(|(_, l)| l.worker != worker && !self.rejected_by[l.tile].contains(&worker))?;
         let tile = lease.tile;
         Some(Order { tile, speculative: true })
+    }
+
+    /// Whether the plan leaves `worker` out, whatever comes back to the
+    /// queue, and until when: it never owned a region, holds none of the
+    /// job's panels (`holds_panels`), has no verified record to copy a
+    /// straggler's tile with, and is too slow for a region (until the plan
+    /// opens to all) or fast enough but finds none free (until one frees).
+    /// [`Self::next_order`] and [`Self::next_ahead`] give it nothing then.
+    pub(crate) fn leaves_out(&self, worker: WorkerId, holds_panels: bool, speed: f64, proven: bool) -> Option<Bench> {
+        if self.plan.spread || self.queue.is_veteran(worker) || holds_panels || proven {
+            return None;
+        }
+        if speed < self.plan.min_speed {
+            Some(Bench::UntilPlanChanges)
+        } else {
+            (!self.queue.has_free_region()).then_some(Bench::UntilRegionFrees)
+        }
+    }
+
+    /// Whether a region nobody owns gained pending tiles since last asked
+    /// ([`Bench::UntilRegionFrees`]).
+    pub(crate) fn take_region_freed(&mut self) -> bool {
+        self.queue.take_region_freed()
     }
 
     /// The speed assumed of a worker that has not shown one, flop/s.

@@ -81,6 +81,9 @@ pub(crate) struct Queue {
     /// Regions with pending tiles, fullest first; and those of them nobody owns.
     fullest: BySize,
     fullest_free: BySize,
+    /// A region nobody owns has gained pending tiles since last asked: fast
+    /// workers waiting for one may claim it now.
+    region_freed: bool,
 }
 
 /// How many of a held panel's pending tiles to look at before settling.
@@ -119,6 +122,7 @@ impl Queue {
             veterans: BTreeSet::new(),
             fullest: BySize::new(),
             fullest_free: BySize::new(),
+            region_freed: false,
         };
         for t in 0..plan.tiles() {
             queue.push(t);
@@ -166,6 +170,7 @@ impl Queue {
         self.unlist(r);
         self.regions[r].tiles.insert(t);
         self.list(r);
+        self.region_freed |= self.regions[r].owner.is_none() && self.regions[r].tiles.len() == 1;
         self.pending += 1;
         for panel in self.plan.panels_of(t) {
             self.by_panel[panel as usize].insert(t);
@@ -197,7 +202,23 @@ impl Queue {
     pub fn forget(&mut self, worker: WorkerId) -> bool {
         let Some(r) = self.owned.remove(&worker) else { return false };
         self.set_owner(r, None);
+        self.region_freed |= !self.regions[r].tiles.is_empty();
         true
+    }
+
+    /// Whether a region nobody owns has pending tiles.
+    pub fn has_free_region(&self) -> bool {
+        !self.fullest_free.is_empty()
+    }
+
+    /// Whether a region nobody owns gained pending tiles since last asked.
+    pub fn take_region_freed(&mut self) -> bool {
+        std::mem::take(&mut self.region_freed)
+    }
+
+    /// Whether `worker` has owned a region of this queue.
+    pub fn is_veteran(&self, worker: WorkerId) -> bool {
+        self.veterans.contains(&worker)
     }
 
     /// Lets any worker claim or share a region from now on, as if the plan
@@ -238,17 +259,20 @@ impl Queue {
                 if refused(t) {
                     continue;
                 }
-                let needed: Vec<PanelId> = self.plan.panels_of(t).into_iter().filter(|p| !held.contains(p)).collect();
-                if new_panel && needed.is_empty() {
+                // Counted, not collected: this runs up to SCAN times per panel held, per offer.
+                let panels = self.plan.panels_of(t);
+                let needed = panels.map(|p| !held.contains(&p));
+                let needs = needed.iter().filter(|&&n| n).count();
+                if new_panel && needs == 0 {
                     continue;
                 }
                 let outside = own != Some(self.home[t]);
-                if !needed.is_empty() && outside && !own_dry {
+                if needs > 0 && outside && !own_dry {
                     continue;
                 }
-                let long = needed.iter().any(|&p| self.panel_sizes[p as usize].0 != short);
-                if best.is_none_or(|b| (needed.len(), outside, long, t) < b) {
-                    best = Some((needed.len(), outside, long, t));
+                let long = (0..2).any(|i| needed[i] && self.panel_sizes[panels[i] as usize].0 != short);
+                if best.is_none_or(|b| (needs, outside, long, t) < b) {
+                    best = Some((needs, outside, long, t));
                 }
             }
         }

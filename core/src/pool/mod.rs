@@ -143,6 +143,16 @@ impl Cancelled {
     }
 }
 
+/// What would let a benched worker ([`Pool::bench`]) get work: each
+/// includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Bench {
+    /// A region nobody owns gains work: a fast worker that never had one may claim it.
+    UntilRegionFrees,
+    /// A job is planned, or its plan opens to all.
+    UntilPlanChanges,
+}
+
 /// A lease as its worker's record keeps it: what it pins in the cache.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Held {
@@ -200,6 +210,11 @@ pub struct Pool {
     room: BTreeSet<(bool, WorkerId)>,
     /// Keyed as in `room`, so that unparking is one merge.
     parked: BTreeSet<(bool, WorkerId)>,
+    /// Parked workers that every running job's plan leaves out, whatever
+    /// comes back to its queue, by what would change that ([`Bench`]). A
+    /// crowd's idle tabs wait here, so work coming back is not offered to
+    /// each of them in turn.
+    benched: [BTreeSet<(bool, WorkerId)>; 2],
     /// Each worker's next liveness check (a heartbeat due, or its silence
     /// limit), earliest first. Kept lazily: hearing from a worker does not move
     /// its check; a check that finds nothing due sets the next one.
@@ -222,6 +237,7 @@ impl Pool {
             workers: BTreeMap::new(),
             room: BTreeSet::new(),
             parked: BTreeSet::new(),
+            benched: [BTreeSet::new(), BTreeSet::new()],
             checks: BTreeSet::new(),
             headcount: [0; 2],
             infos: BTreeMap::new(),
@@ -335,9 +351,10 @@ impl Pool {
         !self.is_new(worker)
     }
 
-    /// Takes `worker` off both the room and the parked lists.
+    /// Takes `worker` off the room, parked and benched lists.
     fn unroom(&mut self, worker: WorkerId) {
-        for list in [&mut self.room, &mut self.parked] {
+        let [until_region, until_plan] = &mut self.benched;
+        for list in [&mut self.room, &mut self.parked, until_region, until_plan] {
             list.remove(&(true, worker));
             list.remove(&(false, worker));
         }
@@ -371,6 +388,22 @@ impl Pool {
         self.room.append(&mut self.parked);
     }
 
+    /// `worker` was offered nothing, and no plan running now will give it
+    /// anything until `until`: leave it out till then.
+    pub(crate) fn bench(&mut self, worker: WorkerId, until: Bench) {
+        self.unroom(worker);
+        self.benched[until as usize].insert((self.is_new(worker), worker));
+    }
+
+    /// `what` happened: offer to the workers benched until then again, and
+    /// to the parked ones (what frees work for the benched may free some for them).
+    pub(crate) fn unbench(&mut self, what: Bench) {
+        self.unpark_all();
+        for until in Bench::UntilRegionFrees as usize..=what as usize {
+            self.room.append(&mut self.benched[until]);
+        }
+    }
+
     /// A lease ended (a result, a cancel, a hand-back): its panels and product are free.
     pub(crate) fn end_lease(&mut self, worker: WorkerId, lease: LeaseId) -> Option<Held> {
         let w = self.workers.get_mut(&worker)?;
@@ -392,6 +425,8 @@ impl Pool {
         self.room.range((from, Bound::Unbounded)).next().copied()
     }
 
+    /// Whether a worker with room may take a straggler's copy: benched ones
+    /// may not (they have no verified record).
     pub(crate) fn someone_has_room(&self) -> bool {
         !self.room.is_empty() || !self.parked.is_empty()
     }
@@ -615,5 +650,25 @@ mod tests {
         pool.park(2);
         pool.credit(2, 1.0, Duration::ZERO, Duration::ZERO);
         assert_eq!(room_order(&pool), [2, 1, 4], "news about a parked worker lists it again, under its new standing");
+    }
+
+    #[test]
+    fn benched_workers_come_back_only_when_what_they_wait_for_happens() {
+        let mut pool = Pool::new(Access::default(), Heartbeat::default(), 4, 3);
+        for id in 1..=4 {
+            pool.admit(id, hello(WorkerKind::Native, ""), Duration::ZERO).unwrap();
+        }
+        pool.bench(1, Bench::UntilRegionFrees);
+        pool.bench(2, Bench::UntilPlanChanges);
+        pool.park(3);
+        pool.unpark_all();
+        assert_eq!(room_order(&pool), [3, 4], "work coming back is not offered to the benched");
+        assert!(pool.someone_has_room());
+        pool.unbench(Bench::UntilRegionFrees);
+        assert_eq!(room_order(&pool), [1, 3, 4]);
+        pool.bench(1, Bench::UntilPlanChanges);
+        pool.leave(2);
+        pool.unbench(Bench::UntilPlanChanges);
+        assert_eq!(room_order(&pool), [1, 3, 4], "a benched worker that left stays gone");
     }
 }

@@ -34,7 +34,7 @@ use crate::kernel::flops;
 use crate::liveness::Heartbeat;
 use crate::payload::PayloadError;
 use crate::plan::PanelId;
-use crate::pool::{Held, Hello, Pool};
+use crate::pool::{Bench, Held, Hello, Pool};
 use crate::protocol::{Frame, JobId, LeaseId, Message, WorkerKind, DEFAULT_CHUNK};
 use crate::verify::Verifier;
 
@@ -208,7 +208,7 @@ impl Scheduler {
 
     /// Starts running `job`, planned already, on the pool.
     pub fn add_job(&mut self, job: Job, now: Duration) {
-        self.pool.unpark_all();
+        self.pool.unbench(Bench::UntilPlanChanges);
         let id = job.id();
         let complete = job.is_complete();
         self.jobs.insert(id, Entry::Running(job));
@@ -482,9 +482,10 @@ impl Scheduler {
     }
 
     /// The worker is gone: its tiles go back in the queue. The parked workers
-    /// are offered work again only if that freed some: in a crowd most who
-    /// leave held nothing, and offering to every idle worker on each
-    /// departure would cost the master O(pool) per departure.
+    /// are offered work again only if that freed some (the benched, only if
+    /// it freed a region or opened a plan to all): in a crowd most who leave
+    /// held nothing, and offering to every idle worker on each departure
+    /// would cost the master O(pool) per departure.
     fn leave(&mut self, worker: WorkerId, now: Duration) {
         let Some(w) = self.pool.leave(worker) else { return };
         let mut freed = !w.ahead.is_empty() || !w.leases.is_empty();
@@ -493,7 +494,7 @@ impl Scheduler {
                 job.unreserve(tile, true);
             }
         }
-        let mut requeued = 0;
+        let (mut requeued, mut opened) = (0, false);
         for (lease, held) in w.leases {
             if let Some(Entry::Running(job)) = self.jobs.get_mut(&held.job) {
                 requeued += usize::from(job.drop_lease(lease));
@@ -505,12 +506,14 @@ impl Scheduler {
                 let plan = job.plan();
                 if !plan.spread && !self.pool.workers.keys().any(|&w| self.pool.speed(w, job.assumed_flops()) >= plan.min_speed) {
                     job.open_to_all();
-                    freed = true;
+                    opened = true;
                 }
             }
         }
         self.outputs.push_back(Output::Event(Event::WorkerLeft { worker, requeued }));
-        if freed {
+        if opened {
+            self.pool.unbench(Bench::UntilPlanChanges);
+        } else if freed {
             self.pool.unpark_all();
         }
         self.assign(now);
@@ -613,8 +616,17 @@ impl Scheduler {
         for id in due {
             let Some(Entry::Unplanned(job)) = self.jobs.remove(&id) else { unreachable!("listed above") };
             self.jobs.insert(id, Entry::Running(job.plan(&self.pool, settled.expect("a job is due only once the pool settled"), now)));
-            self.pool.unpark_all();
+            self.pool.unbench(Bench::UntilPlanChanges);
             self.outputs.push_back(Output::Event(Event::JobPlanned { job: id }));
+        }
+        let mut region_freed = false;
+        for entry in self.jobs.values_mut() {
+            if let Entry::Running(job) = entry {
+                region_freed |= job.take_region_freed();
+            }
+        }
+        if region_freed {
+            self.pool.unbench(Bench::UntilRegionFrees);
         }
         loop {
             let mut gave = false;
@@ -629,6 +641,8 @@ impl Scheduler {
                 }
                 if self.offer(worker, now) {
                     gave = true;
+                } else if let Some(until) = self.left_out(worker) {
+                    self.pool.bench(worker, until);
                 } else {
                     self.pool.park(worker);
                 }
@@ -637,6 +651,20 @@ impl Scheduler {
                 return;
             }
         }
+    }
+
+    /// Whether every running job's plan leaves `worker` out, whatever comes
+    /// back to its queue, and until when ([`Job::leaves_out`]).
+    fn left_out(&self, worker: WorkerId) -> Option<Bench> {
+        let w = &self.pool.workers[&worker];
+        let proven = self.pool.is_proven(worker);
+        let mut until = None;
+        for (id, job) in self.running().filter(|(_, j)| !j.is_complete()) {
+            let holds_panels = w.cache.panels_of(id).next().is_some() || w.ahead.iter().any(|&(j, ..)| j == id);
+            let job_until = job.leaves_out(worker, holds_panels, self.pool.speed(worker, job.assumed_flops()), proven)?;
+            until = Some(until.map_or(job_until, |u: Bench| u.min(job_until)));
+        }
+        until
     }
 
     /// Gives `worker` one task, from the running job with the fewest leases

@@ -349,6 +349,28 @@ fn when_the_workers_a_plan_chose_have_left_the_ones_it_left_waiting_take_over() 
 }
 
 #[test]
+fn a_fast_worker_left_waiting_takes_the_region_its_owner_leaves_while_a_slow_one_still_waits() {
+    // One region, for one fast worker: a second fast one waits for a region
+    // to free, a slow one for the plan to open to all.
+    let plan = Plan { spread: false, min_speed: 1e11, ..Plan::columns(4, 4, 40, 2) };
+    let mut sim = Sim::with_job(plan, quick_config(), |job| job);
+    let fast = |name| WorkerConfig { flops: 1_000_000_000_000, ..WorkerConfig::new(WorkerKind::Native, name) };
+    let owner = sim.join_with(fast("owner"));
+    let spare = sim.join_with(fast("spare"));
+    let slow = sim.join_with(WorkerConfig { flops: 1_000_000_000, ..WorkerConfig::new(WorkerKind::Native, "slow") });
+    serve(&mut sim, owner, 3);
+    serve(&mut sim, spare, 3);
+    serve(&mut sim, slow, 3);
+    assert_eq!((sim.tiles_done(spare), sim.tiles_done(slow)), (0, 0), "both wait while the owner works");
+    sim.leave(owner);
+    serve(&mut sim, spare, 3);
+    serve(&mut sim, slow, 3);
+    assert!(sim.tiles_done(spare) > 0, "the spare took the region its owner left");
+    assert_eq!(sim.tiles_done(slow), 0, "a fast worker is left: the slow one still waits");
+    assert_eq!(sim.run_to_completion(), sim.expected);
+}
+
+#[test]
 fn a_vanished_workers_blocks_are_requeued() {
     let mut sim = Sim::new(6, 5, 20, 4, quick_config());
     let doomed = sim.join(2);
