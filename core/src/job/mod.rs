@@ -599,19 +599,19 @@ impl Job {
     }
 
     /// When the job next needs a look: a lease's deadline, or (if a worker is
-    /// idle) when a straggler's tile may be copied, unless that moment came by
-    /// `acted`, when it was looked at already (else a copy no idle worker may
-    /// take would wake the master again and again at once).
+    /// idle) the next moment a straggler's tile may be copied after `acted`,
+    /// when the last look was (those that came by then were looked at; waking
+    /// for them again would wake the master again and again at once, if no
+    /// idle worker may take the copy).
     pub(crate) fn next_wake(&self, someone_idle: bool, acted: Duration) -> Option<Duration> {
         if self.result.is_some() {
             return None;
         }
         let expiry = self.deadlines.first().map(|&(at, _)| at);
-        let straggler = someone_idle
-            .then(|| self.straggler_threshold())
-            .flatten()
-            .and_then(|t| self.oldest_single().map(|l| l.issued + t))
-            .filter(|&at| at > acted);
+        let straggler = someone_idle.then(|| self.straggler_threshold()).flatten().and_then(|t| {
+            let unseen = self.by_issue.range((acted.saturating_sub(t), 0)..).filter(|&&(issued, _)| issued + t > acted);
+            unseen.map(|(_, id)| &self.leases[id]).find(|l| self.tile_leases[l.tile].len() == 1).map(|l| l.issued + t)
+        });
         expiry.into_iter().chain(straggler).min()
     }
 

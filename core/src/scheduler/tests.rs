@@ -424,6 +424,34 @@ fn a_straggler_is_duplicated_at_the_tail_and_the_first_result_wins() {
 }
 
 #[test]
+fn a_straggler_offered_then_made_to_wait_by_a_slower_result_is_offered_again_when_its_moment_comes() {
+    let mut config = quick_config();
+    config.leases = LeaseConfig { initial: ms(60_000), min: ms(60_000), straggler_factor: 2.0, ..config.leases };
+    let mut sim = Sim::new(4, 4, 8, 2, config); // four tiles
+    let copier = sim.join(2);
+    sim.advance(ms(2));
+    serve(&mut sim, copier, 1); // took 2 ms: the threshold is 4 ms; it now holds two tiles
+    sim.advance(ms(8));
+    let silent = sim.join(1); // its tile, issued at 10 ms, is never computed
+    let stranger = sim.join(1); // idle, but may not copy without a verified record
+    sim.advance(ms(4));
+    // At 14 ms every lease out is copyable, and was offered: to no one who may take it.
+    sim.advance(ms(2));
+    sim.compute(copier);
+    sim.deliver_to_master(copier, usize::MAX);
+    // That took 14 ms: the threshold is now 8.8 ms, and the silent worker's
+    // lease (6 ms old) waits again. The copier, idle beside its other lease,
+    // which is copyable but its own, is offered nothing.
+    assert!(!sim.events.iter().any(|e| matches!(e, Event::Speculated { .. })));
+    sim.advance(ms(3));
+    let tile = sim.sched.job(JOB).unwrap().plan().tiles() - 1;
+    assert!(sim.events.contains(&Event::Speculated { job: JOB, worker: copier, tile }), "at 9 ms old it is copied, long before it expires");
+    assert_eq!(sim.tiles_done(stranger), 0);
+    assert_eq!(sim.tiles_done(silent), 0);
+    assert_eq!(sim.run_to_completion(), sim.expected);
+}
+
+#[test]
 fn wrong_results_are_caught_reissued_elsewhere_and_their_sender_is_cut_off() {
     let (m, k, n, width) = (6, 5, 24, 2);
     let (a, b) = operands(m, k, n);
