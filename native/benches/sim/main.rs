@@ -168,7 +168,7 @@ fn report(name: &str, setup: &Setup) -> Value {
     let (wr, wc, wk) = plan.layout;
     let model = CostModel::default().traffic(problem, plan, plan.layout, setup.workers.iter().map(|w| w.memory).min().unwrap_or(GIB) as f64);
     println!(
-        "{name}\n  grid {:?} layout {wr}x{wc}x{wk}: makespan {:.2} s, {}bound {:.2} s ({:.2}x), with C's return {:.2} s ({:.2}x); egress {:.2}x A+B (model {:.2}x); egress busy {:.0}% and workers computing {:.0}% of the makespan; {} tasks ({} copies), {} rejected; scheduler CPU {:.1} µs per task, {:.2} µs per input, of which results and hand-backs {:.1} µs per task and the upkeep of connections {:.1} µs per task ({} upkeep inputs); C {}",
+        "{name}\n  grid {:?} layout {wr}x{wc}x{wk}: makespan {:.2} s, {}bound {:.2} s ({:.2}x), with C's return {:.2} s ({:.2}x); egress {:.2}x A+B (model {:.2}x); egress busy {:.0}% and workers computing {:.0}% of the makespan; {} tasks ({} copies), {} rejected; scheduler CPU {:.1} µs per task, {:.2} µs per input, of which results and hand-backs {:.1} µs per task and the upkeep of connections {:.1} µs per task ({} upkeep inputs, {:.3} µs per connected worker per second); C {}",
         plan.shape(),
         outcome.makespan,
         if setup.relay { "a star's " } else { "" },
@@ -188,6 +188,7 @@ fn report(name: &str, setup: &Setup) -> Value {
         outcome.cpu_on_results_per_task.as_secs_f64() * 1e6,
         (outcome.cpu_per_task - outcome.cpu_on_results_per_task).as_secs_f64() * 1e6,
         outcome.upkeep_inputs,
+        outcome.upkeep_per_worker_second.as_secs_f64() * 1e6,
         if outcome.correct { "correct" } else { "WRONG OR INCOMPLETE" },
     );
     assert!(outcome.complete && outcome.correct, "{name}: the simulated job must complete with the right C");
@@ -203,5 +204,7 @@ fn report(name: &str, setup: &Setup) -> Value {
         "scheduler_cpu_us_per_input": outcome.cpu_per_input.as_secs_f64() * 1e6,
         "scheduler_cpu_on_results_us_per_task": outcome.cpu_on_results_per_task.as_secs_f64() * 1e6,
         "upkeep_inputs": outcome.upkeep_inputs,
+        "upkeep_cpu_us_per_worker_second": outcome.upkeep_per_worker_second.as_secs_f64() * 1e6,
+        "worker_seconds": outcome.worker_seconds,
     })
 }

@@ -88,6 +88,11 @@ pub struct Outcome {
     /// the makespan rather than with the tasks.
     pub cpu_on_results_per_task: Duration,
     pub upkeep_inputs: u64,
+    /// The upkeep's CPU per second a worker was connected: what a crowd costs
+    /// the master while it waits, whatever the tasks.
+    pub upkeep_per_worker_second: Duration,
+    /// Connected workers, summed over the makespan's seconds.
+    pub worker_seconds: f64,
     pub events: u64,
     pub correct: bool,
     /// Seconds the master's egress was carrying something.
@@ -170,11 +175,14 @@ pub fn run(setup: &Setup) -> Outcome {
     let (mut on_results, mut upkeep) = (Duration::ZERO, Duration::ZERO);
     let mut next_id: WorkerId = 1;
 
+    let mut last_event = 0.0;
     while let Some(Reverse((at, _, happening))) = queue.pop() {
         let now = at as f64 / 1e9;
         if now > setup.horizon {
             break;
         }
+        out.worker_seconds += workers.len() as f64 * (now - last_event);
+        last_event = now;
         out.events += 1;
         if out.events % 1_000_000 == 0 && std::env::var_os("SIM_TRACE").is_some() {
             let done = sched.job(1).map_or(0, |j| j.tiles_done());
@@ -375,6 +383,7 @@ pub fn run(setup: &Setup) -> Outcome {
     let cpu = on_results + upkeep;
     out.cpu_per_task = cpu / out.leases.max(1) as u32;
     out.cpu_per_input = cpu / out.inputs.max(1) as u32;
+    out.upkeep_per_worker_second = upkeep.div_f64(out.worker_seconds.max(1.0));
     out.cpu_on_results_per_task = on_results / out.leases.max(1) as u32;
     out
 }
