@@ -599,16 +599,16 @@ impl Job {
     }
 
     /// When the job next needs a look: a lease's deadline, or (if a worker is
-    /// idle) the next moment a straggler's tile may be copied after `acted`,
-    /// when the last look was (those that came by then were looked at; waking
-    /// for them again would wake the master again and again at once, if no
-    /// idle worker may take the copy).
+    /// idle and the queue empty) the next moment a straggler's tile may be
+    /// copied after `acted`, when the last look was (those that came by then
+    /// were looked at; waking for them again would wake the master again and
+    /// again at once, if no idle worker may take the copy).
     pub(crate) fn next_wake(&self, someone_idle: bool, acted: Duration) -> Option<Duration> {
         if self.result.is_some() {
             return None;
         }
         let expiry = self.deadlines.first().map(|&(at, _)| at);
-        let straggler = someone_idle.then(|| self.straggler_threshold()).flatten().and_then(|t| {
+        let straggler = (someone_idle && !self.queue.has_pending()).then(|| self.straggler_threshold()).flatten().and_then(|t| {
             let unseen = self.by_issue.range((acted.saturating_sub(t), 0)..).filter(|&&(issued, _)| issued + t > acted);
             unseen.map(|(_, id)| &self.leases[id]).find(|l| self.tile_leases[l.tile].len() == 1).map(|l| l.issued + t)
         });
@@ -634,8 +634,11 @@ impl Job {
         if self.result.is_some() || self.queue.has_pending() {
             return false;
         }
-        let Some(threshold) = self.straggler_threshold() else { return false };
-        let newest = self.copyable(threshold, now).last().map(|(id, l)| (l.issued, id));
+        let Some(long_ago) = self.straggler_threshold().and_then(|t| now.checked_sub(t)) else { return false };
+        // The newest copyable, looked for from the newest back: at the tail
+        // this runs at every tick and result.
+        let issued_long_ago = self.by_issue.range(..=(long_ago, LeaseId::MAX)).rev();
+        let newest = issued_long_ago.copied().find(|(_, id)| self.tile_leases[self.leases[id].tile].len() == 1);
         let new = newest > self.copyable_offered;
         if new {
             self.copyable_offered = newest;

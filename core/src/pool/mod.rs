@@ -404,6 +404,19 @@ impl Pool {
         }
     }
 
+    /// The benched workers.
+    #[cfg(test)]
+    pub(crate) fn benched(&self) -> impl Iterator<Item = WorkerId> + '_ {
+        self.benched.iter().flatten().map(|&(_, w)| w)
+    }
+
+    /// What `worker` is benched until, if it is.
+    #[cfg(test)]
+    pub(crate) fn benched_until(&self, worker: WorkerId) -> Option<Bench> {
+        let listed = |until: Bench| self.benched[until as usize].iter().any(|&(_, w)| w == worker);
+        [Bench::UntilRegionFrees, Bench::UntilPlanChanges].into_iter().find(|&until| listed(until))
+    }
+
     /// A lease ended (a result, a cancel, a hand-back): its panels and product are free.
     pub(crate) fn end_lease(&mut self, worker: WorkerId, lease: LeaseId) -> Option<Held> {
         let w = self.workers.get_mut(&worker)?;

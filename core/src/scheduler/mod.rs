@@ -267,7 +267,7 @@ impl Scheduler {
         };
         let Some(judged) = job.set_verifier(verifier, now) else { return false };
         for (worker, lease, finished) in judged {
-            if let Err(reason) = self.settle(id, worker, lease, finished) {
+            if let Err(reason) = self.settle(id, worker, lease, finished, now) {
                 if self.pool.is_member(worker) {
                     self.close(worker, reason, false, now);
                 }
@@ -429,17 +429,21 @@ impl Scheduler {
         let finished = job.result_chunk(worker, lease, offset, body, compute, now).map_err(|source| Violation::Payload { lease, source })?;
         let Some(finished) = finished else { return Ok(()) };
         self.pool.answered(worker);
-        self.settle(job_id, worker, lease, finished)?;
+        self.settle(job_id, worker, lease, finished, now)?;
         self.assign(now);
         Ok(())
     }
 
     /// Acts on what became of a finished lease.
-    fn settle(&mut self, job_id: JobId, worker: WorkerId, lease: LeaseId, finished: Finished) -> Result<(), CloseReason> {
+    fn settle(&mut self, job_id: JobId, worker: WorkerId, lease: LeaseId, finished: Finished, now: Duration) -> Result<(), CloseReason> {
         self.pool.end_lease(worker, lease);
-        let Some(Entry::Running(job)) = self.jobs.get(&job_id) else { return Ok(()) };
+        let Some(Entry::Running(job)) = self.jobs.get_mut(&job_id) else { return Ok(()) };
         match finished {
             Finished::Accepted { tile, took, compute, losers, done, block_done, complete } => {
+                // A quicker result shortens the threshold: leases may be copyable now.
+                if job.new_straggler(now) {
+                    self.pool.unpark_all();
+                }
                 let t = job.plan().tile(tile);
                 let block = job.plan().block_of(tile);
                 let (done, total) = (done as u64, job.plan().tiles() as u64);
@@ -504,7 +508,7 @@ impl Scheduler {
             if let Entry::Running(job) = entry {
                 freed |= job.forget(worker);
                 let plan = job.plan();
-                if !plan.spread && !self.pool.workers.keys().any(|&w| self.pool.speed(w, job.assumed_flops()) >= plan.min_speed) {
+                if !job.is_complete() && !plan.spread && !self.pool.workers.keys().any(|&w| self.pool.speed(w, job.assumed_flops()) >= plan.min_speed) {
                     job.open_to_all();
                     opened = true;
                 }
@@ -619,16 +623,8 @@ impl Scheduler {
             self.pool.unbench(Bench::UntilPlanChanges);
             self.outputs.push_back(Output::Event(Event::JobPlanned { job: id }));
         }
-        let mut region_freed = false;
-        for entry in self.jobs.values_mut() {
-            if let Entry::Running(job) = entry {
-                region_freed |= job.take_region_freed();
-            }
-        }
-        if region_freed {
-            self.pool.unbench(Bench::UntilRegionFrees);
-        }
         loop {
+            self.unbench_for_freed_regions();
             let mut gave = false;
             let mut after = None;
             while let Some(place) = self.pool.next_with_room(after) {
@@ -647,24 +643,51 @@ impl Scheduler {
                     self.pool.park(worker);
                 }
             }
-            if !gave {
+            // Offers may have freed a region (tiles set aside, given back).
+            if !gave && !self.unbench_for_freed_regions() {
                 return;
             }
         }
     }
 
+    /// Offers to the workers benched until a region frees, if one has since
+    /// last asked. Returns whether one had.
+    fn unbench_for_freed_regions(&mut self) -> bool {
+        let mut freed = false;
+        for entry in self.jobs.values_mut() {
+            if let Entry::Running(job) = entry {
+                freed |= job.take_region_freed();
+            }
+        }
+        if freed {
+            self.pool.unbench(Bench::UntilRegionFrees);
+        }
+        freed
+    }
+
     /// Whether every running job's plan leaves `worker` out, whatever comes
     /// back to its queue, and until when ([`Job::leaves_out`]).
     fn left_out(&self, worker: WorkerId) -> Option<Bench> {
-        let w = &self.pool.workers[&worker];
-        let proven = self.pool.is_proven(worker);
         let mut until = None;
         for (id, job) in self.running().filter(|(_, j)| !j.is_complete()) {
-            let holds_panels = w.cache.panels_of(id).next().is_some() || w.ahead.iter().any(|&(j, ..)| j == id);
-            let job_until = job.leaves_out(worker, holds_panels, self.pool.speed(worker, job.assumed_flops()), proven)?;
+            let job_until = self.left_out_of(worker, id, job)?;
             until = Some(until.map_or(job_until, |u: Bench| u.min(job_until)));
         }
         until
+    }
+
+    fn left_out_of(&self, worker: WorkerId, id: JobId, job: &Job) -> Option<Bench> {
+        let w = &self.pool.workers[&worker];
+        let holds_panels = w.cache.panels_of(id).next().is_some() || w.ahead.iter().any(|&(j, ..)| j == id);
+        job.leaves_out(worker, holds_panels, self.pool.speed(worker, job.assumed_flops()), self.pool.is_proven(worker))
+    }
+
+    /// A benched worker that a running job no longer leaves out, if any:
+    /// for tests, which expect none between inputs.
+    #[cfg(test)]
+    pub(crate) fn benched_but_wanted(&self) -> Option<WorkerId> {
+        let wanted = |w: WorkerId| self.running().any(|(id, job)| !job.is_complete() && self.left_out_of(w, id, job).is_none());
+        self.pool.benched().find(|&w| wanted(w))
     }
 
     /// Gives `worker` one task, from the running job with the fewest leases

@@ -119,6 +119,9 @@ impl Sim {
                 Output::Event(e) => self.events.push(e),
                 Output::Wake(at) => {
                     self.wake = at;
+                    if let Some(w) = self.sched.benched_but_wanted() {
+                        panic!("worker {w} is benched, though a job would give it work now");
+                    }
                     return;
                 }
             }
@@ -135,6 +138,15 @@ impl Sim {
             self.sched.handle_input(Input::Message { worker: id, bytes: &bytes }, self.now);
             self.pump();
             assert_eq!(self.closed_reason(id), None, "honest workers break no rule");
+        }
+    }
+
+    /// As [`Self::deliver_to_master`], for workers that may break rules.
+    fn deliver_to_master_as_is(&mut self, id: WorkerId, count: usize) {
+        for _ in 0..count {
+            let Some(bytes) = self.workers.get_mut(&id).and_then(|w| w.to_master.pop_front()) else { break };
+            self.sched.handle_input(Input::Message { worker: id, bytes: &bytes }, self.now);
+            self.pump();
         }
     }
 
@@ -362,6 +374,8 @@ fn a_fast_worker_left_waiting_takes_the_region_its_owner_leaves_while_a_slow_one
     serve(&mut sim, spare, 3);
     serve(&mut sim, slow, 3);
     assert_eq!((sim.tiles_done(spare), sim.tiles_done(slow)), (0, 0), "both wait while the owner works");
+    assert_eq!(sim.sched.pool.benched_until(spare), Some(Bench::UntilRegionFrees));
+    assert_eq!(sim.sched.pool.benched_until(slow), Some(Bench::UntilPlanChanges));
     sim.leave(owner);
     serve(&mut sim, spare, 3);
     serve(&mut sim, slow, 3);
@@ -964,6 +978,45 @@ proptest! {
         prop_assert_eq!(c, sim.expected.clone());
         let done: usize = sim.sched.pool().infos().map(|(_, i)| i.tiles_done).sum();
         prop_assert_eq!(done, tiles, "each tile counted once");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// On plans that leave slow workers out, whatever happens, no worker stays
+    /// benched once a job would give it work (`Sim::pump` checks after each input).
+    #[test]
+    fn no_history_leaves_a_wanted_worker_benched(
+        (m, k, n) in (1usize..9, 1usize..9, 1usize..25),
+        (pr, pc, pk) in (1usize..4, 1usize..6, 1usize..4),
+        layout in (1usize..3, 1usize..3, 1usize..2),
+        memories in proptest::collection::vec(prop_oneof![Just(u64::MAX / 4), 300u64..2000], 1..4),
+        actions in proptest::collection::vec((action(), any::<bool>()), 0..120),
+    ) {
+        let plan = Plan { spread: false, min_speed: 1e11, ..Plan::grid(m, k, n, pr, pc, pk).laid_out(layout) };
+        let verifier = verifier_for(&plan, true);
+        let mut sim = Sim::with_job(plan, quick_config(), |job| job.with_verifier(verifier));
+        let mut joined = 0;
+        for (action, fast) in actions {
+            let pick = |sim: &Sim, i: usize| sim.workers.keys().nth(i % sim.workers.len().max(1)).copied();
+            match action {
+                Action::Join(slots) => {
+                    let memory = memories[joined % memories.len()];
+                    joined += 1;
+                    let flops = if fast { 1_000_000_000_000 } else { 1_000_000_000 };
+                    sim.join_with(WorkerConfig { slots, memory, flops, ..WorkerConfig::new(WorkerKind::Native, "w") });
+                }
+                Action::Leave(i) => if let Some(id) = pick(&sim, i) { sim.leave(id) },
+                Action::ToWorker(i, n) => if let Some(id) = pick(&sim, i) { sim.deliver_to_worker(id, n) },
+                Action::Compute(i) => if let Some(id) = pick(&sim, i) {
+                    sim.workers.get_mut(&id).unwrap().liar = !fast; // some results are wrong
+                    sim.compute(id);
+                },
+                Action::ToMaster(i, n) => if let Some(id) = pick(&sim, i) { sim.deliver_to_master_as_is(id, n) },
+                Action::Advance(t) => sim.advance(ms(t)),
+            }
+        }
     }
 }
 
