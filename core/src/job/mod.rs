@@ -498,6 +498,7 @@ impl Job {
         let Unverified { tile, worker, issued, compute, c, .. } = result;
         if let Some(Err(mismatch)) = self.verifier().map(|v| v.check(tile, &c)) {
             self.rejected_by[tile].push(worker);
+            self.queue.distrust(worker);
             self.requeue(tile);
             return Finished::Rejected { tile, reason: mismatch.to_string() };
         }

@@ -78,6 +78,9 @@ pub(crate) struct Queue {
     /// Workers that have owned a region: when the plan does not spread, only
     /// they may steal (to shorten the tail).
     veterans: BTreeSet<WorkerId>,
+    /// Workers that sent a wrong result: they own no region (they may not
+    /// redo that tile, and a region's tiles are its owner's alone), and steal.
+    distrusted: BTreeSet<WorkerId>,
     /// Regions with pending tiles, fullest first; and those of them nobody owns.
     fullest: BySize,
     fullest_free: BySize,
@@ -120,6 +123,7 @@ impl Queue {
             panel_sizes: (0..plan.panels()).map(|p| plan.panel(p as PanelId)).map(|p| (p.operand, p.elements())).collect(),
             owned: BTreeMap::new(),
             veterans: BTreeSet::new(),
+            distrusted: BTreeSet::new(),
             fullest: BySize::new(),
             fullest_free: BySize::new(),
             region_freed: false,
@@ -204,6 +208,14 @@ impl Queue {
         self.set_owner(r, None);
         self.region_freed |= !self.regions[r].tiles.is_empty();
         true
+    }
+
+    /// `worker` sent a wrong result: its region, if it has one, is anyone's,
+    /// and it claims none from now on (it may still steal, as a veteran).
+    pub fn distrust(&mut self, worker: WorkerId) {
+        self.forget(worker);
+        self.distrusted.insert(worker);
+        self.veterans.insert(worker);
     }
 
     /// Whether a region nobody owns has pending tiles.
@@ -297,6 +309,9 @@ impl Queue {
     /// The region `worker` owns, claiming one if it has none: one nobody owns
     /// with work in it, or else the back half of the fullest region.
     fn region(&mut self, worker: WorkerId) -> Option<usize> {
+        if self.distrusted.contains(&worker) {
+            return None;
+        }
         if let Some(&r) = self.owned.get(&worker) {
             if !self.regions[r].tiles.is_empty() {
                 return Some(r);

@@ -385,6 +385,26 @@ fn a_fast_worker_left_waiting_takes_the_region_its_owner_leaves_while_a_slow_one
 }
 
 #[test]
+fn a_region_owner_that_sent_a_wrong_result_gives_its_region_to_a_worker_left_waiting() {
+    // One region, for one fast worker; it lies once (not enough strikes to be
+    // cut off) and may not redo that tile: the one left waiting must take it.
+    let plan = Plan { spread: false, min_speed: 1e11, ..Plan::columns(6, 5, 24, 2) };
+    let verifier = verifier_for(&plan, true);
+    let mut sim = Sim::with_job(plan, quick_config(), |job| job.with_verifier(verifier));
+    let fast = |name| WorkerConfig { flops: 1_000_000_000_000, ..WorkerConfig::new(WorkerKind::Native, name) };
+    let owner = sim.join_with(fast("owner"));
+    let spare = sim.join_with(fast("spare"));
+    sim.workers.get_mut(&owner).unwrap().liar = true;
+    sim.deliver_to_worker(owner, usize::MAX);
+    sim.compute(owner);
+    sim.workers.get_mut(&owner).unwrap().liar = false;
+    sim.deliver_to_master(owner, usize::MAX);
+    assert!(sim.events.iter().any(|e| matches!(e, Event::Rejected { worker, .. } if *worker == owner)));
+    assert_eq!(sim.run_to_completion(), sim.expected);
+    assert!(sim.tiles_done(spare) > 0);
+}
+
+#[test]
 fn a_vanished_workers_blocks_are_requeued() {
     let mut sim = Sim::new(6, 5, 20, 4, quick_config());
     let doomed = sim.join(2);
