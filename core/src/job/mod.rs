@@ -611,7 +611,7 @@ impl Job {
         let expiry = self.deadlines.first().map(|&(at, _)| at);
         let straggler = (someone_idle && !self.queue.has_pending()).then(|| self.straggler_threshold()).flatten().and_then(|t| {
             let unseen = self.by_issue.range((acted.saturating_sub(t), 0)..).filter(|&&(issued, _)| issued + t > acted);
-            unseen.map(|(_, id)| &self.leases[id]).find(|l| self.tile_leases[l.tile].len() == 1).map(|l| l.issued + t)
+            unseen.map(|(_, id)| &self.leases[id]).find(|l| self.is_only_copy(l)).map(|l| l.issued + t)
         });
         expiry.into_iter().chain(straggler).min()
     }
@@ -639,7 +639,7 @@ impl Job {
         // The newest copyable, looked for from the newest back: at the tail
         // this runs at every tick and result.
         let issued_long_ago = self.by_issue.range(..=(long_ago, LeaseId::MAX)).rev();
-        let newest = issued_long_ago.copied().find(|(_, id)| self.tile_leases[self.leases[id].tile].len() == 1);
+        let newest = issued_long_ago.copied().find(|(_, id)| self.is_only_copy(&self.leases[id]));
         let new = newest > self.copyable_offered;
         if new {
             self.copyable_offered = newest;
@@ -647,16 +647,21 @@ impl Job {
         new
     }
 
+    /// Whether `lease` is its tile's only copy: only such a lease may be copied.
+    fn is_only_copy(&self, lease: &Lease) -> bool {
+        self.tile_leases[lease.tile].len() == 1
+    }
+
     /// The leases a copy may be made of at `now`, oldest first: issued at
     /// least `threshold` ago, and their tile's only copy.
     fn copyable(&self, threshold: Duration, now: Duration) -> impl Iterator<Item = (LeaseId, &Lease)> + '_ {
         let issued_long_ago = self.by_issue.iter().take_while(move |&&(issued, _)| now >= issued + threshold);
-        issued_long_ago.map(|&(_, id)| (id, &self.leases[&id])).filter(|(_, l)| self.tile_leases[l.tile].len() == 1)
+        issued_long_ago.map(|&(_, id)| (id, &self.leases[&id])).filter(|(_, l)| self.is_only_copy(l))
     }
 
     /// The oldest lease that is its tile's only copy.
     fn oldest_single(&self) -> Option<&Lease> {
-        self.by_issue.iter().map(|(_, id)| &self.leases[id]).find(|l| self.tile_leases[l.tile].len() == 1)
+        self.by_issue.iter().map(|(_, id)| &self.leases[id]).find(|l| self.is_only_copy(l))
     }
 
     // ---- assignment ----

@@ -542,13 +542,7 @@ impl Scheduler {
         for (worker, silent_for) in silent {
             self.close(worker, CloseReason::Silent(silent_for), false, now);
         }
-        let mut new_straggler = false;
-        for entry in self.jobs.values_mut() {
-            if let Entry::Running(job) = entry {
-                new_straggler |= job.new_straggler(now);
-            }
-        }
-        if new_straggler {
+        if self.ask_every_running(|job| job.new_straggler(now)) {
             self.pool.unpark_all();
         }
         for (&id, entry) in &mut self.jobs {
@@ -653,16 +647,23 @@ impl Scheduler {
     /// Offers to the workers benched until a region frees, if one has since
     /// last asked. Returns whether one had.
     fn unbench_for_freed_regions(&mut self) -> bool {
-        let mut freed = false;
-        for entry in self.jobs.values_mut() {
-            if let Entry::Running(job) = entry {
-                freed |= job.take_region_freed();
-            }
-        }
+        let freed = self.ask_every_running(Job::take_region_freed);
         if freed {
             self.pool.unbench(Bench::UntilRegionFrees);
         }
         freed
+    }
+
+    /// Whether `ask` holds for any running job, asking each of them (the
+    /// question updates what each remembers having said).
+    fn ask_every_running(&mut self, mut ask: impl FnMut(&mut Job) -> bool) -> bool {
+        let mut any = false;
+        for entry in self.jobs.values_mut() {
+            if let Entry::Running(job) = entry {
+                any |= ask(job);
+            }
+        }
+        any
     }
 
     /// Whether every running job's plan leaves `worker` out, whatever comes
