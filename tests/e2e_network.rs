@@ -60,20 +60,18 @@ fn a_job_completes_through_loss_a_bandwidth_cap_and_latency() {
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     let took = start.elapsed();
     assert_product_sampled(&read_npy(&c_path).1, &a, &a);
-    let stats = stats(&c_path);
-    let done: Vec<(&str, u64)> = stats["workers"].as_array().unwrap().iter().map(|w| (w["name"].as_str().unwrap(), w["tiles"].as_u64().unwrap())).collect();
+    let done = tiles_by_name(&c_path);
     assert_eq!(done.len(), 3, "three hosts joined:\n{}", master.output());
-    assert_eq!(done.iter().map(|(_, n)| n).sum::<u64>(), 20, "{done:?}");
+    assert_eq!(done.values().sum::<usize>(), 20, "{done:?}");
     // The faults were real: packets were dropped, and A crossed the capped link of
     // every host that computed. (A host whose connection a lost packet held back
     // a second may join when the others have the job in hand, and compute nothing.)
     let dropped = net.dropped();
     assert!(dropped > 0, "no packet was dropped");
-    assert!(done.iter().filter(|(_, n)| *n > 0).count() >= 2, "the hosts shared the job: {done:?}");
+    assert!(done.values().filter(|&&n| n > 0).count() >= 2, "the hosts shared the job: {done:?}");
     for host in 1..=3 {
-        let computed = done.iter().any(|&(name, n)| name == format!("w{host}") && n > 0);
         let shaped = net.shaped_bytes(host);
-        assert!(!computed || shaped > 900 * 900 * 8, "host {host}: A did not cross its capped link ({shaped} bytes): {done:?}");
+        assert!(done[&format!("w{host}")] == 0 || shaped > 900 * 900 * 8, "host {host}: A did not cross its capped link ({shaped} bytes): {done:?}");
     }
     eprintln!("3 hosts, 1% loss, 100 Mbit/s, +50 ms each way: job done in {:.2} s, {dropped} packets dropped", took.as_secs_f64());
 }

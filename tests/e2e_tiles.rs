@@ -40,7 +40,8 @@ fn two_workers_on_other_hosts_split_k_and_each_input_byte_leaves_the_master_once
     assert_eq!(stats["layout"], serde_json::json!([1, 1, 2]), "one depth slice each: {stats}");
     let egress = stats["egress_over_inputs"].as_f64().unwrap();
     assert!((0.99..1.01).contains(&egress), "A and B each sent once in all: {egress}");
-    assert!(worker_tiles(&c_path).iter().all(|(_, t)| *t > 0));
+    let done = tiles_by_name(&c_path);
+    assert!(done.len() == 2 && done.values().all(|&t| t > 0), "{done:?}: {stats}\n{}", master.output());
 }
 
 #[test]
@@ -56,7 +57,8 @@ fn local_workers_keep_k_whole_so_the_master_receives_and_checks_c_once() {
     assert_eq!(stats["layout"][0].as_u64().unwrap() * stats["layout"][1].as_u64().unwrap(), 2, "a region each: {stats}");
     assert_eq!(stats["grid"][2], 1, "k whole: {stats}");
     assert_eq!(stats["result_bytes"].as_u64(), Some(512 * 512 * 8), "C came back once: {stats}");
-    assert!(worker_tiles(&c_path).iter().all(|(_, t)| *t > 0));
+    let done = tiles_by_name(&c_path);
+    assert!(done.len() == 2 && done.values().all(|&t| t > 0), "{done:?}: {stats}\n{}", master.output());
     // The verifier, prepared while A was read, was there before the plan and the first result.
     assert!(stats["verify_prep_while_reading_s"].as_f64().unwrap() > 0.0, "{stats}");
     assert_eq!((stats["verify_plan_wait_s"].as_f64(), stats["verify_prep_in_job_s"].as_f64()), (Some(0.0), Some(0.0)), "{stats}");

@@ -159,6 +159,16 @@ pub fn worker_tiles(c: &Path) -> Vec<(String, usize)> {
     workers.iter().map(|w| (w["kind"].as_str().unwrap().to_owned(), w["tiles"].as_u64().unwrap() as usize)).collect()
 }
 
+/// Tiles done by each worker name: a worker that reconnected is listed once
+/// per connection, and counted here as one.
+pub fn tiles_by_name(c: &Path) -> std::collections::BTreeMap<String, usize> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for w in stats(c)["workers"].as_array().expect("a workers list") {
+        *by_name.entry(w["name"].as_str().unwrap().to_owned()).or_default() += w["tiles"].as_u64().unwrap() as usize;
+    }
+    by_name
+}
+
 /// A dense matrix in row-major order, as tests think of it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dense {
