@@ -729,6 +729,11 @@ impl Job {
         self.queue.next(worker, held, fit, true, |t| rejected[t].contains(&worker))
     }
 
+    /// Queued tiles whose panels are all in `held`, counted up to `limit`.
+    pub(crate) fn ready(&self, held: &[PanelId], limit: usize) -> usize {
+        self.queue.ready(held, limit)
+    }
+
     /// The plan left some workers waiting, for the speed of the ones it
     /// chose. When no worker that fast is left, the waiting ones must take
     /// over, or the job would never end: from now on any worker may take a

@@ -306,6 +306,26 @@ impl Queue {
         self.regions[fullest].tiles.iter().rev().copied().find(|&t| !refused(t))
     }
 
+    /// Pending tiles whose panels are all in `held`, counted up to `limit`:
+    /// work a worker can do without another byte from the master.
+    pub fn ready(&self, held: &[PanelId], limit: usize) -> usize {
+        let mut count = 0;
+        for &panel in held {
+            let Some(tiles) = self.by_panel.get(panel as usize) else { continue };
+            // Each tile once: from its A panel's list.
+            for &t in tiles.iter().take(SCAN) {
+                let [a, b] = self.plan.panels_of(t);
+                if a == panel && held.contains(&b) {
+                    count += 1;
+                    if count >= limit {
+                        return count;
+                    }
+                }
+            }
+        }
+        count
+    }
+
     /// The region `worker` owns, claiming one if it has none: one nobody owns
     /// with work in it, or else the back half of the fullest region.
     fn region(&mut self, worker: WorkerId) -> Option<usize> {

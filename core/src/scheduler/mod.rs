@@ -766,8 +766,10 @@ impl Scheduler {
     }
 
     /// Sets tiles of job `id` aside for `worker` and sends their panels now,
-    /// up to [`AHEAD`] tiles, while its memory allows: so the master's link
-    /// carries the panels of its next tiles while it computes this one.
+    /// while its memory allows, until it has [`AHEAD`] tiles to go on with:
+    /// set aside, or queued with every panel held. So the master's link
+    /// carries the panels of its next tiles while it computes this one, and
+    /// no sooner than needed: a task queues behind the panels sent before it.
     /// Not near the tail, where a tile set aside for a slow worker would wait
     /// while others idle; and only for a worker with a verified record, so a
     /// taker that never answers cannot hoard tiles this way.
@@ -781,8 +783,11 @@ impl Scheduler {
             return;
         }
         let w = self.pool.workers.get_mut(&worker).expect("a member");
-        while w.ahead.len() < AHEAD {
+        loop {
             let held: Vec<PanelId> = w.cache.panels_of(id).collect();
+            if w.ahead.len() + job.ready(&held, AHEAD) >= AHEAD {
+                return;
+            }
             let Some(tile) = job.next_ahead(worker, &held, speed) else { return };
             let mut frames = Vec::new();
             let Some(panels) = send_panels(w, job, id, tile, 0, &mut frames) else { return };
@@ -793,7 +798,8 @@ impl Scheduler {
     }
 }
 
-/// Tiles a worker may have set aside, beyond those it holds as tasks.
+/// Tiles a worker may have ready to go on with (set aside, or whose panels
+/// it holds), beyond those it holds as tasks.
 const AHEAD: usize = 2;
 
 impl Scheduler {

@@ -724,6 +724,26 @@ fn a_worker_with_little_memory_gets_panels_in_turn_and_finishes() {
 }
 
 #[test]
+fn panels_go_ahead_only_while_the_worker_lacks_tiles_it_could_compute_next() {
+    // A 4x4 grid of tiles, each needing one panel of A and one of B.
+    let plan = Plan::grid(8, 8, 8, 4, 4, 1);
+    let verifier = verifier_for(&plan, true);
+    let mut sim = Sim::with_job(plan, quick_config(), |job| job.with_verifier(verifier));
+    let w = sim.join(1);
+    let panels = |sim: &Sim| sim.count(w, |m| matches!(m, Message::Panel { .. }));
+    assert_eq!((panels(&sim), sim.job().set_aside()), (2, 0), "a stranger gets its first tile's panels, nothing ahead");
+    serve(&mut sim, w, 1);
+    // Proven, it gets a tile needing one new panel, and a tile is set aside
+    // with another. Its 2x2 panels then make a tile ready: with the one set
+    // aside, enough to compute while the next panel would travel.
+    assert_eq!((panels(&sim), sim.job().set_aside()), (4, 1));
+    serve(&mut sim, w, 1);
+    assert_eq!((panels(&sim), sim.job().set_aside()), (5, 2), "the ready tile was issued: none is ready now, so a panel more goes ahead");
+    assert_eq!(sim.run_to_completion(), sim.expected);
+    assert_eq!(panels(&sim), 8, "each panel once");
+}
+
+#[test]
 fn a_worker_too_small_for_any_tile_is_given_none() {
     let plan = Plan::columns(8, 8, 4, 4);
     let mut sim = Sim::with_job(plan, quick_config(), |job| job);
