@@ -784,8 +784,12 @@ impl Scheduler {
         }
         let w = self.pool.workers.get_mut(&worker).expect("a member");
         loop {
+            let wanted = AHEAD.saturating_sub(w.ahead.len());
+            if wanted == 0 {
+                return;
+            }
             let held: Vec<PanelId> = w.cache.panels_of(id).collect();
-            if w.ahead.len() + job.ready(&held, AHEAD) >= AHEAD {
+            if job.ready(&held, wanted) >= wanted {
                 return;
             }
             let Some(tile) = job.next_ahead(worker, &held, speed) else { return };
