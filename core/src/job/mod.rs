@@ -666,8 +666,8 @@ impl Job {
 
     // ---- assignment ----
 
-    /// The next tile for `worker`, which holds the panels `held` of this job:
-    /// a queued one (see `queue`), or at the tail a straggler's; never one whose
+    /// The next tile for `worker`, which holds the panels `held` of this job
+    /// (in increasing order): a queued one (see `queue`), or at the tail a straggler's; never one whose
     /// result from this worker was wrong.
     ///
     /// Only a `proven` worker (one with a verified result) gets a copy: a
@@ -729,7 +729,7 @@ impl Job {
         self.queue.next(worker, held, fit, true, |t| rejected[t].contains(&worker))
     }
 
-    /// Queued tiles whose panels are all in `held`, counted up to `limit`.
+    /// Queued tiles whose panels are all in `held` (in increasing order), counted up to `limit`.
     pub(crate) fn ready(&self, held: &[PanelId], limit: usize) -> usize {
         self.queue.ready(held, limit)
     }

@@ -239,14 +239,16 @@ impl Queue {
         self.plan.spread = true;
     }
 
-    /// The next tile for `worker`, which holds the panels `held` says, never
-    /// one `refused` says it may not have. The tile stays pending until removed.
+    /// The next tile for `worker`, which holds the panels `held` says (in
+    /// increasing order, as its cache lists them), never one `refused` says it
+    /// may not have. The tile stays pending until removed.
     ///
     /// Only a worker `fit` for a region (fast enough, by the plan) claims one.
     ///
     /// With `new_panel`, only a tile that needs a panel the worker lacks: the
     /// next to send panels ahead for.
     pub fn next(&mut self, worker: WorkerId, held: &[PanelId], fit: bool, new_panel: bool, refused: impl Fn(usize) -> bool) -> Option<usize> {
+        debug_assert!(held.is_sorted(), "held panels in increasing order: {held:?}");
         if self.pending == 0 {
             return None;
         }
@@ -273,7 +275,7 @@ impl Queue {
                 }
                 // Counted, not collected: this runs up to SCAN times per panel held, per offer.
                 let panels = self.plan.panels_of(t);
-                let needed = panels.map(|p| !held.contains(&p));
+                let needed = panels.map(|p| held.binary_search(&p).is_err());
                 let needs = needed.iter().filter(|&&n| n).count();
                 if new_panel && needs == 0 {
                     continue;
@@ -291,7 +293,7 @@ impl Queue {
         if let Some((_, _, _, t)) = best {
             return Some(t);
         }
-        let lacks = |t: usize| !new_panel || self.plan.panels_of(t).iter().any(|p| !held.contains(p));
+        let lacks = |t: usize| !new_panel || self.plan.panels_of(t).iter().any(|p| held.binary_search(p).is_err());
         if let Some(t) = own.and_then(|r| self.regions[r].tiles.iter().copied().find(|&t| !refused(t) && lacks(t))) {
             return Some(t);
         }
@@ -306,16 +308,18 @@ impl Queue {
         self.regions[fullest].tiles.iter().rev().copied().find(|&t| !refused(t))
     }
 
-    /// Pending tiles whose panels are all in `held`, counted up to `limit`:
-    /// work a worker can do without another byte from the master.
+    /// Pending tiles whose panels are all in `held` (in increasing order),
+    /// counted up to `limit`: work a worker can do without another byte from
+    /// the master.
     pub fn ready(&self, held: &[PanelId], limit: usize) -> usize {
+        debug_assert!(held.is_sorted(), "held panels in increasing order: {held:?}");
         let mut count = 0;
         for &panel in held {
             let Some(tiles) = self.by_panel.get(panel as usize) else { continue };
             // Each tile once: from its A panel's list.
             for &t in tiles.iter().take(SCAN) {
                 let [a, b] = self.plan.panels_of(t);
-                if a == panel && held.contains(&b) {
+                if a == panel && held.binary_search(&b).is_ok() {
                     count += 1;
                     if count >= limit {
                         return count;
