@@ -1,6 +1,7 @@
 //! Colonnade's native shell: files, sockets, threads and the command line,
 //! around the sans-IO `colonnade-core`.
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;

@@ -190,6 +190,7 @@ fn parse_chunk(text: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    colonnade_native::allocator::without_fastbins();
     let cli = Cli::parse();
     cli::init_tracing("warn");
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
