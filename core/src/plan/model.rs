@@ -65,7 +65,9 @@ pub struct CostModel {
     /// Tiles per worker box: enough for stealing at the tail and for the first
     /// tile to start early.
     pub tiles_per_worker: usize,
-    /// Tiles a worker holds at once (one computing, the next arriving).
+    /// Tiles a worker's budget must hold at once (one computing, the next
+    /// arriving). A worker may ask for more tasks than this; it holds them
+    /// while its memory allows (the master counts what each one needs).
     pub slots: usize,
     /// Memory assumed for a worker when the pool is empty.
     pub default_budget: u64,
@@ -86,7 +88,7 @@ impl Default for CostModel {
             min_task_seconds: 0.005,
             assumed_flops_per_second: 50e9,
             tiles_per_worker: 32,
-            slots: crate::worker::DEFAULT_SLOTS as usize,
+            slots: 2,
             default_budget: 1 << 30,
             master_seconds_per_byte_out: 0.4e-9,
             master_seconds_per_result_byte: 2.6e-9,
