@@ -667,8 +667,8 @@ impl Job {
     // ---- assignment ----
 
     /// The next tile for `worker`, which holds the panels `held` of this job
-    /// (in increasing order): a queued one (see `queue`), or at the tail a straggler's; never one whose
-    /// result from this worker was wrong.
+    /// (in increasing order): a queued one (see `queue`), or at the tail a
+    /// straggler's; never one whose result from this worker was wrong.
     ///
     /// Only a `proven` worker (one with a verified result) gets a copy: a
     /// stranger that never answers must not be able to hold both copies.
