@@ -134,8 +134,11 @@ fn ns(t: f64) -> u64 {
 pub fn run(setup: &Setup) -> Outcome {
     let plan = &setup.plan;
     let (pr, pc, pk) = plan.shape();
-    // The same grid and layout, and the same say on who waits (spread, min_speed).
-    let small = Plan { min_speed: plan.min_speed, ..Plan::grid(2 * pr, 2 * pk, 2 * pc, pr, pc, pk).laid_out(plan.layout).spread_to(plan.spread) };
+    // The same grid and layout, and the same say on who waits (spread,
+    // min_speed), with tiles of the same proportions: the scheduler weighs
+    // A's panels against B's by their elements.
+    let [sr, sd, sc] = small_tile([plan.rows.largest(), plan.depth.largest(), plan.cols.largest()]);
+    let small = Plan { min_speed: plan.min_speed, ..Plan::grid(sr * pr, sd * pk, sc * pc, pr, pc, pk).laid_out(plan.layout).spread_to(plan.spread) };
     let mut sizes = Sizes::new(plan, &small);
     let a = Matrix::from_fn(small.m, small.k, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
     let b = Matrix::from_fn(small.k, small.n, |i, j| ((i * 5 + j * 13) % 9) as f64 - 4.0);
@@ -456,6 +459,13 @@ fn flush_worker(
         w.wake_at = wake;
         push(queue, wake, Happening::WorkerWake(id));
     }
+}
+
+/// A tile's sides at the small scale: the shortest 2, the others in
+/// proportion (at most 32, to keep the small job small).
+fn small_tile(full: [usize; 3]) -> [usize; 3] {
+    let shortest = full.iter().copied().min().unwrap_or(1).max(1) as f64;
+    full.map(|side| ((2.0 * side as f64 / shortest).round() as usize).clamp(2, 32))
 }
 
 /// Full-size bytes and flops of what travels and what is computed.
