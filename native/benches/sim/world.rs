@@ -464,7 +464,7 @@ fn flush_worker(
 /// A tile's sides at the small scale: the shortest 2, the others in
 /// proportion (at most 32, to keep the small job small).
 fn small_tile(full: [usize; 3]) -> [usize; 3] {
-    let shortest = full.iter().copied().min().unwrap_or(1).max(1) as f64;
+    let shortest = full[0].min(full[1]).min(full[2]).max(1) as f64;
     full.map(|side| ((2.0 * side as f64 / shortest).round() as usize).clamp(2, 32))
 }
 
