@@ -707,6 +707,12 @@ impl Job {
         }
     }
 
+    /// Regions nobody owns that have pending tiles: one waiting worker may
+    /// claim each.
+    pub(crate) fn free_regions(&self) -> usize {
+        self.queue.free_regions()
+    }
+
     /// Whether a region nobody owns gained pending tiles since last asked
     /// ([`Bench::UntilRegionFrees`]).
     pub(crate) fn take_region_freed(&mut self) -> bool {

@@ -223,6 +223,11 @@ impl Queue {
         !self.fullest_free.is_empty()
     }
 
+    /// Regions nobody owns that have pending tiles.
+    pub fn free_regions(&self) -> usize {
+        self.fullest_free.len()
+    }
+
     /// Whether a region nobody owns gained pending tiles since last asked.
     pub fn take_region_freed(&mut self) -> bool {
         std::mem::take(&mut self.region_freed)

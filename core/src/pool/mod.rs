@@ -351,13 +351,17 @@ impl Pool {
         !self.is_new(worker)
     }
 
-    /// Takes `worker` off the room, parked and benched lists.
+    /// Takes `worker` off the room, parked and benched lists. It is on one at
+    /// most, keyed by its standing now ([`Self::credit`] takes it off before
+    /// that changes), so this stops at the first list that had it.
     fn unroom(&mut self, worker: WorkerId) {
+        let key = (self.is_new(worker), worker);
         let [until_region, until_plan] = &mut self.benched;
-        for list in [&mut self.room, &mut self.parked, until_region, until_plan] {
-            list.remove(&(true, worker));
-            list.remove(&(false, worker));
-        }
+        debug_assert!(
+            ![&self.room, &self.parked, &*until_region, &*until_plan].iter().any(|list| list.contains(&(!key.0, worker))),
+            "listed under its old standing"
+        );
+        let _ = self.room.remove(&key) || self.parked.remove(&key) || until_region.remove(&key) || until_plan.remove(&key);
     }
 
     /// Lists `worker` as having room, if it has.
@@ -402,6 +406,18 @@ impl Pool {
         for until in Bench::UntilRegionFrees as usize..=what as usize {
             self.room.append(&mut self.benched[until]);
         }
+    }
+
+    /// Offers to the first `count` workers benched until `until` again (proven
+    /// ones first, as listed); returns how many there were.
+    pub(crate) fn unbench_first(&mut self, until: Bench, count: usize) -> usize {
+        let mut woke = 0;
+        while woke < count {
+            let Some(key) = self.benched[until as usize].pop_first() else { break };
+            self.room.insert(key);
+            woke += 1;
+        }
+        woke
     }
 
     /// The benched workers.
@@ -514,6 +530,8 @@ impl Pool {
     /// Records a verified result of `flops`, the compute time the worker
     /// reported, and the time it took from issue to result.
     pub(crate) fn credit(&mut self, worker: WorkerId, flops: f64, compute: Duration, took: Duration) {
+        // Off the lists under its old standing: the first result changes it.
+        self.unroom(worker);
         if let Some(info) = self.infos.get_mut(&worker) {
             info.tiles_done += 1;
             info.compute += compute;
@@ -683,5 +701,20 @@ mod tests {
         pool.leave(2);
         pool.unbench(Bench::UntilPlanChanges);
         assert_eq!(room_order(&pool), [1, 3, 4], "a benched worker that left stays gone");
+    }
+
+    #[test]
+    fn a_freed_region_wakes_only_as_many_benched_workers_as_it_can_take() {
+        let mut pool = Pool::new(Access::default(), Heartbeat::default(), 4, 3);
+        for id in 1..=4 {
+            pool.admit(id, hello(WorkerKind::Native, ""), Duration::ZERO).unwrap();
+            pool.bench(id, Bench::UntilRegionFrees);
+        }
+        pool.bench(4, Bench::UntilPlanChanges);
+        assert_eq!(pool.unbench_first(Bench::UntilRegionFrees, 2), 2);
+        assert_eq!(room_order(&pool), [1, 2], "the first two, in their order");
+        assert_eq!(pool.benched_until(3), Some(Bench::UntilRegionFrees), "the third waits on");
+        assert_eq!(pool.unbench_first(Bench::UntilRegionFrees, 5), 1, "only the third was left to wake");
+        assert_eq!(pool.benched_until(4), Some(Bench::UntilPlanChanges), "another bench is not touched");
     }
 }

@@ -644,14 +644,19 @@ impl Scheduler {
         }
     }
 
-    /// Offers to the workers benched until a region frees, if one has since
-    /// last asked. Returns whether one had.
+    /// Offers the free regions to as many workers benched until one frees as
+    /// there are free regions, in their order (the first to claim one takes
+    /// it, and the rest would be benched again: a crowd's fast newcomers wait
+    /// there), and to the parked workers if a region has freed since last
+    /// asked. Returns whether it offered to anyone again.
     fn unbench_for_freed_regions(&mut self) -> bool {
         let freed = self.ask_every_running(Job::take_region_freed);
         if freed {
-            self.pool.unbench(Bench::UntilRegionFrees);
+            self.pool.unpark_all();
         }
-        freed
+        let free = self.running().map(|(_, job)| job.free_regions()).sum();
+        let woke = self.pool.unbench_first(Bench::UntilRegionFrees, free);
+        freed || woke > 0
     }
 
     /// Whether `ask` holds for any running job, asking each of them (the
