@@ -408,16 +408,17 @@ impl Pool {
         }
     }
 
-    /// Offers to the first `count` workers benched until `until` again (proven
-    /// ones first, as listed); returns how many there were.
-    pub(crate) fn unbench_first(&mut self, until: Bench, count: usize) -> usize {
-        let mut woke = 0;
-        while woke < count {
-            let Some(key) = self.benched[until as usize].pop_first() else { break };
-            self.room.insert(key);
-            woke += 1;
+    /// Offers to up to `count` workers benched until `until` again: the first
+    /// listed after `after` (proven ones first). Returns the last one woken,
+    /// to go on after next time.
+    pub(crate) fn unbench_next(&mut self, until: Bench, after: Option<(bool, WorkerId)>, count: usize) -> Option<(bool, WorkerId)> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let woken: Vec<(bool, WorkerId)> = self.benched[until as usize].range((from, Bound::Unbounded)).take(count).copied().collect();
+        for key in &woken {
+            self.benched[until as usize].remove(key);
+            self.room.insert(*key);
         }
-        woke
+        woken.last().copied()
     }
 
     /// The benched workers.
@@ -711,10 +712,13 @@ mod tests {
             pool.bench(id, Bench::UntilRegionFrees);
         }
         pool.bench(4, Bench::UntilPlanChanges);
-        assert_eq!(pool.unbench_first(Bench::UntilRegionFrees, 2), 2);
+        let last = pool.unbench_next(Bench::UntilRegionFrees, None, 2);
+        assert_eq!(last, Some((true, 2)));
         assert_eq!(room_order(&pool), [1, 2], "the first two, in their order");
         assert_eq!(pool.benched_until(3), Some(Bench::UntilRegionFrees), "the third waits on");
-        assert_eq!(pool.unbench_first(Bench::UntilRegionFrees, 5), 1, "only the third was left to wake");
+        pool.bench(1, Bench::UntilRegionFrees);
+        assert_eq!(pool.unbench_next(Bench::UntilRegionFrees, last, 5), Some((true, 3)), "after the last woken: the third, not the first again");
+        assert_eq!(pool.benched_until(1), Some(Bench::UntilRegionFrees));
         assert_eq!(pool.benched_until(4), Some(Bench::UntilPlanChanges), "another bench is not touched");
     }
 }

@@ -617,8 +617,10 @@ impl Scheduler {
             self.pool.unbench(Bench::UntilPlanChanges);
             self.outputs.push_back(Output::Event(Event::JobPlanned { job: id }));
         }
+        // The last worker woken for a free region: each is woken once per call.
+        let mut woken = None;
         loop {
-            self.unbench_for_freed_regions();
+            self.unbench_for_freed_regions(&mut woken);
             let mut gave = false;
             let mut after = None;
             while let Some(place) = self.pool.next_with_room(after) {
@@ -638,25 +640,26 @@ impl Scheduler {
                 }
             }
             // Offers may have freed a region (tiles set aside, given back).
-            if !gave && !self.unbench_for_freed_regions() {
+            if !gave && !self.unbench_for_freed_regions(&mut woken) {
                 return;
             }
         }
     }
 
     /// Offers the free regions to as many workers benched until one frees as
-    /// there are free regions, in their order (the first to claim one takes
-    /// it, and the rest would be benched again: a crowd's fast newcomers wait
-    /// there), and to the parked workers if a region has freed since last
-    /// asked. Returns whether it offered to anyone again.
-    fn unbench_for_freed_regions(&mut self) -> bool {
+    /// there are free regions, in their order after `woken` (the first to
+    /// claim one takes it, and the rest would be benched again: a crowd's fast
+    /// newcomers wait there), and to the parked workers if a region has freed
+    /// since last asked. Returns whether it offered to anyone again.
+    fn unbench_for_freed_regions(&mut self, woken: &mut Option<(bool, WorkerId)>) -> bool {
         let freed = self.ask_every_running(Job::take_region_freed);
         if freed {
             self.pool.unpark_all();
         }
         let free = self.running().map(|(_, job)| job.free_regions()).sum();
-        let woke = self.pool.unbench_first(Bench::UntilRegionFrees, free);
-        freed || woke > 0
+        let last = self.pool.unbench_next(Bench::UntilRegionFrees, *woken, free);
+        *woken = last.or(*woken);
+        freed || last.is_some()
     }
 
     /// Whether `ask` holds for any running job, asking each of them (the
