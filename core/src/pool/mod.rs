@@ -367,6 +367,11 @@ impl Pool {
     /// Lists `worker` as having room, if it has.
     fn reroom(&mut self, worker: WorkerId) {
         self.unroom(worker);
+        self.list_if_room(worker);
+    }
+
+    /// Lists `worker`, on no list now, as having room, if it has.
+    fn list_if_room(&mut self, worker: WorkerId) {
         if self.workers.get(&worker).is_some_and(Worker::has_room) {
             self.room.insert((self.is_new(worker), worker));
         }
@@ -541,7 +546,7 @@ impl Pool {
         if let Some(w) = self.workers.get_mut(&worker) {
             w.task_time = Some(smooth(w.task_time, took));
         }
-        self.reroom(worker);
+        self.list_if_room(worker);
     }
 
     /// Every worker that ever joined, connected or not.

@@ -656,7 +656,10 @@ impl Scheduler {
         if freed {
             self.pool.unpark_all();
         }
-        let free = self.running().map(|(_, job)| job.free_regions()).sum();
+        let free: usize = self.running().map(|(_, job)| job.free_regions()).sum();
+        if free == 0 {
+            return freed; // the common case: no lookup in the bench
+        }
         let last = self.pool.unbench_next(Bench::UntilRegionFrees, *woken, free);
         *woken = last.or(*woken);
         freed || last.is_some()
