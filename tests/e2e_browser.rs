@@ -229,6 +229,33 @@ fn the_page_from_any_static_host_computes_for_the_master_in_its_url() {
     assert!(worker_tiles(&c_path).iter().all(|(kind, _)| kind == "browser"));
 }
 
+/// A tab at a master that takes no browsers is refused after each Hello. It
+/// waits longer each time (the wait starts again only once a master welcomes
+/// it, not whenever a socket opens), and the page says when it tries again
+/// and why.
+#[test]
+fn a_refused_tab_waits_longer_each_time_and_says_why() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let (a_path, b_path, c_path, a, b) = inputs(&dir, 40, 30, 20);
+    let (mut master, addr) = start_master(&a_path, &b_path, &c_path, &["--no-browsers"]);
+    let browser = Browser::launch();
+    browser.goto(&format!("http://{addr}/?cores=1"));
+    // Waits of 0.1, 0.2, 0.4, 0.8 and 1.6 s, each spread by up to a quarter:
+    // the fifth refusal's is over a second.
+    let said = browser.wait_text("state", Duration::from_secs(60), |t| retry_shown(t).is_some_and(|s| s >= 1.0));
+    assert!(said.contains("does not take browser volunteers"), "{said}");
+    let _native = start_worker("native", &addr, &[]);
+    assert!(master.wait_exit(LONG).success(), "{}", master.output());
+    check_sampled(&c_path, &a, &b);
+    assert!(worker_tiles(&c_path).iter().all(|(kind, _)| kind == "native"));
+}
+
+/// The seconds in "reconnecting to the master in 1.6 s (why)".
+fn retry_shown(state: &str) -> Option<f64> {
+    state.strip_prefix("reconnecting to the master in ")?.split(' ').next()?.parse().ok()
+}
+
 /// Opened from disk, where a page may not start workers, it says what to do.
 #[test]
 fn the_page_opened_from_disk_says_what_to_do() {

@@ -7,6 +7,7 @@
 compile_error!("Colonnade's wire format is raw little-endian; big-endian hosts are not supported");
 
 pub mod assembly;
+pub mod backoff;
 pub mod codec;
 pub mod job;
 pub mod kernel;

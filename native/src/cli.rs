@@ -39,30 +39,6 @@ pub fn fail(error: anyhow::Error) -> ExitCode {
     ExitCode::from(exit_code(&error))
 }
 
-/// Parses a byte count for clap: `65536`, `64K`, `8M`, `20G` (powers of 1024).
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (digits, shift) = match text.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&text[..i], 10),
-        Some((i, 'M' | 'm')) => (&text[..i], 20),
-        Some((i, 'G' | 'g')) => (&text[..i], 30),
-        Some((i, 'T' | 't')) => (&text[..i], 40),
-        _ => (text, 0),
-    };
-    let n: u64 = digits.parse().map_err(|_| format!("'{text}' is not a size (e.g. 65536, 64K, 8M, 20G)"))?;
-    n.checked_mul(1 << shift).ok_or_else(|| format!("'{text}' is too large"))
-}
-
-/// Bytes for people: `1.5 GiB`, `64.0 KiB`, `12 bytes`.
-pub fn human_bytes(bytes: u128) -> String {
-    match bytes {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} bytes"),
-    }
-}
-
 /// Reads a shared secret from `path`: the file's contents, surrounding
 /// whitespace trimmed. Errors name the file, never what it holds.
 pub fn read_token(path: &Path) -> Result<Token, BadInput> {

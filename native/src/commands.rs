@@ -428,8 +428,8 @@ fn check_job_memory(a: &DenseMatrix, b: &DenseMatrix, dtype: Dtype, output: &Pat
     let elem = dtype.size() as u128;
     let (ab, c) = ((a.rows() * a.cols() + b.rows() * b.cols()) as u128 * elem, (a.rows() * b.cols()) as u128 * elem);
     if ab + c > u128::from(budget) {
-        let (shape, both) = (format!("{}x{}", a.rows(), b.cols()), crate::cli::human_bytes(ab));
-        let problem = format!("C = A·B is {shape} and needs {}; with A and B ({both}) that is {}", crate::cli::human_bytes(c), io::over_limit(budget));
+        let (shape, both) = (format!("{}x{}", a.rows(), b.cols()), crate::units::human_bytes(ab));
+        let problem = format!("C = A·B is {shape} and needs {}; with A and B ({both}) that is {}", crate::units::human_bytes(c), io::over_limit(budget));
         return Err(InputError::new(output, problem));
     }
     Ok(())

@@ -12,4 +12,5 @@ pub mod procstats;
 pub mod service;
 pub mod submit;
 pub mod tls;
+pub mod units;
 pub mod worker;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
+use colonnade_core::backoff::Backoff;
 use colonnade_core::codec::MAX_MESSAGE;
 use colonnade_core::pool::Refusal;
 use colonnade_core::protocol::{Token, WorkerKind};
@@ -33,7 +34,6 @@ pub struct WorkerOptions {
     pub memory: u64,
     /// Its kernel's speed, flop/s, measured at start (the master is told).
     pub flops: u64,
-    pub max_backoff: Duration,
     /// Sent in Hello to a master that requires it; never logged.
     pub token: Token,
     /// Whom to trust for wss:// URLs.
@@ -45,7 +45,6 @@ pub struct WorkerOptions {
 impl WorkerOptions {
     pub fn new(url: impl Into<String>, threads: usize, name: impl Into<String>) -> Self {
         Self { url: url.into(), threads: threads.max(1), name: name.into(), slots: DEFAULT_SLOTS, memory: default_memory(1), flops: 0,
-            max_backoff: Duration::from_secs(5),
             token: Token::default(),
             tls: crate::tls::client_config(None).expect("the built-in roots need no file"),
             ca: None,
@@ -81,7 +80,7 @@ pub async fn run(mut options: WorkerOptions, mut shutdown: watch::Receiver<bool>
         options.flops = tokio::task::spawn_blocking(move || compute::measure_speed(threads)).await.unwrap_or(0);
         tracing::info!("kernel speed here: {:.1} GFLOP/s on {} thread(s)", options.flops as f64 / 1e9, options.threads);
     }
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(spread_seed());
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
@@ -96,7 +95,7 @@ pub async fn run(mut options: WorkerOptions, mut shutdown: watch::Receiver<bool>
             c = connect => c,
             _ = shutdown.changed() => return Ok(()),
         };
-        match outcome {
+        let wait = match outcome {
             Ok((socket, _)) => {
                 tracing::info!(url = %options.url, "connected to the master");
                 match serve(socket, &options, &mut shutdown).await {
@@ -106,30 +105,43 @@ pub async fn run(mut options: WorkerOptions, mut shutdown: watch::Receiver<bool>
                     }
                     Ended::Lost { why, welcomed } => {
                         if welcomed {
-                            backoff = Duration::from_millis(100);
+                            backoff.welcomed();
                         }
-                        tracing::info!("connection ended ({why}); reconnecting in {backoff:?}");
+                        let wait = backoff.next_wait();
+                        tracing::info!("connection ended ({why}); reconnecting in {wait:.1?}");
+                        wait
                     }
                 }
             }
             Err(tokio_tungstenite::tungstenite::Error::Url(e)) => {
                 return Err(anyhow!("{}: not a usable WebSocket URL: {e}", options.url));
             }
-            Err(e) => match tls_failure(&e) {
-                Some(why) => tracing::warn!(
-                    url = %options.url,
-                    "TLS with the master failed ({why}); {}; retrying in {backoff:?}",
-                    tls_hint(why, options.ca.as_deref())
-                ),
-                None => tracing::info!(url = %options.url, "cannot reach the master ({e}); retrying in {backoff:?}"),
-            },
-        }
+            Err(e) => {
+                let wait = backoff.next_wait();
+                match tls_failure(&e) {
+                    Some(why) => tracing::warn!(
+                        url = %options.url,
+                        "TLS with the master failed ({why}); {}; retrying in {wait:.1?}",
+                        tls_hint(why, options.ca.as_deref())
+                    ),
+                    None => tracing::info!(url = %options.url, "cannot reach the master ({e}); retrying in {wait:.1?}"),
+                }
+                wait
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return Ok(()),
         }
-        backoff = (backoff * 2).min(options.max_backoff);
     }
+}
+
+/// Differs between workers, even in one process (the master's local
+/// workers), so that their reconnections spread.
+fn spread_seed() -> u64 {
+    static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32) ^ STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The TLS problem behind a failed connection, if that is what it was (rustls

@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use colonnade_core::backoff::Backoff;
 use colonnade_core::codec;
 use colonnade_core::protocol::WorkerKind;
 use colonnade_core::worker::{WorkerConfig, WorkerError, WorkerEvent, WorkerSession};
@@ -17,9 +18,6 @@ use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket, WorkerGlobalScope};
 
 pub mod bench;
-
-const MIN_BACKOFF_MS: i32 = 250;
-const MAX_BACKOFF_MS: i32 = 10_000;
 
 /// One volunteer connection, owned by one Web Worker.
 #[wasm_bindgen::prelude::wasm_bindgen]
@@ -48,7 +46,10 @@ struct State {
     paused: bool,
     stopped: bool,
     compute_scheduled: bool,
-    backoff_ms: i32,
+    backoff: Backoff,
+    /// Why the master was left, when this side closed the socket (a
+    /// refusal): the close event then carries no reason.
+    left_because: Option<String>,
     /// Counts connections, so a timer set for an old one does nothing.
     generation: u32,
     /// `now_ms()` when this connection opened: the session's clock starts there.
@@ -81,7 +82,8 @@ impl Volunteer {
             paused: false,
             stopped: false,
             compute_scheduled: false,
-            backoff_ms: MIN_BACKOFF_MS,
+            backoff: Backoff::new((js_sys::Math::random() * (1u64 << 53) as f64) as u64),
+            left_because: None,
             generation: 0,
             opened_ms: 0.0,
             tiles_done: 0,
@@ -149,7 +151,6 @@ fn connect(state: &Rc<RefCell<State>>) {
         let state = Rc::clone(state);
         Closure::<dyn FnMut(JsValue)>::new(move |_| {
             let mut s = state.borrow_mut();
-            s.backoff_ms = MIN_BACKOFF_MS;
             s.generation += 1;
             s.opened_ms = now_ms();
             let config = WorkerConfig { memory: s.memory, flops: s.flops, ..WorkerConfig::new(WorkerKind::Browser, s.name.clone()) };
@@ -204,13 +205,15 @@ fn receive(state: &Rc<RefCell<State>>, bytes: &[u8]) {
             }
         }
         Ok(Some(WorkerEvent::JobDone { .. })) => report(&s, "connected", &[("job", "done".into())]),
+        Ok(Some(WorkerEvent::Welcomed { .. })) => s.backoff.welcomed(),
         Ok(_) => {}
         Err(e) => {
             let why = match &e {
                 WorkerError::Refused(reason) => format!("the master refused this tab: {reason}"),
                 other => format!("the master sent something unusable: {other}"),
             };
-            report(&s, "error", &[("error", why.into())]);
+            report(&s, "error", &[("error", why.clone().into())]);
+            s.left_because = Some(why);
             if let Some(socket) = s.socket.as_ref() {
                 let _ = socket.close();
             }
@@ -247,6 +250,7 @@ fn tick(state: &Rc<RefCell<State>>, generation: u32) {
     if let Err(e) = session.handle_timeout(now) {
         // The close handler reconnects.
         report(&s, "reconnecting", &[("reason", e.to_string().into())]);
+        s.left_because = Some(e.to_string());
         if let Some(socket) = s.socket.as_ref() {
             let _ = socket.close();
         }
@@ -265,8 +269,11 @@ fn closed(state: &Rc<RefCell<State>>, reason: String) {
     if s.stopped {
         return;
     }
-    let wait = s.backoff_ms;
-    s.backoff_ms = (wait * 2).min(MAX_BACKOFF_MS);
+    let reason = match s.left_because.take() {
+        Some(why) if reason.is_empty() => why,
+        _ => reason,
+    };
+    let wait = s.backoff.next_wait().as_millis() as i32;
     report(&s, "reconnecting", &[("retry_ms", wait.into()), ("reason", reason.into())]);
     drop(s);
     let state = Rc::clone(state);

@@ -13,6 +13,7 @@ use colonnade_core::scheduler::Access;
 use colonnade_native::service::ServeArgs;
 use colonnade_native::submit::{self, SubmitArgs};
 use colonnade_native::tls::ServerTls;
+use colonnade_native::units;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Colonnade master: distributed C = A·B over native and browser workers")]
@@ -41,14 +42,14 @@ enum Command {
         /// counts); given, the plan weighs bytes against flops and may use fewer
         /// workers than join. Default: the link is assumed to be the bottleneck,
         /// unless every worker is local (loopback): then the master's CPU is.
-        #[arg(long, value_name = "BYTES", value_parser = cli::parse_bytes)]
+        #[arg(long, value_name = "BYTES", value_parser = units::parse_bytes)]
         link_rate: Option<u64>,
         /// Write the run's figures (times, plan, bytes on the wire, master CPU and peak memory) as JSON.
         #[arg(long, value_name = "FILE")]
         stats_json: Option<PathBuf>,
         /// Memory for A, B and C (e.g. 16G); bigger inputs are refused before
         /// they are read. Default: the memory available now.
-        #[arg(long, value_name = "BYTES", value_parser = cli::parse_bytes)]
+        #[arg(long, value_name = "BYTES", value_parser = units::parse_bytes)]
         max_memory: Option<u64>,
         /// Record each verified block in DIR (durably), and resume from it: run
         /// the same command again after a crash and finished blocks are kept.
@@ -70,10 +71,10 @@ enum Command {
         submit_token_file: Option<PathBuf>,
         /// Memory for one job's A, B and C (e.g. 16G); bigger jobs are refused.
         /// Default: the memory available when the job is submitted.
-        #[arg(long, value_name = "BYTES", value_parser = cli::parse_bytes)]
+        #[arg(long, value_name = "BYTES", value_parser = units::parse_bytes)]
         max_memory: Option<u64>,
         /// Largest upload of one matrix file.
-        #[arg(long, value_name = "BYTES", value_parser = cli::parse_bytes, default_value = "4G")]
+        #[arg(long, value_name = "BYTES", value_parser = units::parse_bytes, default_value = "4G")]
         max_upload: u64,
         /// Jobs computed at once, sharing the pool; more wait on disk.
         #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
@@ -181,7 +182,7 @@ impl ServingArgs {
 
 /// A chunk limit: between 4 KiB and the protocol's 8 MiB.
 fn parse_chunk(text: &str) -> Result<u64, String> {
-    let bytes = cli::parse_bytes(text)?;
+    let bytes = units::parse_bytes(text)?;
     let max = colonnade_core::protocol::MAX_CHUNK as u64;
     if !(4096..=max).contains(&bytes) {
         return Err(format!("must be between 4K and 8M ({max} bytes)"));

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use colonnade_native::cli::{self, BadInput};
 use colonnade_native::compute;
+use colonnade_native::units;
 use colonnade_native::worker::{self, WorkerOptions};
 use tokio::sync::watch;
 
@@ -25,7 +26,7 @@ struct Args {
     token_file: Option<std::path::PathBuf>,
     /// Memory for the master's panels and products (e.g. 256M, 8G); the master
     /// never sends more. Default: half of the memory available now.
-    #[arg(long, value_name = "BYTES", value_parser = cli::parse_bytes)]
+    #[arg(long, value_name = "BYTES", value_parser = units::parse_bytes)]
     memory: Option<u64>,
     /// PEM file with the master's own certificate (self-signed) or the CA that
     /// signed it, for wss://; the public web's roots are always trusted.

@@ -72,7 +72,7 @@ pub(super) fn read(input: impl Read, limit: u64) -> Result<Loaded, String> {
         count += width;
         // The values so far, and the matrix they will become, must fit.
         if count as u128 * 16 > u128::from(limit) {
-            return Err(format!("row {line}: the values so far need {}, {}", crate::cli::human_bytes(count as u128 * 16), over_limit(limit)));
+            return Err(format!("row {line}: the values so far need {}, {}", crate::units::human_bytes(count as u128 * 16), over_limit(limit)));
         }
         rows += 1;
     }

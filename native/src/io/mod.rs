@@ -19,7 +19,7 @@ use anyhow::Context;
 use colonnade_core::verify::Stored;
 use colonnade_core::DenseMatrix;
 
-use crate::cli::human_bytes;
+use crate::units::human_bytes;
 
 /// A bad input file: exit code 2, one line naming the file.
 #[derive(Debug, thiserror::Error)]

@@ -158,13 +158,18 @@ impl Master {
     /// The URL workers connect to. An unspecified address (0.0.0.0) is shown as
     /// this host's name, which is what a remote worker needs.
     pub fn worker_url(&self) -> String {
-        let scheme = if self.certificate.is_some() { "wss" } else { "ws" };
-        format!("{scheme}://{}/ws", self.public_host())
+        self.socket_url(&self.public_host())
     }
 
     pub fn page_url(&self) -> String {
         let scheme = if self.certificate.is_some() { "https" } else { "http" };
         format!("{scheme}://{}/", self.public_host())
+    }
+
+    /// The WebSocket URL at `host`: wss when this master serves TLS.
+    fn socket_url(&self, host: &str) -> String {
+        let scheme = if self.certificate.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{host}/ws")
     }
 
     fn public_host(&self) -> String {
@@ -181,8 +186,7 @@ impl Master {
     /// speak the same protocol as remote workers, and present `token`.
     pub fn spawn_local_workers(&self, count: usize, threads_each: usize, token: &Token) -> LocalWorkers {
         let (stop, stopped) = watch::channel(false);
-        let scheme = if self.certificate.is_some() { "wss" } else { "ws" };
-        let url = format!("{scheme}://{}/ws", SocketAddr::new(loopback_for(self.addr), self.addr.port()));
+        let url = self.socket_url(&SocketAddr::new(loopback_for(self.addr), self.addr.port()).to_string());
         // Over TLS they trust exactly this master's certificate, whatever names it holds.
         let tls = self.certificate.clone().map(crate::tls::pinned_client_config);
         let handles = (1..=count)

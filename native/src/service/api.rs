@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use super::board::Board;
 use super::driver::{job_key, Command};
 use super::store::{now_secs, Record, State as JobState, Store};
-use crate::cli::human_bytes;
+use crate::units::human_bytes;
 use crate::commands::read_inputs;
 use crate::io::{self, Format};
 
