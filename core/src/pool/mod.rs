@@ -168,7 +168,10 @@ pub(crate) struct Worker {
     /// Tasks it may hold at most.
     pub slots: usize,
     /// Tasks it may hold now: one at first, one more for each result it sends
-    /// back, up to `slots`; so a stranger that takes tasks and never answers holds one.
+    /// back, up to `slots`; so a stranger that takes tasks and never answers
+    /// holds one. A worker holding the master's token is the operator's own,
+    /// and starts with all its slots: its second task does not wait for its
+    /// first result.
     pub credit: usize,
     /// Its leases.
     pub leases: BTreeMap<LeaseId, Held>,
@@ -279,11 +282,12 @@ impl Pool {
         }
         self.access_check(hello.kind, &hello.token)?;
         let slots = hello.slots.min(self.max_slots);
+        let credit = if self.holds_token(&hello.token) { slots as usize } else { 1 };
         let liveness = Liveness::new(now, &self.heartbeat);
         let check_at = liveness.next_wake(self.heartbeat.timeout);
         let w = Worker {
             slots: slots as usize,
-            credit: 1,
+            credit,
             leases: BTreeMap::new(),
             cancelled: Cancelled::default(),
             jobs: BTreeSet::new(),
@@ -317,15 +321,19 @@ impl Pool {
     /// are allowed) or anyone at all (if the master has no token).
     fn access_check(&self, kind: WorkerKind, token: &Token) -> Result<(), Refusal> {
         let access = &self.access;
-        let holds_token = access.token.as_ref().is_some_and(|t| t == token);
         match kind {
-            _ if holds_token => Ok(()),
+            _ if self.holds_token(token) => Ok(()),
             WorkerKind::Browser if !access.browsers => Err(Refusal::NoBrowsers),
             WorkerKind::Browser => Ok(()),
             WorkerKind::Native if access.token.is_none() => Ok(()),
             WorkerKind::Native if token.is_empty() => Err(Refusal::TokenRequired),
             WorkerKind::Native => Err(Refusal::WrongToken),
         }
+    }
+
+    /// Whether `token` is the master's (a master without one trusts no one this way).
+    fn holds_token(&self, token: &Token) -> bool {
+        self.access.token.as_ref().is_some_and(|t| t == token)
     }
 
     /// The worker's connection is gone; returns what it held.

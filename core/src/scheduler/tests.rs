@@ -287,6 +287,18 @@ fn credit_starts_at_one_task_and_grows_with_verified_results_to_the_slots() {
 }
 
 #[test]
+fn a_worker_holding_the_masters_token_starts_with_all_its_slots() {
+    let access = Access { token: Some(Token::new("open sesame")), browsers: true };
+    let mut sim = Sim::new(4, 4, 40, 2, SchedulerConfig { access, ..quick_config() });
+    let own = sim.join_with(WorkerConfig { slots: 3, token: Token::new("open sesame"), ..WorkerConfig::new(WorkerKind::Native, "w") });
+    let tab = sim.join_with(WorkerConfig { slots: 3, ..WorkerConfig::new(WorkerKind::Browser, "w") });
+    sim.deliver_to_worker(own, usize::MAX);
+    sim.deliver_to_worker(tab, usize::MAX);
+    assert_eq!(sim.workers[&own].session.in_flight(), 3, "the operator's own worker holds its slots at once");
+    assert_eq!(sim.workers[&tab].session.in_flight(), 1, "a tab, which holds no token, holds one");
+}
+
+#[test]
 fn a_worker_gets_no_more_credit_than_the_master_grants() {
     let mut sim = Sim::new(4, 4, 40, 2, SchedulerConfig { max_slots: 3, ..quick_config() });
     let greedy = sim.join(1000);
