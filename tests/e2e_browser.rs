@@ -241,8 +241,7 @@ fn a_refused_tab_waits_longer_each_time_and_says_why() {
     let (mut master, addr) = start_master(&a_path, &b_path, &c_path, &["--no-browsers"]);
     let browser = Browser::launch();
     browser.goto(&format!("http://{addr}/?cores=1"));
-    // Waits of 0.1, 0.2, 0.4, 0.8 and 1.6 s, each spread by up to a quarter:
-    // the fifth refusal's is over a second.
+    // Waits of 0.1, 0.2, 0.4, 0.8, 1.6 s: the fifth refusal's is over a second.
     let said = browser.wait_text("state", Duration::from_secs(60), |t| retry_shown(t).is_some_and(|s| s >= 1.0));
     assert!(said.contains("does not take browser volunteers"), "{said}");
     let _native = start_worker("native", &addr, &[]);

@@ -5,9 +5,11 @@
 //! to the shortest only once a master has welcomed the worker, not when a
 //! socket merely opens: a master that accepts connections and then refuses
 //! the worker (a tab at a master that takes no browsers), or dies at once, is
-//! not tried again at the shortest wait forever. Each wait is spread by up to
-//! a quarter either way, so that a crowd of tabs cut off together does not
-//! come back in step.
+//! not tried again at the shortest wait forever. Waits at the cap are spread
+//! by up to a quarter either way, so that a crowd of tabs cut off together
+//! does not keep coming back in step; the shorter ones are not, so that
+//! workers started together before their master still arrive together (it
+//! plans once no newcomer has come for a moment).
 
 use std::time::Duration;
 
@@ -33,6 +35,9 @@ impl Backoff {
     pub fn next_wait(&mut self) -> Duration {
         let wait = self.next;
         self.next = (wait * 2).min(LONGEST);
+        if wait < LONGEST {
+            return wait;
+        }
         wait.mul_f64(0.75 + 0.5 * self.fraction())
     }
 
@@ -64,29 +69,24 @@ mod tests {
     #[test]
     fn waits_double_to_the_cap_and_restart_only_once_welcomed() {
         let mut backoff = Backoff::new(7);
-        let waits: Vec<Duration> = (0..8).map(|_| backoff.next_wait()).collect();
-        let plain = [100, 200, 400, 800, 1600, 3200, 5000, 5000].map(Duration::from_millis);
-        for (wait, plain) in waits.iter().zip(plain) {
-            assert!(within_a_quarter(*wait, plain), "{wait:?} is not within a quarter of {plain:?}: {waits:?}");
-        }
+        let waits: Vec<Duration> = (0..6).map(|_| backoff.next_wait()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200].map(Duration::from_millis));
+        assert!(within_a_quarter(backoff.next_wait(), LONGEST) && within_a_quarter(backoff.next_wait(), LONGEST));
         backoff.welcomed();
-        assert!(within_a_quarter(backoff.next_wait(), SHORTEST));
-        assert!(within_a_quarter(backoff.next_wait(), SHORTEST * 2), "a loss after the welcome doubles again");
+        assert_eq!(backoff.next_wait(), SHORTEST);
+        assert_eq!(backoff.next_wait(), SHORTEST * 2, "a loss after the welcome doubles again");
     }
 
     #[test]
-    fn workers_seeded_apart_wait_apart() {
-        let (mut one, mut two) = (Backoff::new(1), Backoff::new(2));
-        let apart = (0..8).filter(|_| one.next_wait() != two.next_wait()).count();
-        assert_eq!(apart, 8);
-        let mut spread = Backoff::new(3);
-        let firsts: Vec<Duration> = (0..64)
-            .map(|_| {
-                spread.welcomed();
-                spread.next_wait()
-            })
-            .collect();
-        let (low, high) = (firsts.iter().min().unwrap(), firsts.iter().max().unwrap());
-        assert!(*low < SHORTEST.mul_f64(0.85) && *high > SHORTEST.mul_f64(1.15), "spread over the quarter either way: {low:?}..{high:?}");
+    fn workers_seeded_apart_wait_apart_at_the_cap() {
+        let waits = |seed| {
+            let mut backoff = Backoff::new(seed);
+            (0..16).map(|_| backoff.next_wait()).collect::<Vec<_>>()
+        };
+        let (first, second) = (waits(1), waits(2));
+        assert_eq!(first[..6], second[..6], "started together, they try together until the cap");
+        assert!(first[6..].iter().zip(&second[6..]).all(|(a, b)| a != b));
+        let (low, high) = (first[6..].iter().min().unwrap(), first[6..].iter().max().unwrap());
+        assert!(*low < LONGEST.mul_f64(0.9) && *high > LONGEST.mul_f64(1.1), "spread over the quarter either way: {low:?}..{high:?}");
     }
 }
