@@ -137,7 +137,7 @@ pub async fn run(mut options: WorkerOptions, mut shutdown: watch::Receiver<bool>
 }
 
 /// Differs between workers, even in one process (the master's local
-/// workers), so that their reconnections spread.
+/// workers), so that their waits at the backoff's cap spread.
 fn spread_seed() -> u64 {
     static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
