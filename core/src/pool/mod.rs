@@ -169,10 +169,12 @@ pub(crate) struct Worker {
     pub slots: usize,
     /// Tasks it may hold now: one at first, one more for each result it sends
     /// back, up to `slots`; so a stranger that takes tasks and never answers
-    /// holds one. A worker holding the master's token is the operator's own,
-    /// and starts with all its slots: its second task does not wait for its
-    /// first result.
+    /// holds one. A trusted worker starts with all its slots: its second task
+    /// does not wait for its first result.
     pub credit: usize,
+    /// It holds the master's token: the operator's own, trusted from the
+    /// start with what others earn by a verified result (credit, panels sent ahead).
+    pub trusted: bool,
     /// Its leases.
     pub leases: BTreeMap<LeaseId, Held>,
     /// Leases cancelled because another copy won, or their job was removed;
@@ -282,12 +284,13 @@ impl Pool {
         }
         self.access_check(hello.kind, &hello.token)?;
         let slots = hello.slots.min(self.max_slots);
-        let credit = if self.holds_token(&hello.token) { slots as usize } else { 1 };
+        let trusted = self.holds_token(&hello.token);
         let liveness = Liveness::new(now, &self.heartbeat);
         let check_at = liveness.next_wake(self.heartbeat.timeout);
         let w = Worker {
             slots: slots as usize,
-            credit,
+            credit: if trusted { slots as usize } else { 1 },
+            trusted,
             leases: BTreeMap::new(),
             cancelled: Cancelled::default(),
             jobs: BTreeSet::new(),
@@ -357,6 +360,11 @@ impl Pool {
     /// Whether `worker` has a verified result to its name.
     pub(crate) fn is_proven(&self, worker: WorkerId) -> bool {
         !self.is_new(worker)
+    }
+
+    /// Whether `worker` holds the master's token.
+    pub(crate) fn is_trusted(&self, worker: WorkerId) -> bool {
+        self.workers.get(&worker).is_some_and(|w| w.trusted)
     }
 
     /// Takes `worker` off the room, parked and benched lists. It is on one at

@@ -782,10 +782,11 @@ impl Scheduler {
     /// carries the panels of its next tiles while it computes this one, and
     /// no sooner than needed: a task queues behind the panels sent before it.
     /// Not near the tail, where a tile set aside for a slow worker would wait
-    /// while others idle; and only for a worker with a verified record, so a
-    /// taker that never answers cannot hoard tiles this way.
+    /// while others idle; and only for a worker with a verified record, or
+    /// holding the master's token, so a taker that never answers cannot hoard
+    /// tiles this way.
     fn look_ahead(&mut self, worker: WorkerId, id: JobId, speed: f64) {
-        if !self.pool.is_proven(worker) {
+        if !self.pool.is_proven(worker) && !self.pool.is_trusted(worker) {
             return;
         }
         let pool_size = self.pool.workers.len();

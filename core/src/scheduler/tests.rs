@@ -287,7 +287,7 @@ fn credit_starts_at_one_task_and_grows_with_verified_results_to_the_slots() {
 }
 
 #[test]
-fn a_worker_holding_the_masters_token_starts_with_all_its_slots() {
+fn a_worker_holding_the_masters_token_starts_with_its_slots_and_panels_ahead() {
     let access = Access { token: Some(Token::new("open sesame")), browsers: true };
     let mut sim = Sim::new(4, 4, 40, 2, SchedulerConfig { access, ..quick_config() });
     let own = sim.join_with(WorkerConfig { slots: 3, token: Token::new("open sesame"), ..WorkerConfig::new(WorkerKind::Native, "w") });
@@ -296,6 +296,9 @@ fn a_worker_holding_the_masters_token_starts_with_all_its_slots() {
     sim.deliver_to_worker(tab, usize::MAX);
     assert_eq!(sim.workers[&own].session.in_flight(), 3, "the operator's own worker holds its slots at once");
     assert_eq!(sim.workers[&tab].session.in_flight(), 1, "a tab, which holds no token, holds one");
+    // A and its 3 tasks' B panels, and 2 more tiles' B panels sent ahead; the tab gets its one task's.
+    let panels = |sim: &Sim, w| sim.count(w, |m| matches!(m, Message::Panel { .. }));
+    assert_eq!((panels(&sim, own), panels(&sim, tab)), (6, 2));
 }
 
 #[test]
