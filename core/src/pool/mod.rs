@@ -172,8 +172,8 @@ pub(crate) struct Worker {
     /// holds one. A trusted worker starts with all its slots: its second task
     /// does not wait for its first result.
     pub credit: usize,
-    /// It holds the master's token: the operator's own, trusted from the
-    /// start with what others earn by a verified result (credit, panels sent ahead).
+    /// It holds the master's token: the operator's own, given from the start
+    /// what others earn by their results (full credit, panels sent ahead).
     pub trusted: bool,
     /// Its leases.
     pub leases: BTreeMap<LeaseId, Held>,
