@@ -25,6 +25,8 @@ fn the_seed_example_reproduces() {
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     // The course project printed the columns 30 66 102, 36 81 126, 42 96 150.
     assert_eq!(std::fs::read_to_string(&c).unwrap(), "30,36,42\n66,81,96\n102,126,150\n");
+    // Its in-process worker is its own, trusted without a token.
+    assert_eq!(trusted_by_name(&c), [("local-1".to_owned(), true)].into());
 }
 
 #[test]
@@ -47,6 +49,7 @@ fn three_workers_share_a_job() {
     assert_eq!(done.len(), 3, "three workers joined:\n{}", master.output());
     assert_eq!(done.iter().sum::<usize>(), 125, "each block counted once");
     assert!(done.iter().all(|&d| d > 0), "every worker took blocks: {done:?}");
+    assert!(trusted_by_name(&c_path).values().all(|&t| !t), "strangers are not trusted");
 }
 
 #[test]
@@ -237,6 +240,7 @@ fn a_token_keeps_strangers_out_and_lets_its_holders_in() {
     assert!(master.wait_exit(LONG).success(), "{}", master.output());
     assert_eq!(read_csv(&c_path), naive(&a, &a));
     assert_eq!(tiles_done(&c_path), vec![6], "only the holder joined:\n{}", master.output());
+    assert_eq!(trusted_by_name(&c_path), [("holder".to_owned(), true)].into());
     for p in [&master, &stranger, &impostor, &holder] {
         assert!(!p.output().contains(secret), "{} logged the token:\n{}", p.name, p.output());
     }

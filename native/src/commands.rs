@@ -10,7 +10,7 @@ use anyhow::Context;
 use colonnade_core::kernel::flops;
 use colonnade_core::plan::{CostModel, Plan};
 use colonnade_core::job::{Job, Unplanned};
-use colonnade_core::protocol::JobId;
+use colonnade_core::protocol::{JobId, Token};
 use colonnade_core::scheduler::{Access, JobError, Scheduler, SchedulerConfig};
 use colonnade_core::verify::{whole_depth_tiles, Verifier};
 use colonnade_core::{DenseMatrix, Dtype, Matrix};
@@ -53,7 +53,7 @@ pub struct DemoArgs {
 #[derive(Clone, Debug)]
 pub struct Serving {
     pub listen: SocketAddr,
-    /// Workers started inside the master's process (they get the token).
+    /// Workers started inside the master's process (they get `access.own`).
     pub local_workers: usize,
     pub limits: Limits,
     pub access: Access,
@@ -62,6 +62,14 @@ pub struct Serving {
 }
 
 impl Serving {
+    /// Serving settings; with `local_workers`, `access` also gets a fresh
+    /// secret for them, so the master trusts its own in-process workers as it
+    /// does the holders of its token.
+    pub fn new(listen: SocketAddr, local_workers: usize, limits: Limits, access: Access, tls: Option<ServerTls>) -> Self {
+        let own = (local_workers > 0).then(|| Token::new(format!("{:032x}", rand::random::<u128>())));
+        Self { listen, local_workers, limits, access: Access { own, ..access }, tls }
+    }
+
     /// The scheduler's settings for these limits and this access.
     pub(crate) fn scheduler_config(&self) -> SchedulerConfig {
         let mut config = SchedulerConfig { access: self.access.clone(), ..SchedulerConfig::default() };
@@ -144,7 +152,7 @@ fn stats_json(report: &JobReport, read: Duration, write: Duration, job_cpu: Opti
             serde_json::json!({
                 "id": id, "kind": format!("{:?}", w.kind).to_lowercase(), "name": w.name,
                 "tiles": w.tiles_done, "compute_s": w.compute.as_secs_f64(), "flops": w.flops,
-                "memory_bytes": w.memory, "strikes": w.strikes,
+                "memory_bytes": w.memory, "strikes": w.strikes, "trusted": w.trusted,
             })
         })
         .collect();
@@ -318,7 +326,8 @@ pub(crate) async fn serve(serving: &Serving, extra: Option<axum::Router>) -> any
     let local_workers = serving.local_workers;
     let locals = (local_workers > 0).then(|| {
         let threads = (compute::available_cores() / local_workers).max(1);
-        master.spawn_local_workers(local_workers, threads, serving.access.token.as_ref().unwrap_or(&Default::default()))
+        let own = serving.access.own.as_ref().expect("made with local workers");
+        master.spawn_local_workers(local_workers, threads, own)
     });
     Ok(Served { master, locals })
 }

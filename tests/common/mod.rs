@@ -159,6 +159,12 @@ pub fn worker_tiles(c: &Path) -> Vec<(String, usize)> {
     workers.iter().map(|w| (w["kind"].as_str().unwrap().to_owned(), w["tiles"].as_u64().unwrap() as usize)).collect()
 }
 
+/// Whether the master trusted each worker (by name), as `--stats-json` says.
+pub fn trusted_by_name(c: &Path) -> std::collections::BTreeMap<String, bool> {
+    let workers = stats(c)["workers"].as_array().expect("a workers list").clone();
+    workers.iter().map(|w| (w["name"].as_str().unwrap().to_owned(), w["trusted"].as_bool().expect("a trusted flag"))).collect()
+}
+
 /// Tiles done by each worker name: a worker that reconnected is listed once
 /// per connection, and counted here as one.
 pub fn tiles_by_name(c: &Path) -> std::collections::BTreeMap<String, usize> {

@@ -29,11 +29,14 @@ pub struct Access {
     pub token: Option<Token>,
     /// Whether browser volunteers (who have no token) may join.
     pub browsers: bool,
+    /// A secret only the master's own in-process workers hold: they are
+    /// admitted and trusted as holders of `token` are, whether it is set or not.
+    pub own: Option<Token>,
 }
 
 impl Default for Access {
     fn default() -> Self {
-        Self { token: None, browsers: true }
+        Self { token: None, browsers: true, own: None }
     }
 }
 
@@ -114,6 +117,8 @@ pub struct WorkerInfo {
     /// Results that failed verification.
     pub strikes: u32,
     pub connected: bool,
+    /// It holds the master's token (or is the master's own): see [`Worker::trusted`].
+    pub trusted: bool,
 }
 
 /// The last leases cancelled under one worker. Late chunks come within a
@@ -315,6 +320,7 @@ impl Pool {
             flops: 0.0,
             strikes: 0,
             connected: true,
+            trusted,
         };
         self.infos.insert(worker, info);
         Ok(slots)
@@ -334,9 +340,10 @@ impl Pool {
         }
     }
 
-    /// Whether `token` is the master's (a master without one trusts no one this way).
+    /// Whether `token` is the master's, or its own workers' (a master with
+    /// neither trusts no one this way).
     fn holds_token(&self, token: &Token) -> bool {
-        self.access.token.as_ref().is_some_and(|t| t == token)
+        [&self.access.token, &self.access.own].into_iter().flatten().any(|t| t == token)
     }
 
     /// The worker's connection is gone; returns what it held.
@@ -642,7 +649,7 @@ mod tests {
 
     #[test]
     fn a_token_admits_native_workers_and_browsers_follow_the_setting() {
-        let access = Access { token: Some(Token::new("open sesame")), browsers: false };
+        let access = Access { token: Some(Token::new("open sesame")), browsers: false, own: None };
         let mut pool = Pool::new(access, Heartbeat::default(), 4, 3);
         let t0 = Duration::ZERO;
         assert_eq!(pool.admit(1, hello(WorkerKind::Native, ""), t0), Err(Refusal::TokenRequired));

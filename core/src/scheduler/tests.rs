@@ -288,7 +288,7 @@ fn credit_starts_at_one_task_and_grows_with_verified_results_to_the_slots() {
 
 #[test]
 fn a_worker_holding_the_masters_token_starts_with_its_slots_and_panels_ahead() {
-    let access = Access { token: Some(Token::new("open sesame")), browsers: true };
+    let access = Access { token: Some(Token::new("open sesame")), ..Access::default() };
     let mut sim = Sim::new(4, 4, 40, 2, SchedulerConfig { access, ..quick_config() });
     let own = sim.join_with(WorkerConfig { slots: 3, token: Token::new("open sesame"), ..WorkerConfig::new(WorkerKind::Native, "w") });
     let tab = sim.join_with(WorkerConfig { slots: 3, ..WorkerConfig::new(WorkerKind::Browser, "w") });
@@ -299,6 +299,22 @@ fn a_worker_holding_the_masters_token_starts_with_its_slots_and_panels_ahead() {
     // A and its 3 tasks' B panels, and 2 more tiles' B panels sent ahead; the tab gets its one task's.
     let panels = |sim: &Sim, w| sim.count(w, |m| matches!(m, Message::Panel { .. }));
     assert_eq!((panels(&sim, own), panels(&sim, tab)), (6, 2));
+}
+
+#[test]
+fn the_masters_own_workers_are_trusted_whether_or_not_it_has_a_token() {
+    for token in [None, Some(Token::new("open sesame"))] {
+        let access = Access { token, own: Some(Token::new("in-process")), ..Access::default() };
+        let mut sim = Sim::new(4, 4, 40, 2, SchedulerConfig { access, ..quick_config() });
+        let local = sim.join_with(WorkerConfig { slots: 3, token: Token::new("in-process"), ..WorkerConfig::new(WorkerKind::Native, "local-1") });
+        let tab = sim.join_with(WorkerConfig { slots: 3, ..WorkerConfig::new(WorkerKind::Browser, "w") });
+        sim.deliver_to_worker(local, usize::MAX);
+        sim.deliver_to_worker(tab, usize::MAX);
+        assert_eq!(sim.workers[&local].session.in_flight(), 3, "the master's own worker holds its slots at once");
+        assert_eq!(sim.workers[&tab].session.in_flight(), 1, "a tab holds one");
+        let trusted = |w| sim.sched.pool().info(w).map(|i| i.trusted);
+        assert_eq!((trusted(local), trusted(tab)), (Some(true), Some(false)));
+    }
 }
 
 #[test]
@@ -634,7 +650,7 @@ fn hello(kind: WorkerKind, token: &str) -> Vec<u8> {
 
 #[test]
 fn a_refused_worker_is_told_why_and_closed() {
-    let access = Access { token: Some(Token::new("open sesame")), browsers: false };
+    let access = Access { token: Some(Token::new("open sesame")), browsers: false, own: None };
     let mut sim = Sim::new(2, 2, 2, 1, SchedulerConfig { access, ..quick_config() });
     for (id, kind, token) in [(1, WorkerKind::Native, ""), (2, WorkerKind::Browser, ""), (3, WorkerKind::Native, "open sesame")] {
         sim.sched.handle_input(Input::Connected { worker: id, addr: None }, sim.now);
@@ -660,7 +676,7 @@ fn a_refused_worker_is_told_why_and_closed() {
 #[test]
 fn the_token_never_shows_in_debug_output() {
     let (message, _) = codec::decode(&hello(WorkerKind::Native, "open sesame")).unwrap();
-    let config = SchedulerConfig { access: Access { token: Some(Token::new("open sesame")), browsers: true }, ..quick_config() };
+    let config = SchedulerConfig { access: Access { token: Some(Token::new("open sesame")), ..Access::default() }, ..quick_config() };
     for text in [format!("{message:?}"), format!("{config:?}")] {
         assert!(!text.contains("open sesame") && text.contains("<redacted>"), "{text}");
     }

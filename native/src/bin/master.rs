@@ -171,12 +171,12 @@ impl ServingArgs {
             max_slots: self.max_slots,
         };
         let token = self.token_file.as_deref().map(cli::read_token).transpose()?;
-        let access = Access { token, browsers: !self.no_browsers };
+        let access = Access { token, browsers: !self.no_browsers, own: None };
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(ServerTls::load(&cert, &key)?),
             _ => None,
         };
-        Ok(Serving { listen: self.listen, local_workers: self.local_workers, limits, access, tls })
+        Ok(Serving::new(self.listen, self.local_workers, limits, access, tls))
     }
 }
 
@@ -215,7 +215,7 @@ fn main() -> ExitCode {
                 tokio::task::spawn_blocking(move || submit::submit(args)).await?.map(|()| true)
             }
             Command::Demo { size, local_workers, listen, block } => {
-                let serving = Serving { listen, local_workers, limits: Limits::default(), access: Access::default(), tls: None };
+                let serving = Serving::new(listen, local_workers, Limits::default(), Access::default(), None);
                 commands::demo(DemoArgs { size, block: block.map(|b| b as usize), serving }).await
             }
         }
