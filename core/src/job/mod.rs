@@ -80,6 +80,15 @@ impl JobError {
         }
         Ok(())
     }
+
+    /// A job's operands: A·B can be formed, and both have one element type.
+    fn check_operands(a: &DenseMatrix, b: &DenseMatrix) -> Result<(), JobError> {
+        Self::check_inner(a, b)?;
+        if a.dtype() != b.dtype() {
+            return Err(JobError::Dtype { a: a.dtype(), b: b.dtype() });
+        }
+        Ok(())
+    }
 }
 
 /// Payload bytes moved, by kind (headers excluded).
@@ -178,10 +187,7 @@ impl Unplanned {
         max_chunk: usize,
     ) -> Result<Self, JobError> {
         let (a, b) = (a.into(), b.into());
-        JobError::check_inner(&a, &b)?;
-        if a.dtype() != b.dtype() {
-            return Err(JobError::Dtype { a: a.dtype(), b: b.dtype() });
-        }
+        JobError::check_operands(&a, &b)?;
         Ok(Self { id, a, b, model, leases_config, max_chunk, awaiting_verifier: false, verifier_coming: None, verifier: None, queued: Duration::ZERO, link: None })
     }
 
@@ -314,10 +320,7 @@ impl Job {
         max_chunk: usize,
     ) -> Result<Self, JobError> {
         let (a, b) = (a.into(), b.into());
-        JobError::check_inner(&a, &b)?;
-        if a.dtype() != b.dtype() {
-            return Err(JobError::Dtype { a: a.dtype(), b: b.dtype() });
-        }
+        JobError::check_operands(&a, &b)?;
         if (plan.m, plan.k, plan.n) != (a.rows(), a.cols(), b.cols()) {
             return Err(JobError::PlanMismatch {
                 plan: format!("{}x{} by {}x{}", plan.m, plan.k, plan.k, plan.n),
