@@ -117,7 +117,8 @@ pub struct WorkerInfo {
     /// Results that failed verification.
     pub strikes: u32,
     pub connected: bool,
-    /// It holds the master's token (or is the master's own): see [`Worker::trusted`].
+    /// It holds the master's token, or is the master's own in-process worker:
+    /// trusted from the start (full credit, panels sent ahead).
     pub trusted: bool,
 }
 
@@ -177,8 +178,9 @@ pub(crate) struct Worker {
     /// holds one. A trusted worker starts with all its slots: its second task
     /// does not wait for its first result.
     pub credit: usize,
-    /// It holds the master's token: the operator's own, given from the start
-    /// what others earn by their results (full credit, panels sent ahead).
+    /// It holds the master's token, or is one of the master's in-process
+    /// workers: the operator's own, given from the start what others earn by
+    /// their results (full credit, panels sent ahead).
     pub trusted: bool,
     /// Its leases.
     pub leases: BTreeMap<LeaseId, Held>,
