@@ -16,6 +16,8 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 mod link;
+#[path = "../smoke/mod.rs"]
+mod smoke;
 mod validate;
 mod world;
 
@@ -34,7 +36,7 @@ const MIB: u64 = 1 << 20;
 fn main() {
     // As the master does: the scheduler's CPU figures are then the master's.
     colonnade_native::allocator::without_fastbins();
-    let smoke = std::env::args().any(|a| a == "--smoke");
+    let smoke = smoke::wanted();
     link::self_check();
     let mut results = Vec::new();
     let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
