@@ -19,7 +19,6 @@
 // The tests' harness: processes, the service client, matrices.
 #[path = "../../tests/common/mod.rs"]
 mod common;
-mod smoke;
 
 use std::path::Path;
 use std::process::Command;
@@ -33,7 +32,7 @@ use serde_json::{json, Value};
 const LONG: Duration = Duration::from_secs(600);
 
 fn main() {
-    let smoke = smoke::wanted();
+    let smoke = std::env::args().any(|a| a == "--smoke");
     let (jobs, small, big, pair, kill) = if smoke { (5, 32, 96, 64, 128) } else { (100, 256, 2048, 1536, 2048) };
     let dir = tempfile::tempdir().unwrap();
     let figures = json!({

@@ -11,11 +11,10 @@ Commands:
                    run `master demo ARGS...`
   test             install what the tests need (wasm target, wasm-bindgen,
                    numpy, Chromium, iproute2 and iptables), build the browser
-                   worker, then run clippy and the whole test suite (the
-                   benchmarks and the simulator included, run tiny)
+                   worker, then run clippy and the whole test suite
   web              build the browser worker into web/pkg (the master embeds it)
   bench [--smoke]  the distributed benchmark (release): a table on stdout and
-                   target/bench/bench.json; --smoke runs it tiny, as `test` does
+                   target/bench/bench.json; --smoke runs it tiny, as CI does
   sim [--smoke] [NAME]
                    the simulator (release): the real scheduler on a virtual
                    clock with simulated pools, up to 10,000 workers; prints each
@@ -81,11 +80,12 @@ fn test() -> Result<(), String> {
             .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", runner),
         &mut totals,
     )?;
-    // Every target in one build (the fuzz corpora replay through hooks behind
-    // the `fuzzing` feature); the benchmarks and the simulator run small under
-    // `cargo test`, checking their pipelines, not their figures.
-    let all = ["test", "--workspace", "--all-targets", "--features", "colonnade-native/fuzzing"];
-    run_tests(cargo().args(all), &mut totals)?;
+    // The benchmark's and the simulator's pipelines, tiny and in the test profile: figures, not speed.
+    run(cargo().args(["test", "-p", "colonnade-native", "--bench", "distributed", "--", "--smoke"]))?;
+    run(cargo().args(["test", "-p", "colonnade-native", "--bench", "service", "--", "--smoke"]))?;
+    run(cargo().args(["test", "-p", "colonnade-native", "--bench", "sim", "--", "--smoke"]))?;
+    // The fuzz corpora replay through hooks behind the `fuzzing` feature.
+    run_tests(cargo().args(["test", "--workspace", "--features", "colonnade-native/fuzzing"]), &mut totals)?;
     println!("tests: {} passed, {} failed", totals.passed, totals.failed);
     Ok(())
 }
